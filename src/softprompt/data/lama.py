@@ -1,0 +1,218 @@
+"""LAMA-style knowledge-probing data: facts (subject, answer) and cloze templates with [X] and [Y]."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from softprompt.errors import SoftpromptError
+
+SPLITS = ("train", "dev", "test")
+# A split directory may carry its own template, so that it can be used without a templates file.
+TEMPLATE_FILE = "template.txt"
+# The ten T-REx relations used for the main experiments.
+TREX10 = ("P36", "P37", "P103", "P19", "P1412", "P17", "P30", "P101", "P138", "P407")
+# The two row formats: Qin & Eisner split files, then original LAMA / LPAQA / ParaRel files.
+_FACT_KEYS = (("sub", "obj"), ("sub_label", "obj_label"))
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One fact: ``subject`` fills [X] and ``answer`` is the [Y] to predict."""
+
+    subject: str
+    answer: str
+
+
+@dataclass
+class Relation:
+    """A relation's template and its facts per split ("train", "dev", "test"; missing splits become empty)."""
+
+    name: str
+    template: str
+    splits: dict[str, list[Fact]]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"Relation.name must be a non-empty string, got {self.name!r}")
+        check_template(self.template, f"the template of relation {self.name!r}")
+        if not isinstance(self.splits, dict):
+            raise TypeError(f"Relation {self.name!r}: splits must be a dict of split name to facts")
+        unknown = set(self.splits) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"Relation {self.name!r}: unknown splits {sorted(unknown)}; use {list(SPLITS)}")
+        for split, facts in self.splits.items():
+            if not all(isinstance(fact, Fact) for fact in facts):
+                raise TypeError(f"Relation {self.name!r}: split {split!r} must be a list of Fact")
+        # Every split key is present so that callers can index without guarding for eval-only data.
+        self.splits = {split: list(self.splits.get(split, [])) for split in SPLITS}
+
+
+def check_template(template: Any, where: str) -> None:
+    """Raise a SoftpromptError unless ``template`` is a string holding both [X] and [Y]."""
+    if not isinstance(template, str):
+        raise SoftpromptError(f"{where} must be a string, got {type(template).__name__}")
+    missing = [slot for slot in ("[X]", "[Y]") if slot not in template]
+    if missing:
+        raise SoftpromptError(
+            f"{where} {template!r} lacks {' and '.join(missing)}; write it with [X] for the subject "
+            "and [Y] for the answer, e.g. '[X] was born in [Y] .'"
+        )
+
+
+def shared_data_dir() -> Path | None:
+    """The staged datasets: $SOFTPROMPT_SHARED_DATA if set, else ../shared/data if it exists, else None."""
+    if "SOFTPROMPT_SHARED_DATA" in os.environ:
+        return Path(os.environ["SOFTPROMPT_SHARED_DATA"])
+    candidate = Path("..", "shared", "data").resolve()
+    return candidate if candidate.is_dir() else None
+
+
+def _stem(path: Path) -> str:
+    """``P19.jsonl.gz`` -> ``P19``; a directory keeps its name."""
+    return path.name.removesuffix(".gz").removesuffix(".jsonl")
+
+
+def _read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """The JSON objects of a (possibly gzipped) JSONL file with their 1-based line numbers."""
+    path = Path(path)
+    if not path.is_file():
+        raise SoftpromptError(f"{path}: no such file; check the path")
+    try:
+        with gzip.open(path) if path.name.endswith(".gz") else path.open("rb") as handle:
+            raw_lines = handle.readlines()
+    except OSError as exc:  # includes gzip.BadGzipFile
+        raise SoftpromptError(f"{path}: cannot read it ({exc})") from exc
+    rows = []
+    for lineno, raw in enumerate(raw_lines, start=1):
+        # Decoding per line (not per file) gives exact line numbers; a BOM can only start line 1.
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise SoftpromptError(f"{path}, line {lineno}: not UTF-8 text; save the file as UTF-8") from exc
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SoftpromptError(
+                f"{path}, line {lineno}: malformed JSON ({exc.msg}); each line must be one JSON object"
+            ) from exc
+        if not isinstance(row, dict):
+            raise SoftpromptError(
+                f"{path}, line {lineno}: found a JSON {type(row).__name__}; each line must be one JSON object"
+            )
+        rows.append((lineno, row))
+    return rows
+
+
+def read_facts(path: str | Path) -> list[Fact]:
+    """Facts of a JSONL file with ``{"sub", "obj"}`` or ``{"sub_label", "obj_label"}`` rows (``.gz`` too)."""
+    facts = []
+    for lineno, row in _read_jsonl(path):
+        # Labels first: Google-RE rows hold Freebase ids under "sub"/"obj" and the names under "*_label".
+        keys = next((pair for pair in reversed(_FACT_KEYS) if all(key in row for key in pair)), None)
+        if keys is None:
+            expected = " or ".join(f'"{sub}" and "{obj}"' for sub, obj in _FACT_KEYS)
+            raise SoftpromptError(
+                f"{path}, line {lineno}: a fact needs the keys {expected}; found {sorted(row)}"
+            )
+        values = [row[key] for key in keys]
+        for key, value in zip(keys, values, strict=True):
+            if not isinstance(value, str) or not value.strip():
+                raise SoftpromptError(
+                    f'{path}, line {lineno}: "{key}" must be a non-empty string, got {value!r}'
+                )
+        facts.append(Fact(*values))
+    if not facts:
+        raise SoftpromptError(
+            f'no facts in {path}; add one JSON object per line, e.g. {{"sub": "Paris", "obj": "France"}}'
+        )
+    return facts
+
+
+def read_templates(path: str | Path) -> dict[str, str]:
+    """Templates by relation from LAMA ``relations.jsonl``, or a one-relation file keyed by its stem."""
+    templates: dict[str, str] = {}
+    for lineno, row in _read_jsonl(path):
+        if "template" not in row:
+            raise SoftpromptError(f'{path}, line {lineno}: no "template" key; found {sorted(row)}')
+        relation = row.get("relation", _stem(Path(path)))
+        if not isinstance(relation, str):
+            raise SoftpromptError(f'{path}, line {lineno}: "relation" must be a string, got {relation!r}')
+        check_template(row["template"], f"{path}, line {lineno}: the template")
+        # Single-prompt files may list several prompts; the first is the manual one.
+        templates.setdefault(relation, row["template"])
+    if not templates:
+        raise SoftpromptError(
+            f'no templates in {path}; add lines like {{"template": "[X] was born in [Y] ."}}'
+        )
+    return templates
+
+
+def load_split_dir(directory: str | Path) -> dict[str, list[Fact]]:
+    """The facts of ``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` in ``directory`` (each optional)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SoftpromptError(f"{directory}: no such directory; check the path")
+    names = [f"{split}.jsonl" for split in SPLITS]
+    splits = {
+        split: read_facts(directory / name)
+        for split, name in zip(SPLITS, names, strict=True)
+        if (directory / name).is_file()
+    }
+    if not splits:
+        raise SoftpromptError(
+            f"{directory}: found none of {', '.join(names)}; put at least one split file there"
+        )
+    return splits
+
+
+def _read_template_txt(path: Path) -> str:
+    """The first non-blank line of a plain-text template file."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    template = lines[0] if lines else ""
+    check_template(template, f"{path}: the template")
+    return template
+
+
+def load_relation(
+    data: str | Path,
+    template: str | None = None,
+    templates_file: str | Path | None = None,
+    name: str | None = None,
+) -> Relation:
+    """A relation from a split directory or a single JSONL file (taken as the test split).
+
+    The template is ``template`` if given, else the entry ``name`` (default: the data's stem, e.g. "P19")
+    of ``templates_file``, else the directory's ``template.txt``.
+    """
+    data = Path(data)
+    if data.is_dir():
+        splits = load_split_dir(data)
+    elif data.is_file():
+        splits = {"test": read_facts(data)}
+    else:
+        raise SoftpromptError(f"{data}: no such file or directory; check the path")
+    name = name or _stem(data)
+    if template is None and templates_file is not None:
+        templates = read_templates(templates_file)
+        if name not in templates:
+            shown = ", ".join(list(templates)[:10]) + (", ..." if len(templates) > 10 else "")
+            raise SoftpromptError(
+                f"{templates_file} has no template for relation {name!r} (it has {shown}); "
+                "pass the relation name that matches your data, or give the template directly"
+            )
+        template = templates[name]
+    elif template is None and (data / TEMPLATE_FILE).is_file():
+        template = _read_template_txt(data / TEMPLATE_FILE)
+    if template is None:
+        raise SoftpromptError(
+            f"no template for {data}: pass a template such as '[X] was born in [Y] .' or a templates file "
+            f"such as LAMA's relations.jsonl (or, for a split directory, write it into {TEMPLATE_FILE} there)"
+        )
+    return Relation(name=name, template=template, splits=splits)

