@@ -208,7 +208,7 @@ def load_relation(
                 "pass the relation name that matches your data, or give the template directly"
             )
         template = templates[name]
-    elif template is None and (data / TEMPLATE_FILE).is_file():
+    elif template is None and data.is_dir() and (data / TEMPLATE_FILE).is_file():
         template = _read_template_txt(data / TEMPLATE_FILE)
     if template is None:
         raise SoftpromptError(

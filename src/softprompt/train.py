@@ -1,0 +1,162 @@
+"""Gradient training of a prompt: Adam on the answer's log-loss, early stopping on dev, resumable.
+
+A checkpoint (prompt, best prompt, Adam state, counters) is written atomically after every epoch.
+Each epoch's shuffle is seeded by (seed, epoch), so a run resumed from a checkpoint replays exactly
+the batches an uninterrupted run would have seen and ends with the same prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from softprompt.engine import Engine, length_batches
+from softprompt.errors import SoftpromptError
+from softprompt.io import atomic_write
+from softprompt.prompts import Prompt
+from softprompt.templates import Example
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    batch_size: int = 64
+    max_epochs: int = 16
+    patience: int = 4
+    seed: int = 0
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise SoftpromptError(f"learning rate must be a positive number, got {self.lr}")
+        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise SoftpromptError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_dev_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def mean_loss(engine: Engine, prompt: Prompt, examples: Sequence[Example], batch_size: int) -> float:
+    """Mean negative log-likelihood of the gold answers."""
+    total = 0.0
+    with torch.inference_mode():
+        for idx in length_batches(examples, batch_size):
+            batch = engine.collate([examples[i] for i in idx])
+            logits = engine.answer_logits(batch, prompt.vectors(), prompt.deltas())
+            total += F.cross_entropy(logits, batch.answer_ids, reduction="sum").item()
+    return total / len(examples)
+
+
+def train_prompt(
+    engine: Engine,
+    prompt: Prompt,
+    train: Sequence[Example],
+    dev: Sequence[Example],
+    config: TrainConfig,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``prompt`` in place; on return it holds the parameters that scored best on dev."""
+    if not train:
+        raise SoftpromptError("the training split is empty: nothing to learn from")
+    if not dev:
+        raise SoftpromptError("the dev split is empty: early stopping needs dev data")
+    params = [p for p in prompt.parameters() if p.requires_grad]
+    if not params:
+        raise SoftpromptError(f"a {prompt.mode} prompt has no trainable parameters; use mode soft or deep")
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+
+    state = _load_checkpoint(checkpoint, prompt, optimizer, config) if resume and checkpoint else None
+    if state is None:
+        initial = mean_loss(engine, prompt, dev, config.eval_batch_size)
+        state = {"epoch": 0, "best_epoch": 0, "best_dev_loss": initial, "bad_epochs": 0,
+                 "history": [{"epoch": 0, "dev_loss": initial}]}
+        best = _copy_state(prompt)
+    else:
+        state, best = state
+
+    epochs = range(state["epoch"] + 1, config.max_epochs + 1)
+    for epoch in epochs:
+        if state["bad_epochs"] >= config.patience:
+            break
+        batches = length_batches(train, config.batch_size, shuffle_seed=config.seed * 1_000_003 + epoch)
+        total = 0.0
+        for idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress):
+            batch = engine.collate([train[i] for i in idx])
+            loss = F.cross_entropy(engine.answer_logits(batch, prompt.vectors(), prompt.deltas()), batch.answer_ids)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        dev_loss = mean_loss(engine, prompt, dev, config.eval_batch_size)
+        state["history"].append({"epoch": epoch, "train_loss": total / len(train), "dev_loss": dev_loss})
+        state["epoch"] = epoch
+        if dev_loss < state["best_dev_loss"]:
+            state.update(best_epoch=epoch, best_dev_loss=dev_loss, bad_epochs=0)
+            best = _copy_state(prompt)
+        else:
+            state["bad_epochs"] += 1
+        if progress:
+            tqdm.write(f"epoch {epoch}: train loss {total / len(train):.4f}  dev loss {dev_loss:.4f}")
+        if checkpoint:
+            _save_checkpoint(checkpoint, prompt, best, optimizer, state, config)
+    prompt.load_state_dict(best)
+    return TrainResult(state["best_epoch"], state["best_dev_loss"], state["history"])
+
+
+def _copy_state(prompt: Prompt) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in prompt.state_dict().items()}
+
+
+def _save_checkpoint(
+    path: Path, prompt: Prompt, best: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+    state: dict[str, Any], config: TrainConfig,
+) -> None:
+    tensors = {f"prompt.{k}": v.detach().contiguous() for k, v in prompt.state_dict().items()}
+    tensors |= {f"best.{k}": v.contiguous() for k, v in best.items()}
+    optim = optimizer.state_dict()
+    for index, slots in optim["state"].items():
+        tensors |= {f"optim.{index}.{k}": torch.as_tensor(v).reshape(-1) if k == "step" else v
+                    for k, v in slots.items()}
+    meta = {"state": state, "config": asdict(config), "param_groups": optim["param_groups"]}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"softprompt.checkpoint": json.dumps(meta)}))
+
+
+def _load_checkpoint(
+    path: Path, prompt: Prompt, optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["softprompt.checkpoint"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    if meta["config"] != asdict(config):
+        raise SoftpromptError(
+            f"{path} was written with training settings {meta['config']}, not {asdict(config)}; "
+            "resume with the same settings, or start a new run directory"
+        )
+    prompt.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("prompt.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            slots.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
+    optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
+    return meta["state"], best
