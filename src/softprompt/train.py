@@ -29,7 +29,7 @@ from softprompt.templates import Example
 
 @dataclass
 class TrainConfig:
-    lr: float = 1e-3
+    lr: float = 3e-3
     batch_size: int = 64
     max_epochs: int = 16
     patience: int = 4
