@@ -11,12 +11,62 @@ from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausa
 
 from softprompt.models import LanguageModel
 
-WORDS = (
-    "the capital of is was born in a city country currency located continent language speaks native "
-    "France Paris Germany Berlin Japan Tokyo Italy Rome Spain Madrid Peru Lima Chile Egypt Cairo Kenya "
-    "Europe Asia Africa euro yen dollar peso English French German Japanese Italian Spanish Mozart "
-    "Einstein Curie Bach Newton . , ' s"
-).split()
+WORDS = [
+    "the",
+    "capital",
+    "of",
+    "is",
+    "was",
+    "born",
+    "in",
+    "a",
+    "city",
+    "country",
+    "currency",
+    "located",
+    "continent",
+    "language",
+    "speaks",
+    "native",
+    "France",
+    "Paris",
+    "Germany",
+    "Berlin",
+    "Japan",
+    "Tokyo",
+    "Italy",
+    "Rome",
+    "Spain",
+    "Madrid",
+    "Peru",
+    "Lima",
+    "Chile",
+    "Egypt",
+    "Cairo",
+    "Kenya",
+    "Europe",
+    "Asia",
+    "Africa",
+    "euro",
+    "yen",
+    "dollar",
+    "peso",
+    "English",
+    "French",
+    "German",
+    "Japanese",
+    "Italian",
+    "Spanish",
+    "Mozart",
+    "Einstein",
+    "Curie",
+    "Bach",
+    "Newton",
+    ".",
+    ",",
+    "'",
+    "s",
+]
 
 
 def corpus() -> list[str]:
@@ -28,8 +78,9 @@ def byte_bpe_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(corpus(), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
 
@@ -44,28 +95,49 @@ def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok.train_from_iterator(corpus(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))]
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
 
 
 def tiny_causal(seed: int = 0, hidden: int = 32, layers: int = 2) -> LanguageModel:
     tokenizer = byte_bpe_tokenizer()
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=64, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     return LanguageModel(LlamaForCausalLM(config), tokenizer, name=f"tiny-llama-{hidden}", kind="causal")
 
 
 def tiny_masked(seed: int = 0, hidden: int = 32, layers: int = 2) -> LanguageModel:
     tokenizer = wordpiece_tokenizer()
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                        num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=64,
-                        pad_token_id=tokenizer.pad_token_id)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return LanguageModel(BertForMaskedLM(config), tokenizer, name=f"tiny-bert-{hidden}", kind="masked")
 
 
@@ -84,8 +156,7 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny models saved as local directories, loadable with load_model(path) and --model path."""
     root = tmp_path_factory.mktemp("models")
     dirs = {}
-    for name, lm in {"causal": tiny_causal(), "masked": tiny_masked(),
-                     "causal64": tiny_causal(hidden=64)}.items():
+    for name, lm in {"causal": tiny_causal(), "masked": tiny_masked(), "causal64": tiny_causal(hidden=64)}.items():
         lm.model.save_pretrained(root / name)
         lm.tokenizer.save_pretrained(root / name)
         dirs[name] = root / name
