@@ -89,11 +89,14 @@ def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
     """A BERT-style WordPiece with [CLS] ... [SEP] wrapping."""
     from tokenizers import processors
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # A fixed vocabulary (the WordPiece trainer is not deterministic across calls): whole words, then
+    # every character alone and as a continuation piece, so any text made of these letters tokenises.
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = sorted({c for word in WORDS for c in word})
+    pieces = specials + list(dict.fromkeys(WORDS)) + [c for c in chars if c not in WORDS] + [f"##{c}" for c in chars]
+    tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(corpus(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
@@ -161,3 +164,15 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         lm.tokenizer.save_pretrained(root / name)
         dirs[name] = root / name
     return dirs
+
+
+@pytest.fixture
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """SOFTPROMPT_CACHE in a temporary directory, and the Hugging Face hub offline (no network retries)."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "softprompt-cache"
+    monkeypatch.setenv("SOFTPROMPT_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return cache

@@ -81,6 +81,9 @@ class Engine:
         self.lm = lm
         # Causal LMs are padded on the left so the answer is read at the same last position everywhere.
         self.padding_side = padding_side or ("left" if lm.kind == "causal" else "right")
+        if lm.kind == "masked" and self.padding_side == "left":
+            # Masked LMs take default absolute positions from 0, which left padding would shift.
+            raise ValueError("masked LMs must be padded on the right")
         model = lm.model
         self.body = getattr(model, model.base_model_prefix)
         self.head = self._find_head(model)
@@ -112,6 +115,7 @@ class Engine:
         if self.lm.kind == "causal":
             # With left padding the default arange positions would be shifted by the padding.
             kwargs["position_ids"] = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+            kwargs["use_cache"] = False
         with self._perturb_layers(deltas, rows, is_prompt):
             hidden = self.body(inputs_embeds=embeds, attention_mask=batch.attention_mask, **kwargs)[0]
         return hidden[torch.arange(len(batch)), batch.answer_positions]

@@ -170,6 +170,11 @@ def _kind_of(config: PretrainedConfig) -> ModelKind:
             return "masked"
         if arch.endswith(("ForCausalLM", "LMHeadModel")):
             return "causal"
-    if getattr(config, "is_decoder", False) or type(config) in AutoModelForCausalLM._model_mapping:
+    if getattr(config, "is_decoder", False):
+        return "causal"
+    # Encoders (BERT, RoBERTa, ...) also have a *ForCausalLM class, so the masked mapping decides first.
+    if type(config) in AutoModelForMaskedLM._model_mapping:
+        return "masked"
+    if type(config) in AutoModelForCausalLM._model_mapping:
         return "causal"
     return "masked"

@@ -130,6 +130,14 @@ def run_probe(
     engine = engine or Engine(lm)
     data = encode_relation(relation, lm, limits)
     prompt = make_prompt(mode, data.encoder, init, config.seed)
+    # Refuse unusable data before anything is written to the run directory.
+    needed = ("train", "dev", "test") if mode != "hard" else ("test",)
+    for split in needed:
+        if not data.splits[split]:
+            raise SoftpromptError(
+                f"relation {relation.name}: the {split} split has no usable facts "
+                f"({data.dropped[split]} dropped because their answer is not a single token)"
+            )
     out.mkdir(parents=True, exist_ok=True)
     run_config = {
         "model": lm.name, "relation": relation.name, "template": relation.template, "mode": mode,

@@ -78,6 +78,8 @@ class TemplateEncoder:
         pieces = [self._ids(before, False), self._ids(middle, middle[:1].isspace()),
                   self._ids(after, after[:1].isspace())]
         specials_before, specials_after = self._special_tokens()
+        if lm.kind == "causal":
+            specials_after = []  # e.g. an appended </s>: it would come after the answer position
         self.prompt_ids: tuple[int, ...] = tuple(pieces[0] + pieces[1] + pieces[2])
         # The layout of one query, with "X"/"Y" standing for the subject tokens and the answer position.
         layout: list[int | str] = [*specials_before]
@@ -109,9 +111,10 @@ class TemplateEncoder:
         return full[:start], full[start + len(bare) :]
 
     def answer_id(self, answer: str) -> int | None:
-        """The single token id of ``answer`` in this template's context, or None if it is several tokens."""
+        """The single token id of ``answer`` in this template's context, or None if it is several tokens
+        (or only the unknown token, which stands for no word in particular)."""
         ids = self._ids(answer, self._space_before["Y"])
-        return ids[0] if len(ids) == 1 else None
+        return ids[0] if len(ids) == 1 and ids[0] != self.lm.tokenizer.unk_token_id else None
 
     def encode(self, subject: str, answer: str) -> Example | None:
         """Encode one fact; None when its answer is not a single token for this model."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -41,11 +43,12 @@ class EmbeddingGaussian:
         return (self.mean + z @ self.scale.T).float()
 
 
-_GAUSSIANS: dict[int, EmbeddingGaussian] = {}
+# Keyed weakly by the model itself: an id() key could be reused by a later model once this one is freed.
+_GAUSSIANS: weakref.WeakKeyDictionary[nn.Module, EmbeddingGaussian] = weakref.WeakKeyDictionary()
 
 
 def embedding_gaussian(lm: LanguageModel) -> EmbeddingGaussian:
-    key = id(lm.model)
+    key = lm.model
     if key not in _GAUSSIANS:
         _GAUSSIANS[key] = EmbeddingGaussian(lm.embedding_matrix)
     return _GAUSSIANS[key]

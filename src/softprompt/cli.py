@@ -1,0 +1,320 @@
+"""The ``softprompt`` command line: ``probe train``, ``probe eval`` and ``demo``.
+
+User errors (a SoftpromptError, or a missing or unreadable path) end any command with one red line on
+stderr and exit code 2, like a usage error; no traceback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import transformers
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+from softprompt.data import GEO_RELATIONS, Relation, geo_relation, load_relation, read_templates
+from softprompt.demo import (
+    DEMO_CONFIG,
+    DEMO_LIMITS,
+    QUICK_CONFIG,
+    QUICK_LIMITS,
+    changed_settings,
+    run_demo,
+    run_settings,
+    summary_table,
+)
+from softprompt.engine import Engine
+from softprompt.errors import SoftpromptError
+from softprompt.io import write_json, write_jsonl
+from softprompt.models import DEFAULT_MODEL, LanguageModel, load_model
+from softprompt.probe import EncodedRelation, encode_relation, evaluate, make_prompt, run_probe
+from softprompt.prompts import load_prompt, read_prompt_file
+from softprompt.templates import Template
+from softprompt.train import TrainConfig
+
+GEO_PREFIX = "geo:"
+USER_ERRORS = (SoftpromptError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class _Root(TyperGroup):
+    """The top-level command group: every command runs inside its ``invoke``, so this is where user
+    errors become one line and exit code 2 (for the console script and for CliRunner alike)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as error:
+            if isinstance(error, OSError) and error.filename is not None:
+                message = f"{error.filename}: {error.strerror}"
+            else:
+                message = " ".join(str(error).split())  # one line, whatever the message holds
+            # soft_wrap keeps the line whole (paths, "line 2") at any terminal width.
+            err_console.print(Text("error: ", style="bold red") + Text(message, style="red"), soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            # Checkpoints are written after every epoch, so little is lost; say how to pick up again.
+            err_console.print("interrupted; continue with the same command (probe train: add --resume)",
+                              style="yellow", soft_wrap=True)
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=_Root,
+    help="Soft prompts for knowledge probing of frozen language models (Qin & Eisner, 2021).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # reflows docstring paragraphs
+)
+probe_app = typer.Typer(help="Probe a relation's facts: train a prompt, or evaluate one.",
+                        no_args_is_help=True)
+app.add_typer(probe_app, name="probe")
+
+DATA_HELP = (
+    "The facts: a directory with train/dev/test.jsonl, one JSONL file (used as the test split), or "
+    f"geo:NAME for a built-in geography relation ({', '.join(GEO_RELATIONS)}). Rows are "
+    '{"sub": ..., "obj": ...} or LAMA\'s {"sub_label": ..., "obj_label": ...}.'
+)
+Data = Annotated[str, typer.Option("--data", help=DATA_HELP, show_default=False)]
+TemplateText = Annotated[str | None, typer.Option(
+    "--template", show_default=False,
+    help="The template, with [X] for the subject and [Y] for the answer, e.g. '[X] was born in [Y] .'")]
+TemplatesFile = Annotated[Path | None, typer.Option(
+    "--templates", help="A templates file such as LAMA's relations.jsonl; the entry of --relation is used.",
+    show_default=False)]
+RelationName = Annotated[str | None, typer.Option(
+    "--relation", help="The relation's name (default: the data's file or directory name, or the geo name).",
+    show_default=False)]
+Model = Annotated[str, typer.Option(
+    "--model", help="A bundled model alias, a .gguf file, a local model directory or a Hugging Face id.")]
+Out = Annotated[Path, typer.Option("--out", help="The run directory to write.", show_default=False)]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite a run already in the run directory.")]
+
+
+def _load_relation(data: str, template: str | None, templates: Path | None, name: str | None) -> Relation:
+    """The relation DATA names, with its template checked for well-formedness (not yet for a model)."""
+    if data.startswith(GEO_PREFIX):
+        geo = geo_relation(data.removeprefix(GEO_PREFIX))
+        name = name or geo.name
+        if template is None and templates is not None:
+            table = read_templates(templates)
+            if name not in table:
+                raise SoftpromptError(
+                    f"{templates} has no template for relation {name!r}; pass --relation with one of its "
+                    "relation names, or --template"
+                )
+            template = table[name]
+        relation = Relation(name=name, template=template or geo.template, splits=geo.splits)
+    else:
+        relation = load_relation(data, template, templates, name)
+    Template(relation.template)  # exactly one [X] and one [Y]
+    return relation
+
+
+def _check_run_dir(out: Path, force: bool, resume: bool = False) -> None:
+    """Refuse to write into a directory that holds a run, unless told to overwrite or resume it."""
+    if out.exists() and not out.is_dir():
+        raise SoftpromptError(f"--out {out} is a file; the run directory must be a directory")
+    if force or resume:
+        return
+    if (out / "metrics.json").is_file():
+        raise SoftpromptError(
+            f"{out} already holds a finished run (metrics.json); pass --force to overwrite it, "
+            "or choose another --out"
+        )
+    if (out / "checkpoint.safetensors").is_file():
+        raise SoftpromptError(
+            f"{out} holds an interrupted training run; continue it with probe train --resume, "
+            "or pass --force to overwrite it"
+        )
+
+
+def _load_model(spec: str) -> LanguageModel:
+    # transformers' weight-loading bars and notes would bury the command's own output.
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    with console.status(f"loading model {spec} ..."):
+        return load_model(spec)
+
+
+def _limits(**caps: int | None) -> dict[str, int]:
+    return {split: cap for split, cap in caps.items() if cap is not None}
+
+
+def _require(data: EncodedRelation, splits: tuple[str, ...], hint: str) -> None:
+    for split in splits:
+        if not data.splits[split]:
+            raise SoftpromptError(
+                f"relation {data.name}: the {split} split has no usable facts "
+                f"({data.dropped[split]} dropped because their answer is not a single token); {hint}"
+            )
+
+
+def _print_facts(data: EncodedRelation) -> None:
+    used = ", ".join(f"{split} {len(examples)}" for split, examples in data.splits.items())
+    dropped = ", ".join(f"{split} {n}" for split, n in data.dropped.items())
+    console.print(f"facts used: {used}")
+    console.print(f"facts dropped because their answer is not a single token: {dropped}")
+
+
+def _metrics_table(relation: str, mode: str, split: str, metrics: Mapping[str, float]) -> Table:
+    table = Table(title=f"{split} metrics (×100)")
+    for name in ("relation", "prompt", "n", "P@1", "P@10", "MRR"):
+        table.add_column(name, justify="left" if name in ("relation", "prompt") else "right")
+    table.add_row(relation, mode, str(metrics["n"]),
+                  *(f"{100 * metrics[key]:.1f}" for key in ("p@1", "p@10", "mrr")))
+    return table
+
+
+@probe_app.command("train")
+def probe_train(
+    data: Data,
+    out: Out,
+    template: TemplateText = None,
+    templates: TemplatesFile = None,
+    relation: RelationName = None,
+    model: Model = DEFAULT_MODEL,
+    mode: Annotated[Literal["soft", "deep"], typer.Option(
+        help="soft: one trainable vector per template token; deep: also a perturbation at every layer."
+    )] = "soft",
+    init: Annotated[Literal["template", "random"], typer.Option(
+        help="Start from the template's word embeddings, or from random draws shaped like them."
+    )] = "template",
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = TrainConfig.lr,
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = TrainConfig.batch_size,
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum number of epochs.")] = TrainConfig.max_epochs,
+    patience: Annotated[int, typer.Option(
+        min=1, help="Stop after this many epochs without a better dev loss.")] = TrainConfig.patience,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffling and of --init random.")] = TrainConfig.seed,
+    max_train: Annotated[int | None, typer.Option(min=1, help="Use at most N training facts.")] = None,
+    max_dev: Annotated[int | None, typer.Option(min=1, help="Use at most N dev facts.")] = None,
+    max_test: Annotated[int | None, typer.Option(min=1, help="Use at most N test facts.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the interrupted run in --out from its checkpoint (same settings required)."
+    )] = False,
+    force: Force = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars or per-epoch losses.")] = False,
+) -> None:
+    """Train a soft or deep prompt on the train split (early stopping on dev) and score it on test.
+
+    Facts whose answer is not a single token for the model are dropped (and counted). The run directory
+    gets config.json, metrics.json, predictions.jsonl, prompt.safetensors and checkpoint.safetensors.
+    """
+    if resume and force:
+        raise typer.BadParameter("give --resume to continue a run or --force to start over, not both",
+                                 param_hint="'--resume' / '--force'")
+    rel = _load_relation(data, template, templates, relation)
+    config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience, seed=seed)
+    limits = _limits(train=max_train, dev=max_dev, test=max_test)
+    _check_run_dir(out, force, resume)
+    lm = _load_model(model)
+    encoded = encode_relation(rel, lm, limits)  # also checks that the template suits the model
+    _require(encoded, ("train", "dev", "test"),
+             "training needs facts in train, dev and test (a split directory)")
+    if resume:
+        changed = changed_settings(out, run_settings(lm, rel, mode, init, config, limits))
+        if changed:
+            raise SoftpromptError(
+                f"{out} was started with other settings ({', '.join(changed)}); resume with the same "
+                "options, or pass --force instead of --resume to start over"
+            )
+    _print_facts(encoded)
+    started = time.monotonic()
+    doc = run_probe(lm, rel, out, mode=mode, init=init, config=config, limits=limits, resume=resume,
+                    progress=not quiet)
+    console.print(_metrics_table(rel.name, mode, "test", doc["test"]))
+    console.print(f"best epoch {doc['best_epoch']} of {len(doc['history']) - 1}, "
+                  f"{time.monotonic() - started:.0f} s; run directory: {out}")
+
+
+@probe_app.command("eval")
+def probe_eval(
+    data: Data,
+    out: Out,
+    prompt: Annotated[Path | None, typer.Option(
+        help="A prompt file, or a run directory holding prompt.safetensors; without it, the template "
+             "itself is evaluated as a hard prompt. A saved prompt brings its own template.",
+        show_default=False)] = None,
+    template: TemplateText = None,
+    templates: TemplatesFile = None,
+    relation: RelationName = None,
+    model: Model = DEFAULT_MODEL,
+    split: Annotated[Literal["test", "dev", "train"], typer.Option(help="The split to score.")] = "test",
+    max_facts: Annotated[int | None, typer.Option("--max", min=1, help="Score at most N facts.")] = None,
+    force: Force = False,
+) -> None:
+    """Score a saved prompt, or the hard template, on one split; write config, metrics and predictions."""
+    meta = read_prompt_file(prompt)[0] if prompt is not None else None
+    if meta is not None and template is None and templates is None:
+        rel = _load_relation(data, meta["template"], None, relation)
+    else:
+        rel = _load_relation(data, template, templates, relation)
+        if meta is not None and rel.template != meta["template"]:
+            raise SoftpromptError(
+                f"{prompt} was trained with the template {meta['template']!r}, not {rel.template!r}; "
+                "a saved prompt brings its own template, so leave out --template/--templates"
+            )
+    _check_run_dir(out, force)
+    lm = _load_model(model)
+    loaded = load_prompt(prompt, lm) if prompt is not None else None
+    limits = _limits(**{split: max_facts})
+    encoded = encode_relation(rel, lm, limits)
+    _require(encoded, (split,), "choose another --split, or data with single-token answers")
+    scored = loaded or make_prompt("hard", encoded.encoder)
+    metrics, rows = evaluate(Engine(lm), scored, encoded, split)
+    write_json(out / "config.json", {
+        "model": lm.name, "relation": rel.name, "template": rel.template, "mode": scored.mode,
+        "init": scored.init, "prompt": str(prompt) if prompt is not None else None, "split": split,
+        "limits": limits, "examples": {split: len(encoded.splits[split])},
+        "dropped_multi_token": encoded.dropped,
+    })
+    write_jsonl(out / "predictions.jsonl", rows)
+    # metrics.json last: its presence marks the run as finished.
+    write_json(out / "metrics.json", {"relation": rel.name, "mode": scored.mode, "init": scored.init,
+                                      split: metrics, "dropped_multi_token": encoded.dropped})
+    console.print(f"facts dropped because their answer is not a single token: {encoded.dropped[split]}")
+    console.print(_metrics_table(rel.name, scored.mode, split, metrics))
+    console.print(f"run directory: {out}")
+
+
+DEMO_HELP = f"""Probe the geography relations ({", ".join(GEO_RELATIONS)}) with manual, soft and deep prompts.
+
+Prints test P@1, P@10 and MRR (×100) per relation and prompt, with a macro-average, and writes the table
+to OUT/summary.md. Demo settings: lr {DEMO_CONFIG.lr:g}, batch {DEMO_CONFIG.batch_size}, at most
+{DEMO_CONFIG.max_epochs} epochs, patience {DEMO_CONFIG.patience}, at most {DEMO_LIMITS["train"]} train,
+{DEMO_LIMITS["dev"]} dev and {DEMO_LIMITS["test"]} test facts per relation (about 10 minutes on 2 CPU cores
+with SmolLM2-135M). Rerunning reuses finished runs and resumes interrupted ones.
+"""
+
+
+@app.command(help=DEMO_HELP)
+def demo(
+    model: Model = DEFAULT_MODEL,
+    out: Annotated[Path, typer.Option(help="Where the runs and summary.md go.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option("--quick", help=(
+        f"Smoke test: at most {QUICK_LIMITS['train']} train, {QUICK_LIMITS['dev']} dev and "
+        f"{QUICK_LIMITS['test']} test facts, {QUICK_CONFIG.max_epochs} epochs."))] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Redo runs in --out that were made with other settings, instead of stopping."
+    )] = False,
+) -> None:
+    started = time.monotonic()
+    lm = _load_model(model)
+    config, limits = (QUICK_CONFIG, QUICK_LIMITS) if quick else (DEMO_CONFIG, DEMO_LIMITS)
+    results = run_demo(lm, out, config=config, limits=limits, force=force, console=console)
+    console.print(summary_table(results, title=f"{lm.name}: test metrics (×100)"))
+    console.print(f"summary: {out / 'summary.md'}  ({time.monotonic() - started:.0f} s)")
+
+
+def main() -> None:
+    """Entry point of the ``softprompt`` console script."""
+    app(prog_name="softprompt")

