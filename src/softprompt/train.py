@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from softprompt.engine import Engine, length_batches
+from softprompt.engine import Batch, Engine, length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_write
 from softprompt.prompts import Prompt
@@ -62,6 +62,15 @@ def mean_loss(engine: Engine, prompt: Prompt, examples: Sequence[Example], batch
     return total / len(examples)
 
 
+def train_step(engine: Engine, prompt: Prompt, optimizer: torch.optim.Optimizer, batch: Batch) -> float:
+    """One Adam step on a batch's mean answer log-loss; returns that loss."""
+    loss = F.cross_entropy(engine.answer_logits(batch, prompt.vectors(), prompt.deltas()), batch.answer_ids)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def train_prompt(
     engine: Engine,
     prompt: Prompt,
@@ -98,12 +107,7 @@ def train_prompt(
         batches = length_batches(train, config.batch_size, shuffle_seed=config.seed * 1_000_003 + epoch)
         total = 0.0
         for idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress):
-            batch = engine.collate([train[i] for i in idx])
-            loss = F.cross_entropy(engine.answer_logits(batch, prompt.vectors(), prompt.deltas()), batch.answer_ids)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
+            total += train_step(engine, prompt, optimizer, engine.collate([train[i] for i in idx])) * len(idx)
         dev_loss = mean_loss(engine, prompt, dev, config.eval_batch_size)
         state["history"].append({"epoch": epoch, "train_loss": total / len(train), "dev_loss": dev_loss})
         state["epoch"] = epoch

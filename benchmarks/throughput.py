@@ -1,0 +1,483 @@
+"""Soft-prompt training and evaluation throughput: softprompt's engine vs a plain Hugging Face loop.
+
+    .venv/bin/python benchmarks/throughput.py [--model smollm2-135m] [--train-batches 8]
+        [--eval-examples 512] [--repeats 3] [--threads N] [--device cpu|cuda] [--write [--note TEXT]]
+
+One run, one model, the same examples and batch size (64) for both methods:
+
+1. Training examples/s of a soft prompt. "engine" is the step of ``softprompt.train.train_prompt``
+   (length-bucketed batches, left padding, ``Engine.answer_logits`` -> cross-entropy -> backward ->
+   Adam on the prompt vectors). "plain HF" is written here: the same prompt vectors put into
+   ``inputs_embeds`` at the template positions, batches in dataset order padded to the batch maximum
+   on the right, the full ``lm.model(inputs_embeds=..., attention_mask=...)`` with logits for every
+   position (B, T, V), the logits gathered at each answer position, same loss, same Adam step.
+   Before timing, both are checked to give the same loss and prompt gradient on the same batch.
+2. Evaluation examples/s (inference_mode, rank of the answer over the full vocabulary, as
+   ``softprompt.probe.predict`` does): engine (bucketed) vs plain HF (unbucketed, full logits).
+3. Achieved FLOP/s of each, counted analytically (see ``FlopModel``), against a dense fp32 matmul peak
+   measured in the same run.
+
+Data: T-REx P19 from ../shared/data when present, else the geo relation city_country. Each timing is
+the median of --repeats passes after a warm-up; within a pass the methods run batch by batch in
+alternating order, so that load from other processes hits both alike. The defaults take about 3 minutes
+on 2 CPU cores. On a machine busy with other work, --threads 1 gives far steadier timings (OpenMP
+threads that wait on each other suffer badly from a competing process). With --write the table also
+goes to docs/results/throughput.md (--note adds a remark on the conditions of the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from softprompt.data import geo_relation, load_relation, shared_data_dir
+from softprompt.engine import Batch, Engine, length_batches
+from softprompt.metrics import answer_ranks
+from softprompt.models import LanguageModel, load_model
+from softprompt.probe import encode_relation
+from softprompt.prompts import SoftPrompt
+from softprompt.templates import Example
+from softprompt.train import train_step
+
+ROOT = Path(__file__).resolve().parent.parent
+TOP_K = 10
+METHODS = {"engine": "softprompt engine (bucketed)", "hf": "plain HF (unbucketed, full logits)"}
+
+
+# --------------------------------------------------------------------------- the two implementations
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return Batch(**{f.name: getattr(batch, f.name).to(device) for f in fields(Batch)})
+
+
+def engine_train_step(engine: Engine, prompt: SoftPrompt, optimizer: torch.optim.Optimizer,
+                      examples: Sequence[Example], device: torch.device) -> float:
+    """``train_prompt``'s step on one batch, moved to ``device``."""
+    return train_step(engine, prompt, optimizer, to_device(engine.collate(examples), device))
+
+
+def engine_eval_batch(engine: Engine, prompt: SoftPrompt, examples: Sequence[Example], idx: list[int],
+                      ranks: torch.Tensor, device: torch.device) -> None:
+    """The body of ``softprompt.probe.predict``'s batch loop (plus the move to ``device``)."""
+    with torch.inference_mode():
+        batch = to_device(engine.collate([examples[i] for i in idx]), device)
+        logprobs = engine.answer_logits(batch, prompt.vectors(), prompt.deltas()).log_softmax(-1)
+        ranks[torch.tensor(idx)] = answer_ranks(logprobs, batch.answer_ids).cpu()
+        logprobs.gather(1, batch.answer_ids[:, None]).cpu()
+        logprobs.topk(TOP_K, dim=-1).values.cpu()
+
+
+class PlainHF:
+    """A straightforward soft-prompt implementation on the Hugging Face model API.
+
+    Right padding to the batch maximum, no length bucketing, the model's full forward pass with
+    logits at every position, and the answer's logits gathered at each row's explicit answer position
+    (for a causal LM, the last real token).
+    """
+
+    def __init__(self, lm: LanguageModel, device: torch.device) -> None:
+        self.lm = lm
+        self.device = device
+        self.pad_id = lm.tokenizer.pad_token_id
+
+    def collate(self, examples: Sequence[Example]) -> Batch:
+        width = max(len(e) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        slots = torch.full((len(examples), width), -1, dtype=torch.long)
+        for row, e in enumerate(examples):
+            ids[row, : len(e)] = torch.tensor(e.input_ids)
+            mask[row, : len(e)] = 1
+            slots[row, : len(e)] = torch.tensor(e.prompt_slots)
+        positions = torch.tensor([e.answer_position for e in examples])
+        if self.lm.kind == "causal":
+            assert torch.equal(positions, mask.sum(1) - 1), "causal answers are read at the last real token"
+        answers = torch.tensor([e.answer_id for e in examples])
+        return to_device(Batch(ids, mask, slots, positions, answers), self.device)
+
+    def answer_logits(self, batch: Batch, vectors: torch.Tensor) -> torch.Tensor:
+        model = self.lm.model
+        embeds = model.get_input_embeddings()(batch.input_ids)
+        is_prompt = (batch.prompt_slots >= 0).unsqueeze(-1)
+        embeds = torch.where(is_prompt, vectors[batch.prompt_slots.clamp(min=0)], embeds)
+        logits = model(inputs_embeds=embeds, attention_mask=batch.attention_mask).logits  # (B, T, V)
+        return logits[torch.arange(len(batch), device=logits.device), batch.answer_positions].float()
+
+    def train_step(self, prompt: SoftPrompt, optimizer: torch.optim.Optimizer,
+                   examples: Sequence[Example]) -> float:
+        batch = self.collate(examples)
+        loss = F.cross_entropy(self.answer_logits(batch, prompt.vectors()), batch.answer_ids)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def eval_batch(self, prompt: SoftPrompt, examples: Sequence[Example], idx: list[int],
+                   ranks: torch.Tensor) -> None:
+        with torch.inference_mode():
+            batch = self.collate([examples[i] for i in idx])
+            logprobs = self.answer_logits(batch, prompt.vectors()).log_softmax(-1)
+            ranks[torch.tensor(idx)] = answer_ranks(logprobs, batch.answer_ids).cpu()
+            logprobs.gather(1, batch.answer_ids[:, None]).cpu()
+            logprobs.topk(TOP_K, dim=-1).values.cpu()
+
+
+def check_same_computation(engine: Engine, hf: PlainHF, init: torch.Tensor, examples: Sequence[Example],
+                           device: torch.device) -> tuple[float, float]:
+    """Loss, logits and prompt gradient of both on one mixed-length batch must agree.
+
+    Returns the loss and the largest gradient difference relative to the largest gradient entry.
+    """
+    results = []
+    for method in ("engine", "hf"):
+        vectors = init.detach().clone().requires_grad_(True)
+        if method == "engine":
+            batch = to_device(engine.collate(examples), device)
+            logits = engine.answer_logits(batch, vectors)
+        else:
+            batch = hf.collate(examples)
+            logits = hf.answer_logits(batch, vectors)
+        loss = F.cross_entropy(logits, batch.answer_ids)
+        loss.backward()
+        results.append((loss.detach(), logits.detach(), vectors.grad))
+    (loss_e, logits_e, grad_e), (loss_h, logits_h, grad_h) = results
+    torch.testing.assert_close(loss_e, loss_h, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits_e, logits_h, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(grad_e, grad_h, rtol=1e-3, atol=1e-5 * float(grad_e.abs().max()))
+    return float(loss_e), float((grad_e - grad_h).abs().max() / grad_e.abs().max())
+
+
+# --------------------------------------------------------------------------- FLOP counting
+
+
+@dataclass
+class FlopModel:
+    """Analytic FLOPs (multiply-add = 2) of the matrix products; norms, softmax, rotary etc. are left out.
+
+    Per token and forward: 2 x (weights of the transformer layers' matrices) + attention scores and
+    mixing, 4 x T x (heads x head_dim) per layer for a padded length T (the masked entries are computed
+    too). The vocabulary head costs 2 x (its matrix weights) per position where it is applied: the
+    answer position for the engine, every position for plain HF. With the LM frozen, backward computes
+    only input gradients: 1x the forward for each weight matrix (no weight gradients), 2x for the
+    attention products (gradients for both operands), 1x for the head.
+    """
+
+    layer_weights: int
+    attention_width: int
+    layers: int
+    head_weights: int
+
+    @classmethod
+    def of(cls, engine: Engine) -> FlopModel:
+        lm, config = engine.lm, engine.lm.config
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or lm.hidden_size // heads
+        return cls(
+            layer_weights=sum(p.numel() for p in lm.layers.parameters() if p.dim() == 2),
+            attention_width=heads * head_dim,
+            layers=lm.num_layers,
+            head_weights=sum(p.numel() for p in engine.head.parameters() if p.dim() == 2),
+        )
+
+    def flops(self, batch_shape: tuple[int, int], train: bool, full_head: bool) -> float:
+        rows, width = batch_shape
+        tokens = rows * width
+        linear = 2 * self.layer_weights * tokens
+        attention = 4 * self.layers * rows * width * width * self.attention_width
+        head = 2 * self.head_weights * (tokens if full_head else rows)
+        if train:
+            return 2 * linear + 3 * attention + 2 * head
+        return linear + attention + head
+
+
+def batch_shapes(batches: Sequence[Sequence[Example]]) -> list[tuple[int, int]]:
+    return [(len(b), max(len(e) for e in b)) for b in batches]
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def matmul_peak(device: torch.device, n: int, reps: int = 5, trials: int = 4) -> float:
+    """Best FLOP/s of ``reps`` back-to-back fp32 n x n matmuls, over ``trials`` tries."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device)
+    b = torch.randn(n, n, generator=gen).to(device)
+    out = torch.empty(n, n, device=device)
+    torch.matmul(a, b, out=out)
+
+    def run() -> None:
+        for _ in range(reps):
+            torch.matmul(a, b, out=out)
+
+    return max(2 * n**3 * reps / timed(run, device) for _ in range(trials))
+
+
+def interleaved(
+    units: dict[str, list[Callable[[], object]]], repeats: int, device: torch.device
+) -> dict[str, float]:
+    """Median over ``repeats`` passes of each method's summed per-batch seconds.
+
+    Within a pass, batch i of every method runs back to back (in alternating order), so that a load
+    that varies over time (other processes on the machine) hits the methods alike.
+    """
+    names = list(units)
+    n = len(units[names[0]])
+    assert all(len(u) == n for u in units.values())
+    passes: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        spent = dict.fromkeys(names, 0.0)
+        for i in range(n):
+            for name in names if (r + i) % 2 == 0 else names[::-1]:
+                spent[name] += timed(units[name][i], device)
+        for name in names:
+            passes[name].append(spent[name])
+    return {name: statistics.median(ts) for name, ts in passes.items()}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def load_examples(lm: LanguageModel) -> tuple[str, object, list[Example], list[Example]]:
+    """(description, encoder, training examples, evaluation examples) in dataset order."""
+    shared = shared_data_dir()
+    p19 = shared / "qin_eisner_soft_prompts" / "db" / "trex_original" / "P19" if shared else None
+    templates = shared / "lama" / "relations.jsonl" if shared else None
+    if p19 is not None and p19.is_dir() and templates.is_file():
+        relation = load_relation(p19, templates_file=templates, name="P19")
+        source = "T-REx P19 (Qin & Eisner split, ../shared/data)"
+    else:
+        relation = geo_relation("city_country")
+        source = "geo city_country (../shared/data not found)"
+    data = encode_relation(relation, lm)
+    source += f", template {relation.template!r}"
+    evaluation = data.splits["test"] + data.splits["dev"]
+    return source, data.encoder, data.splits["train"], evaluation
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--train-batches", type=int, default=8, help="training batches per timed pass")
+    parser.add_argument("--eval-examples", type=int, default=512, help="examples per timed evaluation pass")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per method (median reported)")
+    parser.add_argument("--matmul-size", type=int, default=None, help="default 2048 (cpu) or 8192 (cuda)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as torch)")
+    parser.add_argument("--write", action="store_true", help="also write docs/results/throughput.md")
+    parser.add_argument("--note", default="", help="a remark on the run's conditions for the written file")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    lm = load_model(args.model)
+    source, encoder, train, evaluation = load_examples(lm)
+    bs = args.batch_size
+    n_batches = min(args.train_batches, len(train) // bs)
+    if n_batches < 1:
+        sys.exit(f"only {len(train)} training examples: fewer than one batch of {bs}")
+    evaluation = evaluation[: args.eval_examples]
+    # The same examples for both: the first n_batches * bs of the training split (dataset order, so a
+    # representative mix of lengths). Plain HF cuts them into consecutive batches; the engine batches
+    # them as train_prompt does for its first epoch (seed 0), bucketing by length within this pool.
+    pool = train[: n_batches * bs]
+    batches = {
+        "train": {"engine": [[pool[i] for i in idx] for idx in length_batches(pool, bs, shuffle_seed=1)],
+                  "hf": [pool[i : i + bs] for i in range(0, len(pool), bs)]},
+        "eval": {"engine": length_batches(evaluation, bs),
+                 "hf": [list(range(i, min(i + bs, len(evaluation)))) for i in range(0, len(evaluation), bs)]},
+    }
+    # Prompts are built while the model is on the CPU (their template init embeds token ids there).
+    prompts = {name: SoftPrompt(encoder) for name in ("engine", "hf", "eval")}
+    lm.model.to(device)
+    for prompt in prompts.values():
+        prompt.to(device)
+    engine = Engine(lm)
+    hf = PlainHF(lm, device)
+    lengths = [len(e) for e in pool]
+    print(f"model {args.model} on {device}, {torch.get_num_threads()} threads; data: {source}")
+    print(f"train: the first {len(pool)} of {len(train)} examples, {n_batches} batches of {bs} (lengths "
+          f"{min(lengths)}-{max(lengths)} tokens); eval: {len(evaluation)} examples", flush=True)
+
+    check_batch = batches["train"]["hf"][0][:16]
+    loss, grad_diff = check_same_computation(engine, hf, prompts["eval"].weight, check_batch, device)
+    print(f"check: same loss on a mixed-length batch ({loss:.5f}); max relative gradient difference "
+          f"{grad_diff:.1e}", flush=True)
+
+    optimizers = {name: torch.optim.Adam(prompts[name].parameters(), lr=3e-3) for name in ("engine", "hf")}
+    ranks = {name: torch.zeros(len(evaluation), dtype=torch.long) for name in ("engine", "hf")}
+
+    def engine_train(b: list[Example]) -> Callable[[], object]:
+        return lambda: engine_train_step(engine, prompts["engine"], optimizers["engine"], b, device)
+
+    def hf_train(b: list[Example]) -> Callable[[], object]:
+        return lambda: hf.train_step(prompts["hf"], optimizers["hf"], b)
+
+    def engine_eval(idx: list[int]) -> Callable[[], object]:
+        return lambda: engine_eval_batch(engine, prompts["eval"], evaluation, idx, ranks["engine"], device)
+
+    def hf_eval(idx: list[int]) -> Callable[[], object]:
+        return lambda: hf.eval_batch(prompts["eval"], evaluation, idx, ranks["hf"])
+
+    train_units = {"engine": [engine_train(b) for b in batches["train"]["engine"]],
+                   "hf": [hf_train(b) for b in batches["train"]["hf"]]}
+    eval_units = {"engine": [engine_eval(idx) for idx in batches["eval"]["engine"]],
+                  "hf": [hf_eval(idx) for idx in batches["eval"]["hf"]]}
+    matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
+    peak = matmul_peak(device, matmul_size)
+    # Warm-up: one (small) training step and evaluation batch each.
+    engine_train_step(engine, prompts["engine"], optimizers["engine"], pool[:8], device)
+    hf.train_step(prompts["hf"], optimizers["hf"], pool[:8])
+    engine_eval_batch(engine, prompts["eval"], evaluation, list(range(8)), ranks["engine"], device)
+    hf.eval_batch(prompts["eval"], evaluation, list(range(8)), ranks["hf"])
+
+    start = time.perf_counter()
+    train_s = interleaved(train_units, args.repeats, device)
+    eval_s = interleaved(eval_units, args.repeats, device)
+    peak = max(peak, matmul_peak(device, matmul_size))
+    agree = float((ranks["engine"] == ranks["hf"]).float().mean())
+    print(f"check: evaluation ranks agree on {100 * agree:.1f}% of examples; timed in "
+          f"{time.perf_counter() - start:.0f}s", flush=True)
+
+    # Padding over a whole epoch of the full training split, for comparison with the timed pool.
+    real = sum(len(e) for e in train)
+    epoch_pad = {
+        "engine": sum(len(b) * max(len(train[i]) for i in b) for b in length_batches(train, bs, 1)) / real,
+        "hf": sum(len(train[i : i + bs]) * max(map(len, train[i : i + bs])) for i in range(0, len(train), bs))
+        / real,
+    }
+    counter = FlopModel.of(engine)
+    rows = []
+    for phase, seconds in (("train", train_s), ("eval", eval_s)):
+        examples = train if phase == "train" else evaluation
+        as_examples = {m: [[examples[i] for i in idx] for idx in b] if phase == "eval" else b
+                       for m, b in batches[phase].items()}
+        n = sum(len(b) for b in as_examples["hf"])
+        real_tokens = sum(len(e) for b in as_examples["hf"] for e in b)
+        for method in ("engine", "hf"):
+            shapes = batch_shapes(as_examples[method])
+            flops = sum(counter.flops(s, phase == "train", full_head=method == "hf") for s in shapes)
+            rows.append({
+                "phase": phase,
+                "method": METHODS[method],
+                "ex_s": n / seconds[method],
+                "ratio": seconds["hf"] / seconds[method],
+                "pad": sum(r * w for r, w in shapes) / real_tokens,
+                "gflop_ex": flops / n / 1e9,
+                "flop_s": flops / seconds[method],
+            })
+    table = render(rows, peak)
+    note = (f"Padding over a full epoch of all {len(train)} training examples: engine "
+            f"{epoch_pad['engine']:.2f}, consecutive batches {epoch_pad['hf']:.2f} tokens computed "
+            "per real token.")
+    print()
+    print(table)
+    print(note)
+    if args.write:
+        command = shlex.join(["benchmarks/throughput.py", *sys.argv[1:]])
+        write_doc(ROOT / "docs" / "results" / "throughput.md", table, note, args, source, len(pool),
+                  n_batches, len(evaluation), agree, loss, command.strip())
+
+
+def render(rows: list[dict], peak: float) -> str:
+    lines = [
+        "| phase | method | examples/s | speed-up vs plain HF | tokens computed / real tokens "
+        "| GFLOP / example | achieved GFLOP/s | % of fp32 matmul peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['phase']} | {r['method']} | {r['ex_s']:.1f} | {r['ratio']:.2f}x | {r['pad']:.2f} "
+                     f"| {r['gflop_ex']:.2f} | {r['flop_s'] / 1e9:.1f} | {100 * r['flop_s'] / peak:.0f}% |")
+    lines.append("")
+    lines.append(f"Measured dense fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s.")
+    return "\n".join(lines)
+
+
+def write_doc(path: Path, table: str, note: str, args: argparse.Namespace, source: str, n_train: int,
+              n_batches: int, n_eval: int, agree: float, loss: float, command: str) -> None:
+    today = datetime.date.today().isoformat()
+    matmul_size = args.matmul_size or (8192 if args.device == "cuda" else 2048)
+    text = f"""# Throughput: softprompt engine vs a plain Hugging Face soft-prompt loop
+
+Command: `.venv/bin/python {command}`
+
+Date: {today}. Machine: {platform.machine()} {platform.system()}, device `{args.device}`,
+`torch.get_num_threads()` = {torch.get_num_threads()} ({os.cpu_count()} CPUs visible), torch
+{torch.__version__}. **These numbers come from a 2-core CPU machine**; absolute rates on it are low, the
+ratios within the run are the meaningful part.{(" " + args.note) if args.note else ""}
+
+Model `{args.model}` (fp32, frozen). Data: {source}. Batch size {args.batch_size} for both methods.
+Training: the first {n_train} examples of the training split ({n_batches} batches) per timed pass;
+evaluation: {n_eval} test (then dev) examples. Each figure is the median of {args.repeats} timed passes
+after a warm-up; within a pass the two methods run batch by batch in alternating order, so that the
+varying load from other processes hits both alike.
+
+{table}
+
+{note}
+
+What is compared:
+
+- **softprompt engine**: the training step of `softprompt.train.train_prompt` (batches from
+  `length_batches`, left padding, `Engine.answer_logits` computing the vocabulary projection at the
+  answer position only, cross-entropy, backward, Adam on the prompt vectors) and the evaluation of
+  `softprompt.probe.predict` (batches sorted by length, log-softmax over the full vocabulary, gold rank,
+  gold log-probability, top-10).
+- **plain HF**: written in the benchmark: the prompt vectors replace the template positions in
+  `inputs_embeds`, batches in dataset order padded on the right to the batch maximum,
+  `model(inputs_embeds=..., attention_mask=...)` returning logits for every position (B, T, V), the
+  answer's logits gathered at each row's last real token; the same loss, Adam step and ranking.
+- Before timing, the two were checked to give the same loss ({loss:.5f}), logits and prompt gradient on
+  one mixed-length batch, and their evaluation ranks agreed on {100 * agree:.1f}% of the examples.
+- The engine buckets within the timed pool only (to keep the run short); in real training it buckets
+  over windows of 50 batches, with the padding given under the table.
+
+FLOPs are counted analytically, matrix products only (multiply-add = 2): per token and forward,
+2 x the weights of the transformer layers' matrices, plus 4 x T x (heads x head dim) per layer for the
+attention scores and mixing at padded length T (padding is computed, so it is counted); the vocabulary
+head, 2 x its weights, at the answer position only (engine) or at every position (plain HF). With the
+LM frozen, backward computes input gradients only: 1x the forward for each weight matrix and the head,
+2x for the attention products. Norms, softmax, rotary embeddings, the loss and Adam are not counted.
+"tokens computed / real tokens" is the padding overhead of each batching. The fp32 peak is the best of
+several timed runs of back-to-back {matmul_size}-square float32 `torch.matmul`s, measured before and
+after the benchmark in the same run, with the same threads and under the same background load.
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
