@@ -24,16 +24,22 @@ from softprompt.demo import (
     DEMO_LIMITS,
     QUICK_CONFIG,
     QUICK_LIMITS,
-    changed_settings,
     run_demo,
-    run_settings,
     summary_table,
 )
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.io import write_json, write_jsonl
 from softprompt.models import DEFAULT_MODEL, LanguageModel, load_model
-from softprompt.probe import EncodedRelation, encode_relation, evaluate, make_prompt, run_probe
+from softprompt.probe import (
+    EncodedRelation,
+    changed_settings,
+    encode_relation,
+    evaluate,
+    make_prompt,
+    run_probe,
+    run_settings,
+)
 from softprompt.prompts import load_prompt, read_prompt_file
 from softprompt.templates import Template
 from softprompt.train import TrainConfig

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -32,7 +30,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.io import write_text
 from softprompt.metrics import macro_average
 from softprompt.models import LanguageModel
-from softprompt.probe import run_probe
+from softprompt.probe import changed_settings, run_probe, run_settings
 from softprompt.train import TrainConfig
 
 # Sized to finish within 15 minutes on 2 CPU cores with SmolLM2-135M (about 1 s per 64-example step):
@@ -48,29 +46,6 @@ METRICS = {"p@1": "P@1", "p@10": "P@10", "mrr": "MRR"}
 MACRO = "macro-average"
 
 Results = dict[str, dict[str, dict[str, float]]]  # relation -> column -> test metrics
-
-
-def run_settings(
-    lm: LanguageModel, relation: Relation, mode: str, init: str, config: TrainConfig,
-    limits: Mapping[str, int] | None,
-) -> dict[str, Any]:
-    """The entries of a run's config.json that must be equal for the run to be resumed or reused."""
-    return {"model": lm.name, "relation": relation.name, "template": relation.template, "mode": mode,
-            "init": init, "train": asdict(config), "limits": dict(limits or {})}
-
-
-def changed_settings(run_dir: Path, settings: Mapping[str, Any]) -> list[str]:
-    """The names of ``settings`` that differ from those of the run in ``run_dir`` (none if it has no run)."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return []
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise SoftpromptError(
-            f"{path}: cannot read it ({err}); delete {run_dir} or use another directory"
-        ) from err
-    return [key for key, value in settings.items() if stored.get(key) != value]
 
 
 def run_demo(

@@ -6,7 +6,8 @@ A run directory holds ``config.json``, ``metrics.json``, ``predictions.jsonl`` a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,29 @@ def evaluate(
     return ranking_metrics(ranks.tolist()), rows
 
 
+def run_settings(
+    lm: LanguageModel, relation: Relation, mode: str, init: str, config: TrainConfig,
+    limits: Mapping[str, int] | None,
+) -> dict[str, Any]:
+    """The entries of a run's config.json that must be equal for the run to be resumed or reused."""
+    return {"model": lm.name, "relation": relation.name, "template": relation.template, "mode": mode,
+            "init": init, "train": asdict(config), "limits": dict(limits or {})}
+
+
+def changed_settings(run_dir: Path, settings: Mapping[str, Any]) -> list[str]:
+    """The names of ``settings`` that differ from those of the run in ``run_dir`` (none if it has no run)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return []
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise SoftpromptError(
+            f"{path}: cannot read it ({err}); delete {run_dir} or use another directory"
+        ) from err
+    return [key for key, value in settings.items() if stored.get(key) != value]
+
+
 def run_probe(
     lm: LanguageModel,
     relation: Relation,
@@ -139,9 +163,7 @@ def run_probe(
                 f"({data.dropped[split]} dropped because their answer is not a single token)"
             )
     out.mkdir(parents=True, exist_ok=True)
-    run_config = {
-        "model": lm.name, "relation": relation.name, "template": relation.template, "mode": mode,
-        "init": init, "train": asdict(config), "limits": limits or {},
+    run_config = run_settings(lm, relation, mode, init, config, limits) | {
         "examples": {s: len(e) for s, e in data.splits.items()}, "dropped_multi_token": data.dropped,
     }
     write_json(out / "config.json", run_config)
