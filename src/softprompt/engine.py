@@ -29,9 +29,13 @@ class Batch:
     prompt_slots: torch.Tensor  # (B, T), -1 where the token is embedded as a word
     answer_positions: torch.Tensor  # (B,)
     answer_ids: torch.Tensor  # (B,)
+    subject_mask: torch.Tensor  # (B, T), True at the subject's tokens
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device) for t in vars(self).values()))
 
 
 def collate(examples: Sequence[Example], pad_id: int, padding_side: Literal["left", "right"]) -> Batch:
@@ -40,14 +44,16 @@ def collate(examples: Sequence[Example], pad_id: int, padding_side: Literal["lef
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     slots = torch.full((len(examples), width), -1, dtype=torch.long)
     answer_positions = torch.empty(len(examples), dtype=torch.long)
+    subject_mask = torch.zeros((len(examples), width), dtype=torch.bool)
     for row, e in enumerate(examples):
         start = width - len(e) if padding_side == "left" else 0
         ids[row, start : start + len(e)] = torch.tensor(e.input_ids)
         mask[row, start : start + len(e)] = 1
         slots[row, start : start + len(e)] = torch.tensor(e.prompt_slots)
         answer_positions[row] = start + e.answer_position
+        subject_mask[row, start + e.subject_span[0] : start + e.subject_span[1]] = True
     answer_ids = torch.tensor([e.answer_id for e in examples], dtype=torch.long)
-    return Batch(ids, mask, slots, answer_positions, answer_ids)
+    return Batch(ids, mask, slots, answer_positions, answer_ids, subject_mask)
 
 
 def length_batches(
@@ -98,12 +104,13 @@ class Engine:
         return heads[0]
 
     def collate(self, examples: Sequence[Example]) -> Batch:
-        return collate(examples, self.lm.tokenizer.pad_token_id, self.padding_side)
+        batch = collate(examples, self.lm.tokenizer.pad_token_id, self.padding_side)
+        return batch.to(self.lm.device) if self.lm.device.type != "cpu" else batch
 
-    def answer_hidden(
+    def final_hidden(
         self, batch: Batch, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The final hidden state at each query's answer position, (B, d)."""
+        """The last layer's hidden states at every position, (B, T, d)."""
         is_prompt = (batch.prompt_slots >= 0).unsqueeze(-1)
         rows = batch.prompt_slots.clamp(min=0)
         embeds = self.lm.embed(batch.input_ids)
@@ -117,17 +124,55 @@ class Engine:
             kwargs["position_ids"] = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
             kwargs["use_cache"] = False
         with self._perturb_layers(deltas, rows, is_prompt):
-            hidden = self.body(inputs_embeds=embeds, attention_mask=batch.attention_mask, **kwargs)[0]
-        return hidden[torch.arange(len(batch)), batch.answer_positions]
+            return self.body(inputs_embeds=embeds, attention_mask=batch.attention_mask, **kwargs)[0]
+
+    def answer_hidden(
+        self, batch: Batch, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The final hidden state at each query's answer position, (B, d)."""
+        hidden = self.final_hidden(batch, vectors, deltas)
+        return hidden[torch.arange(len(batch), device=hidden.device), batch.answer_positions]
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of the given hidden states, (..., V)."""
+        logits = self.head(hidden)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits.float()
 
     def answer_logits(
         self, batch: Batch, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Vocabulary logits at each query's answer position only, (B, V)."""
-        logits = self.head(self.answer_hidden(batch, vectors, deltas))
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits.float()
+        return self.project(self.answer_hidden(batch, vectors, deltas))
+
+    def subject_logprob(
+        self, batch: Batch, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None,
+        hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """log p(subject | prompt) per query, (B,): how plausible the subject is in the prompt's context.
+
+        Causal LMs: the log-probability of the subject's tokens after its first one, read from the same
+        forward pass as the answer (``hidden``, if given). The first token is left out for every prompt
+        because a template that opens with [X] gives it no left context to be predicted from.
+        Masked LMs: all subject tokens (and the answer) are masked at once and the subject's tokens are
+        scored in one extra forward pass.
+        """
+        if self.lm.kind == "causal":
+            hidden = self.final_hidden(batch, vectors, deltas) if hidden is None else hidden
+            # Token p is predicted from position p - 1; score subject tokens whose predecessor is subject too.
+            scored = batch.subject_mask[:, 1:] & batch.subject_mask[:, :-1]
+            rows, cols = scored.nonzero(as_tuple=True)
+            logp = self.project(hidden[rows, cols]).log_softmax(-1)
+            targets = batch.input_ids[rows, cols + 1]
+        else:
+            masked = batch.input_ids.masked_fill(batch.subject_mask, self.lm.tokenizer.mask_token_id)
+            hidden = self.final_hidden(Batch(masked, *list(vars(batch).values())[1:]), vectors, deltas)
+            rows, cols = batch.subject_mask.nonzero(as_tuple=True)
+            logp = self.project(hidden[rows, cols]).log_softmax(-1)
+            targets = batch.input_ids[rows, cols]
+        token_logp = logp.gather(1, targets[:, None])[:, 0]
+        return torch.zeros(len(batch), device=token_logp.device).index_add(0, rows, token_logp)
 
     @contextmanager
     def _perturb_layers(

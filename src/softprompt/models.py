@@ -60,6 +60,10 @@ class LanguageModel:
         return self.model.get_input_embeddings().weight.shape[1]
 
     @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
     def num_layers(self) -> int:
         return len(self.layers)
 
@@ -88,19 +92,29 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SOFTPROMPT_CACHE") or platformdirs.user_cache_dir("softprompt"))
 
 
-def load_model(spec: str = DEFAULT_MODEL, kind: ModelKind | None = None) -> LanguageModel:
+def load_model(
+    spec: str = DEFAULT_MODEL, kind: ModelKind | None = None, device: str | torch.device | None = None
+) -> LanguageModel:
     """Load ``spec``: a bundled alias, a ``.gguf`` file, a local directory or a Hugging Face model id.
 
-    ``kind`` forces causal or masked LM heads; by default it is read from the model's config.
+    ``kind`` forces causal or masked LM heads; by default it is read from the model's config. ``device``
+    (e.g. "cuda") is where the model runs; the default is the CPU.
     """
     if spec in BUNDLED_MODELS:
-        return _load_gguf(_bundled_gguf(spec), name=spec)
-    if spec.endswith(".gguf"):
+        lm = _load_gguf(_bundled_gguf(spec), name=spec)
+    elif spec.endswith(".gguf"):
         path = Path(spec)
         if not path.is_file():
             raise SoftpromptError(f"model file not found: {spec}")
-        return _load_gguf(path, name=spec)
-    return _load_hf(spec, kind)
+        lm = _load_gguf(path, name=spec)
+    else:
+        lm = _load_hf(spec, kind)
+    if device is not None:
+        try:
+            lm.model.to(device)
+        except (RuntimeError, AssertionError) as err:
+            raise SoftpromptError(f"cannot run the model on device {device!r}: {err}") from err
+    return lm
 
 
 def _bundled_gguf(alias: str) -> Path:

@@ -81,10 +81,10 @@ def predict(
             batch = engine.collate([examples[i] for i in idx])
             logprobs = engine.answer_logits(batch, prompt.vectors(), prompt.deltas()).log_softmax(-1)
             where = torch.tensor(idx)
-            ranks[where] = answer_ranks(logprobs, batch.answer_ids)
-            gold[where] = logprobs.gather(1, batch.answer_ids[:, None])[:, 0]
+            ranks[where] = answer_ranks(logprobs, batch.answer_ids).cpu()
+            gold[where] = logprobs.gather(1, batch.answer_ids[:, None])[:, 0].cpu()
             best = logprobs.topk(top_k, dim=-1)
-            top_ids[where], top_lp[where] = best.indices, best.values
+            top_ids[where], top_lp[where] = best.indices.cpu(), best.values.cpu()
     return ranks, gold, top_ids, top_lp
 
 

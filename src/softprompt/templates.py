@@ -36,6 +36,18 @@ class Template:
     def answer_first(self) -> bool:
         return self.text.index("[Y]") < self.text.index("[X]")
 
+    def answer_last(self) -> Template:
+        """The same words with [Y] moved to the end: ``"[Y] native [X] ."`` -> ``"native [X] . [Y]"``.
+
+        A causal LM can only predict [Y] as the next token, so answer-first templates (most LPAQA mined
+        prompts) are reordered for it. Their tokens keep their order around [X]; for soft prompts,
+        which are tuned anyway, this keeps the prompt's length and its position relative to [X].
+        """
+        if not self.answer_first:
+            return self
+        before, middle, after = self.pieces
+        return Template(" ".join(f"{before} {middle} [X] {after} [Y]".split()))
+
     @property
     def pieces(self) -> tuple[str, str, str]:
         """(before the first slot, between the slots, after the second slot)."""
@@ -52,15 +64,20 @@ class Example:
     prompt_slots: tuple[int, ...]  # index into the prompt's vectors, -1 for ordinary tokens
     answer_position: int
     answer_id: int
+    subject_span: tuple[int, int] = (0, 0)  # [start, end) of the subject's tokens
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
 class TemplateEncoder:
-    """Tokenises a template once for a model, then encodes (subject, answer) pairs against it."""
+    """Tokenises a template once for a model, then encodes (subject, answer) pairs against it.
 
-    def __init__(self, template: Template | str, lm: LanguageModel) -> None:
+    ``answer_space`` overrides whether the answer is tokenised as a word preceded by a space (by default
+    it follows the template). Mixtures fix it, so that every prompt scores the same answer token.
+    """
+
+    def __init__(self, template: Template | str, lm: LanguageModel, answer_space: bool | None = None) -> None:
         self.template = template if isinstance(template, Template) else Template(template)
         self.lm = lm
         before, middle, after = self.template.pieces
@@ -75,6 +92,8 @@ class TemplateEncoder:
             after = ""  # nothing after [Y] can influence a left-to-right prediction of [Y]
         # Each piece carries the space that preceded it, as BPE vocabularies attach spaces to the next word.
         self._space_before = {first: before[-1:].isspace(), second: middle[-1:].isspace()}
+        if answer_space is not None:
+            self._space_before["Y"] = answer_space
         pieces = [self._ids(before, False), self._ids(middle, middle[:1].isspace()),
                   self._ids(after, after[:1].isspace())]
         specials_before, specials_after = self._special_tokens()
@@ -93,6 +112,11 @@ class TemplateEncoder:
         self._layout = layout + list(specials_after)
         if lm.kind == "causal":
             self._layout = [item for item in self._layout if item != "Y"]
+
+    @property
+    def signature(self) -> tuple:
+        """Equal for two templates that encode every fact identically (e.g. differing only after [Y])."""
+        return tuple(self._layout), self.prompt_ids, self._space_before["X"], self._space_before["Y"]
 
     def _ids(self, text: str, leading_space: bool) -> list[int]:
         text = text.strip()
@@ -127,8 +151,10 @@ class TemplateEncoder:
         input_ids: list[int] = []
         slots: list[int] = []
         answer_position = -1
+        subject_start = -1
         for item in self._layout:
             if item == "X":
+                subject_start = len(input_ids)
                 input_ids += subject_ids
                 slots += [-1] * len(subject_ids)
             elif item == "Y":
@@ -144,4 +170,5 @@ class TemplateEncoder:
                 slots.append(-1)
         if answer_position < 0:  # causal: the answer is the next token after the last one
             answer_position = len(input_ids) - 1
-        return Example(tuple(input_ids), tuple(slots), answer_position, answer_id)
+        subject_span = (subject_start, subject_start + len(subject_ids))
+        return Example(tuple(input_ids), tuple(slots), answer_position, answer_id, subject_span)

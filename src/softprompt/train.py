@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 from tqdm.auto import tqdm
 
 from softprompt.engine import Batch, Engine, length_batches
@@ -64,11 +65,54 @@ def mean_loss(engine: Engine, prompt: Prompt, examples: Sequence[Example], batch
 
 def train_step(engine: Engine, prompt: Prompt, optimizer: torch.optim.Optimizer, batch: Batch) -> float:
     """One Adam step on a batch's mean answer log-loss; returns that loss."""
-    loss = F.cross_entropy(engine.answer_logits(batch, prompt.vectors(), prompt.deltas()), batch.answer_ids)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss = _backward_answer_loss(engine, prompt, batch)
     optimizer.step()
+    return loss
+
+
+def _backward_answer_loss(engine: Engine, prompt: Prompt, batch: Batch) -> float:
+    loss = F.cross_entropy(engine.answer_logits(batch, prompt.vectors(), prompt.deltas()), batch.answer_ids)
+    loss.backward()
     return loss.item()
+
+
+class Objective(Protocol):
+    """What ``optimise`` trains: a module whose trainable parameters minimise a loss over items.
+
+    ``items`` are the training examples (anything with a length, for length-bucketed batches);
+    ``backward`` adds the gradient of the mean loss over the given items and returns that loss;
+    ``start_epoch`` runs before each epoch's batches (EM does its E step there).
+    """
+
+    module: nn.Module
+    items: Sequence[Sized]
+
+    def backward(self, indices: list[int]) -> float: ...
+
+    def dev_loss(self) -> float: ...
+
+    def start_epoch(self, epoch: int) -> None: ...
+
+
+@dataclass
+class PromptObjective:
+    """The log-loss of the gold answer under one prompt."""
+
+    engine: Engine
+    module: Prompt
+    items: Sequence[Example]
+    dev: Sequence[Example]
+    eval_batch_size: int
+
+    def backward(self, indices: list[int]) -> float:
+        return _backward_answer_loss(self.engine, self.module, self.engine.collate([self.items[i] for i in indices]))
+
+    def dev_loss(self) -> float:
+        return mean_loss(self.engine, self.module, self.dev, self.eval_batch_size)
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
 
 
 def train_prompt(
@@ -86,76 +130,101 @@ def train_prompt(
         raise SoftpromptError("the training split is empty: nothing to learn from")
     if not dev:
         raise SoftpromptError("the dev split is empty: early stopping needs dev data")
-    params = [p for p in prompt.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in prompt.parameters()):
         raise SoftpromptError(f"a {prompt.mode} prompt has no trainable parameters; use mode soft or deep")
-    optimizer = torch.optim.Adam(params, lr=config.lr)
+    objective = PromptObjective(engine, prompt, train, dev, config.eval_batch_size)
+    return optimise(objective, config, checkpoint, resume, progress)
 
-    state = _load_checkpoint(checkpoint, prompt, optimizer, config) if resume and checkpoint else None
+
+def optimise(
+    objective: Objective,
+    config: TrainConfig,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    settings: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Adam on ``objective`` with early stopping on its dev loss; the module ends with its best-dev state.
+
+    ``settings`` (besides ``config``) must match for a checkpoint to be resumed.
+    """
+    module = objective.module
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise SoftpromptError("nothing to train: every parameter is frozen")
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    identity = {"config": asdict(config), "settings": settings or {}}
+
+    state = _load_checkpoint(checkpoint, module, optimizer, identity) if resume and checkpoint else None
     if state is None:
-        initial = mean_loss(engine, prompt, dev, config.eval_batch_size)
+        initial = objective.dev_loss()
         state = {"epoch": 0, "best_epoch": 0, "best_dev_loss": initial, "bad_epochs": 0,
                  "history": [{"epoch": 0, "dev_loss": initial}]}
-        best = _copy_state(prompt)
+        best = _copy_state(module)
     else:
         state, best = state
 
-    epochs = range(state["epoch"] + 1, config.max_epochs + 1)
-    for epoch in epochs:
+    for epoch in range(state["epoch"] + 1, config.max_epochs + 1):
         if state["bad_epochs"] >= config.patience:
             break
-        batches = length_batches(train, config.batch_size, shuffle_seed=config.seed * 1_000_003 + epoch)
+        objective.start_epoch(epoch)
+        batches = length_batches(objective.items, config.batch_size, shuffle_seed=config.seed * 1_000_003 + epoch)
         total = 0.0
         for idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress):
-            total += train_step(engine, prompt, optimizer, engine.collate([train[i] for i in idx])) * len(idx)
-        dev_loss = mean_loss(engine, prompt, dev, config.eval_batch_size)
-        state["history"].append({"epoch": epoch, "train_loss": total / len(train), "dev_loss": dev_loss})
+            optimizer.zero_grad(set_to_none=True)
+            total += objective.backward(idx) * len(idx)
+            optimizer.step()
+        dev_loss = objective.dev_loss()
+        train_loss = total / len(objective.items)
+        state["history"].append({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss})
         state["epoch"] = epoch
         if dev_loss < state["best_dev_loss"]:
             state.update(best_epoch=epoch, best_dev_loss=dev_loss, bad_epochs=0)
-            best = _copy_state(prompt)
+            best = _copy_state(module)
         else:
             state["bad_epochs"] += 1
         if progress:
-            tqdm.write(f"epoch {epoch}: train loss {total / len(train):.4f}  dev loss {dev_loss:.4f}")
+            tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}  dev loss {dev_loss:.4f}")
         if checkpoint:
-            _save_checkpoint(checkpoint, prompt, best, optimizer, state, config)
-    prompt.load_state_dict(best)
+            _save_checkpoint(checkpoint, module, best, optimizer, state, identity)
+    module.load_state_dict(best)
     return TrainResult(state["best_epoch"], state["best_dev_loss"], state["history"])
 
 
-def _copy_state(prompt: Prompt) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in prompt.state_dict().items()}
+def _copy_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 def _save_checkpoint(
-    path: Path, prompt: Prompt, best: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-    state: dict[str, Any], config: TrainConfig,
+    path: Path, module: nn.Module, best: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+    state: dict[str, Any], identity: dict[str, Any],
 ) -> None:
-    tensors = {f"prompt.{k}": v.detach().contiguous() for k, v in prompt.state_dict().items()}
+    tensors = {f"prompt.{k}": v.detach().contiguous() for k, v in module.state_dict().items()}
     tensors |= {f"best.{k}": v.contiguous() for k, v in best.items()}
     optim = optimizer.state_dict()
     for index, slots in optim["state"].items():
         tensors |= {f"optim.{index}.{k}": torch.as_tensor(v).reshape(-1) if k == "step" else v
                     for k, v in slots.items()}
-    meta = {"state": state, "config": asdict(config), "param_groups": optim["param_groups"]}
+    meta = {"state": state, **identity, "param_groups": optim["param_groups"]}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"softprompt.checkpoint": json.dumps(meta)}))
 
 
 def _load_checkpoint(
-    path: Path, prompt: Prompt, optimizer: torch.optim.Optimizer, config: TrainConfig
+    path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, identity: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
     if not path.is_file():
         return None
+    # Loaded on the CPU: load_state_dict copies onto the module's and the optimizer's devices.
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["softprompt.checkpoint"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    if meta["config"] != asdict(config):
+    stored = {"config": meta["config"], "settings": meta.get("settings", {})}
+    if stored != identity:
         raise SoftpromptError(
-            f"{path} was written with training settings {meta['config']}, not {asdict(config)}; "
+            f"{path} was written with training settings {stored}, not {identity}; "
             "resume with the same settings, or start a new run directory"
         )
-    prompt.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("prompt.")})
+    module.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("prompt.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     slots: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():

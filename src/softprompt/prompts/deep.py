@@ -21,7 +21,8 @@ class DeepPrompt(Prompt):
         super().__init__(encoder, init)
         self.register_buffer("base", initial_vectors(encoder, init, seed))
         # deltas[0] perturbs the input vectors, deltas[l] the output of transformer layer l.
-        self.delta = nn.Parameter(torch.zeros(self.num_layers + 1, self.length, self.hidden_size))
+        shape = (self.num_layers + 1, self.length, self.hidden_size)
+        self.delta = nn.Parameter(torch.zeros(shape, device=encoder.lm.device))
 
     def vectors(self) -> torch.Tensor:
         return self.base

@@ -20,9 +20,9 @@ def initial_vectors(encoder: TemplateEncoder, init: str, seed: int = 0) -> torch
     lm = encoder.lm
     ids = torch.tensor(encoder.prompt_ids, dtype=torch.long)
     if init == "template":
-        return lm.embed(ids).detach().float().clone()
+        return lm.embed(ids.to(lm.device)).detach().float().clone()
     if init == "random":
-        return embedding_gaussian(lm).sample(len(ids), seed)
+        return embedding_gaussian(lm).sample(len(ids), seed).to(lm.device)
     raise SoftpromptError(f"unknown prompt init {init!r}; choose one of: {', '.join(INITS)}")
 
 
@@ -30,7 +30,7 @@ class EmbeddingGaussian:
     """A full-covariance Gaussian fitted to all word embeddings of a model."""
 
     def __init__(self, embeddings: torch.Tensor) -> None:
-        e = embeddings.detach().double()
+        e = embeddings.detach().cpu().double()
         self.mean = e.mean(0)
         centred = e - self.mean
         cov = centred.T @ centred / (len(e) - 1)
