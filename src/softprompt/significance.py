@@ -32,7 +32,7 @@ SOURCE_PATH = "_path"
 SOURCE_LINE = "_line"
 REQUIRED = ("relation", "subject", "answer", "rank")
 # Permutations are drawn in chunks of about this many (permutation, example) cells, to bound memory
-# (a chunk of 2**22 float64 signs is 32 MiB) whatever the number of examples.
+# (a chunk is 4 MiB of swap bits, and 32 MiB where numpy converts them to float64) whatever the number of examples.
 CHUNK_CELLS = 2**22
 
 
@@ -205,17 +205,21 @@ def paired_permutation_test(a: Sequence[float] | np.ndarray, b: Sequence[float] 
         raise ValueError(f"a, b and groups must be 1-D of the same length (got {len(a)}, {len(b)}, {len(groups)})")
     if permutations < 1:
         raise ValueError(f"permutations must be at least 1, got {permutations}")
+    n = len(a)
     weighted = _macro_weights(groups) * (b - a)
-    observed = abs(float(weighted.sum()))
+    total = float(weighted.sum())
     rng = np.random.default_rng(seed)
-    chunk = max(1, CHUNK_CELLS // max(1, len(a)))
+    chunk = max(1, CHUNK_CELLS // max(1, n))
     extreme = 0
     for start in range(0, permutations, chunk):
         size = min(chunk, permutations - start)
-        signs = np.where(rng.random((size, len(a))) < 0.5, -1.0, 1.0)
+        # One fair coin per (permutation, pair): the bits of random bytes, several times faster than
+        # drawing floats. Swapping pair i turns +w_i d_i into -w_i d_i, i.e. subtracts 2 w_i d_i.
+        swapped = np.unpackbits(rng.integers(0, 256, (size, (n + 7) // 8), dtype=np.uint8), axis=1, count=n)
+        stats = total - 2.0 * (swapped @ weighted)
         # The tolerance keeps permutations that equal the observed statistic up to rounding (e.g. all of
         # them when the systems are identical) from being missed.
-        extreme += int(np.count_nonzero(np.abs(signs @ weighted) >= observed - 1e-12))
+        extreme += int(np.count_nonzero(np.abs(stats) >= abs(total) - 1e-12))
     return (1 + extreme) / (1 + permutations)
 
 

@@ -114,6 +114,10 @@ class TemplateEncoder:
             self._layout = [item for item in self._layout if item != "Y"]
 
     @property
+    def answer_space(self) -> bool:
+        return self._space_before["Y"]
+
+    @property
     def signature(self) -> tuple:
         """Equal for two templates that encode every fact identically (e.g. differing only after [Y])."""
         return tuple(self._layout), self.prompt_ids, self._space_before["X"], self._space_before["Y"]

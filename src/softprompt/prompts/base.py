@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from safetensors import safe_open
@@ -20,6 +20,9 @@ from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_write
 from softprompt.models import LanguageModel
 from softprompt.templates import TemplateEncoder
+
+if TYPE_CHECKING:
+    from softprompt.prompts.mixture import MixturePrompt
 
 FORMAT = "softprompt.prompt/1"
 PROMPT_TYPES: dict[str, type[Prompt]] = {}
@@ -98,7 +101,7 @@ def read_prompt_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.
     return meta, tensors
 
 
-def load_prompt(path: str | Path, lm: LanguageModel) -> Prompt:
+def load_prompt(path: str | Path, lm: LanguageModel) -> Prompt | MixturePrompt:
     """Load a saved prompt for ``lm``, refusing one trained for a model of another shape."""
     meta, tensors = read_prompt_file(path)
     if meta["hidden_size"] != lm.hidden_size:
@@ -107,11 +110,16 @@ def load_prompt(path: str | Path, lm: LanguageModel) -> Prompt:
             f"but the loaded model '{lm.name}' has hidden size {lm.hidden_size}; "
             f"load it with --model {meta['model']} or train a new prompt for this model"
         )
-    if meta["mode"] == "deep" and meta["num_layers"] != lm.num_layers:
+    deep = meta["mode"] == "deep" or meta.get("component_mode") == "deep"
+    if deep and meta["num_layers"] != lm.num_layers:
         raise SoftpromptError(
             f"{path} holds a deep prompt for {meta['num_layers']} layers, but model '{lm.name}' has "
             f"{lm.num_layers}; load it with --model {meta['model']}"
         )
+    if meta["mode"] == "mixture":
+        from softprompt.prompts.mixture import MixturePrompt  # the mixture module builds on this one
+
+        return MixturePrompt.from_saved(meta, tensors, lm, path)
     if meta["mode"] not in PROMPT_TYPES:
         raise SoftpromptError(f"{path}: unknown prompt mode {meta['mode']!r}; known: {', '.join(PROMPT_TYPES)}")
     encoder = TemplateEncoder(meta["template"], lm)

@@ -1,0 +1,417 @@
+"""Knowledge probing with mixtures of prompts (Qin & Eisner §3.3–3.5): encode a relation under a prompt
+set, train by gradient descent or EM, evaluate, prune to the prompts that matter, write a run.
+
+A query is scored under all K prompts in one engine call (its K rows share one padded batch), and the
+vocabulary projection is computed only at the K answer positions. Training splits a batch into chunks
+of at most ``max_rows`` rows to bound memory; gradients add up over the chunks.
+
+Causal LMs predict [Y] as the next token, so answer-first templates (most LPAQA mined prompts, e.g.
+``"[Y] native [X] ."``) are reordered to put [Y] last (``"native [X] . [Y]"``, see
+``Template.answer_last``): the prompt keeps its tokens, its length and their order around [X], which
+for soft prompts (tuned anyway) keeps what matters. Hard prompts reordered this way are often
+ungrammatical, which the prompt-set report counts. All prompts of a mixture score the same answer
+token: answers are tokenised as a word preceded by a space, whatever the template.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from softprompt.data import Relation
+from softprompt.engine import Engine, length_batches
+from softprompt.errors import SoftpromptError
+from softprompt.io import write_json, write_jsonl
+from softprompt.metrics import answer_ranks, ranking_metrics
+from softprompt.models import LanguageModel
+from softprompt.probe import SPLITS
+from softprompt.prompts.mixture import MixturePrompt, effective_prompts
+from softprompt.templates import Example, Template, TemplateEncoder
+from softprompt.train import TrainConfig, TrainResult, optimise
+
+METHODS = ("gradient", "em")
+AnswerFirst = Literal["reorder", "skip", "error"]
+
+
+@dataclass
+class PromptSetReport:
+    """What became of a prompt set's templates for one model."""
+
+    total: int
+    reordered: int  # answer-first templates moved to answer-last (causal LMs)
+    skipped: int  # answer-first templates left out (answer_first="skip")
+    duplicates: int  # templates that encode every fact exactly as an earlier one does
+    kept: int
+
+
+def encode_prompt_set(
+    templates: Sequence[str], lm: LanguageModel, answer_first: AnswerFirst = "reorder"
+) -> tuple[list[TemplateEncoder], list[str], PromptSetReport]:
+    """Encoders for the usable templates, their original wordings, and what was changed or dropped."""
+    encoders: list[TemplateEncoder] = []
+    sources: list[str] = []
+    seen: set[tuple] = set()
+    reordered = skipped = duplicates = 0
+    for text in templates:
+        template = Template(text)
+        if template.answer_first and lm.kind == "causal":
+            if answer_first == "skip":
+                skipped += 1
+                continue
+            if answer_first == "reorder":
+                template = template.answer_last()
+                reordered += 1
+            # "error": TemplateEncoder explains why the template cannot be used
+        encoder = TemplateEncoder(template, lm, answer_space=True)
+        if encoder.signature in seen:
+            duplicates += 1
+            continue
+        seen.add(encoder.signature)
+        encoders.append(encoder)
+        sources.append(text)
+    if not encoders:
+        raise SoftpromptError(f"none of the {len(templates)} templates is usable for model '{lm.name}' "
+                              f"({skipped} answer-first templates skipped); use answer_first='reorder'")
+    return encoders, sources, PromptSetReport(len(templates), reordered, skipped, duplicates, len(encoders))
+
+
+@dataclass(frozen=True)
+class MixtureItem:
+    """One fact encoded under each prompt of a mixture; prompt slots index the stacked vector table."""
+
+    rows: tuple[Example, ...]
+
+    def __len__(self) -> int:
+        return max(len(row) for row in self.rows)
+
+    @property
+    def answer_id(self) -> int:
+        return self.rows[0].answer_id
+
+
+@dataclass
+class MixtureData:
+    name: str
+    splits: dict[str, list[MixtureItem]]
+    facts: dict[str, list[tuple[str, str]]]
+    dropped: dict[str, int]  # facts whose answer is not a single token
+
+
+def encode_mixture_data(
+    relation: Relation, mixture: MixturePrompt, limits: Mapping[str, int] | None = None
+) -> MixtureData:
+    """Every split under every prompt of ``mixture``; ``limits`` caps each split after filtering."""
+    encoders = mixture.encoders
+    splits: dict[str, list[MixtureItem]] = {}
+    kept: dict[str, list[tuple[str, str]]] = {}
+    dropped: dict[str, int] = {}
+    for split in SPLITS:
+        items, facts = [], []
+        for fact in relation.splits.get(split, []):
+            rows = [e.encode(fact.subject, fact.answer) for e in encoders]
+            if rows[0] is None:  # every prompt tokenises the answer alike (see encode_prompt_set)
+                continue
+            rows = [_offset(row, off) for row, off in zip(rows, mixture.offsets, strict=True)]
+            items.append(MixtureItem(tuple(rows)))
+            facts.append((fact.subject, fact.answer))
+        dropped[split] = len(relation.splits.get(split, [])) - len(items)
+        cap = (limits or {}).get(split)
+        splits[split], kept[split] = items[:cap], facts[:cap]
+    return MixtureData(relation.name, splits, kept, dropped)
+
+
+def _offset(example: Example, offset: int) -> Example:
+    return replace(example, prompt_slots=tuple(s + offset if s >= 0 else -1 for s in example.prompt_slots))
+
+
+@dataclass
+class MixtureScores:
+    log_weights: torch.Tensor  # (n, K): log p(t | r[, x])
+    logprobs: torch.Tensor  # (n, K, V) log p(y | t, x) over the vocabulary, or (n, K) for the gold answer only
+
+
+def score(
+    engine: Engine, mixture: MixturePrompt, items: Sequence[MixtureItem], full_vocab: bool = False
+) -> MixtureScores:
+    """One engine call for ``items`` under all prompts of ``mixture``."""
+    n, k = len(items), len(mixture)
+    batch = engine.collate([row for item in items for row in item.rows])
+    vectors, deltas = mixture.vectors(), mixture.deltas()
+    hidden = engine.final_hidden(batch, vectors, deltas)
+    answer_hidden = hidden[torch.arange(len(batch), device=hidden.device), batch.answer_positions]
+    logprobs = engine.project(answer_hidden).log_softmax(-1)
+    if not full_vocab:
+        logprobs = logprobs.gather(1, batch.answer_ids[:, None])[:, 0]
+    logprobs = logprobs.view(n, k, *logprobs.shape[1:])
+    subject = None
+    if mixture.data_dependent:
+        subject = engine.subject_logprob(batch, vectors, deltas, hidden=hidden).view(n, k)
+    return MixtureScores(mixture.log_weights(subject).expand(n, k), logprobs)
+
+
+def _chunks(indices: Sequence[int], k: int, max_rows: int) -> list[list[int]]:
+    size = max(1, max_rows // k)
+    return [list(indices[i : i + size]) for i in range(0, len(indices), size)]
+
+
+class MixtureObjective:
+    """The log-loss of the mixture (eq. 2), minimised by gradient descent or by EM.
+
+    EM: at the start of each epoch the E step computes every training fact's posterior over prompts,
+    q(t) ∝ p(t | r, x) p(y | t, x), with the current parameters; the epoch's gradient steps (the M step)
+    then minimise the expected complete-data loss -Σ_t q(t) [log p(t | r, x) + log p(y | t, x)].
+    """
+
+    def __init__(
+        self, engine: Engine, mixture: MixturePrompt, train: Sequence[MixtureItem], dev: Sequence[MixtureItem],
+        method: str = "gradient", max_rows: int = 512,
+    ) -> None:
+        if method not in METHODS:
+            raise SoftpromptError(f"unknown training method {method!r}; choose one of: {', '.join(METHODS)}")
+        self.engine, self.module, self.items, self.dev = engine, mixture, train, dev
+        self.method, self.max_rows = method, max_rows
+        self.posteriors: torch.Tensor | None = None
+
+    def backward(self, indices: list[int]) -> float:
+        total = 0.0
+        for chunk in _chunks(indices, len(self.module), self.max_rows):
+            scores = score(self.engine, self.module, [self.items[i] for i in chunk])
+            joint = scores.log_weights + scores.logprobs
+            if self.method == "em":
+                q = self.posteriors[chunk].to(joint.device)
+                loss = -(q * joint).sum()
+            else:
+                loss = -joint.logsumexp(-1).sum()
+            (loss / len(indices)).backward()
+            total += loss.item()
+        return total / len(indices)
+
+    def dev_loss(self) -> float:
+        return -float(log_likelihoods(self.engine, self.module, self.dev, self.max_rows).mean())
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.method == "em":
+            self.posteriors = posteriors(self.engine, self.module, self.items, self.max_rows)
+
+
+def _joint(engine: Engine, mixture: MixturePrompt, items: Sequence[MixtureItem], max_rows: int) -> torch.Tensor:
+    """log p(t | r, x) + log p(y | t, x) for the gold answers, (n, K), without gradients."""
+    out = []
+    with torch.inference_mode():
+        for chunk in _chunks(range(len(items)), len(mixture), max_rows):
+            scores = score(engine, mixture, [items[i] for i in chunk])
+            out.append((scores.log_weights + scores.logprobs).cpu())
+    return torch.cat(out)
+
+
+def log_likelihoods(
+    engine: Engine, mixture: MixturePrompt, items: Sequence[MixtureItem], max_rows: int = 512
+) -> torch.Tensor:
+    """log p(y | x, r) of each item's gold answer under the mixture, (n,)."""
+    return _joint(engine, mixture, items, max_rows).logsumexp(-1)
+
+
+def posteriors(
+    engine: Engine, mixture: MixturePrompt, items: Sequence[MixtureItem], max_rows: int = 512
+) -> torch.Tensor:
+    """p(t | x, y, r) for each item, (n, K): which prompts explain each gold answer."""
+    return _joint(engine, mixture, items, max_rows).softmax(-1)
+
+
+def fit_weights(gold_logprobs: torch.Tensor, iterations: int = 200) -> torch.Tensor:
+    """Maximum-likelihood mixture weights for fixed prompts, by EM on an (n, K) matrix of log p(y | t, x)."""
+    k = gold_logprobs.shape[1]
+    log_w = torch.full((k,), -torch.log(torch.tensor(float(k))), dtype=torch.float64)
+    lp = gold_logprobs.double()
+    for _ in range(iterations):
+        log_w = (log_w + lp).log_softmax(-1).exp().mean(0).clamp_min(1e-300).log()
+    return log_w.exp()
+
+
+def select_prompts(
+    engine: Engine, mixture: MixturePrompt, dev: Sequence[MixtureItem], k: int, max_rows: int = 512
+) -> tuple[list[int], list[float]]:
+    """The ``k`` prompts worth training: highest mixture weight when weights are fitted (by EM) to the
+    initial prompts' dev likelihoods, ties broken by each prompt's own mean dev likelihood.
+
+    This one inference pass over dev replaces K-way training by k-way training, so the cost of a run
+    grows with k, not K. Returns the chosen indices (in mixture order) and the fitted weights.
+    """
+    if k >= len(mixture):
+        return list(range(len(mixture))), [1.0 / len(mixture)] * len(mixture)
+    with torch.inference_mode():
+        gold = torch.cat([score(engine, mixture, [dev[i] for i in chunk]).logprobs.cpu()
+                          for chunk in _chunks(range(len(dev)), len(mixture), max_rows)])
+    weights = fit_weights(gold)
+    mean = gold.mean(0)
+    order = sorted(range(len(mixture)), key=lambda t: (-float(weights[t]), -float(mean[t])))
+    return sorted(order[:k]), weights.tolist()
+
+
+@dataclass
+class MixturePredictions:
+    ranks: torch.Tensor  # (n,)
+    gold: torch.Tensor  # (n,) log p(y | x, r)
+    top_ids: torch.Tensor  # (n, top_k)
+    top_logprobs: torch.Tensor  # (n, top_k)
+    posteriors: torch.Tensor  # (n, K) p(t | x, y, r)
+    log_weights: torch.Tensor  # (n, K) log p(t | r, x)
+
+
+def predict_mixture(
+    engine: Engine, mixture: MixturePrompt, items: Sequence[MixtureItem], max_rows: int = 512, top_k: int = 10
+) -> MixturePredictions:
+    """Rank the full vocabulary under the mixture distribution Σ_t p(t | r, x) p(y | t, x)."""
+    n, k = len(items), len(mixture)
+    out = MixturePredictions(torch.empty(n, dtype=torch.long), torch.empty(n), torch.empty(n, top_k, dtype=torch.long),
+                             torch.empty(n, top_k), torch.empty(n, k), torch.empty(n, k))
+    order = [i for batch in length_batches(items, len(items)) for i in batch]  # shortest first: less padding
+    with torch.inference_mode():
+        for chunk in _chunks(order, k, max_rows):
+            scores = score(engine, mixture, [items[i] for i in chunk], full_vocab=True)
+            mixed = (scores.log_weights[:, :, None] + scores.logprobs).logsumexp(1)
+            answers = torch.tensor([items[i].answer_id for i in chunk], device=mixed.device)
+            where = torch.tensor(chunk)
+            out.ranks[where] = answer_ranks(mixed, answers).cpu()
+            out.gold[where] = mixed.gather(1, answers[:, None])[:, 0].cpu()
+            best = mixed.topk(top_k, dim=-1)
+            out.top_ids[where], out.top_logprobs[where] = best.indices.cpu(), best.values.cpu()
+            index = answers[:, None, None].expand(len(chunk), k, 1)
+            joint = scores.log_weights + scores.logprobs.gather(2, index)[:, :, 0]
+            out.posteriors[where] = joint.softmax(-1).cpu()
+            out.log_weights[where] = scores.log_weights.cpu()
+    return out
+
+
+def evaluate_mixture(
+    engine: Engine, mixture: MixturePrompt, data: MixtureData, split: str = "test", max_rows: int = 512
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Metrics on one split and per-example rows (top-10 answers, the three prompts that explain it best)."""
+    items = data.splits.get(split) or []
+    if not items:
+        raise SoftpromptError(f"relation {data.name}: the {split} split has no usable facts "
+                              f"({data.dropped.get(split, 0)} dropped because their answer is not a single token)")
+    pred = predict_mixture(engine, mixture, items, max_rows)
+    tok = engine.lm.tokenizer
+    rows = []
+    for i, (subject, answer) in enumerate(data.facts[split]):
+        top_prompts = pred.posteriors[i].topk(min(3, len(mixture)))
+        rows.append({
+            "relation": data.name,
+            "subject": subject,
+            "answer": answer,
+            "rank": int(pred.ranks[i]),
+            "answer_logprob": round(float(pred.gold[i]), 5),
+            "top10": [[tok.decode([t]).strip(), round(float(lp), 5)]
+                      for t, lp in zip(pred.top_ids[i].tolist(), pred.top_logprobs[i].tolist(), strict=True)],
+            "prompt_posterior": [[int(t), round(float(p), 5)]
+                                 for t, p in zip(top_prompts.indices.tolist(), top_prompts.values.tolist(),
+                                                 strict=True)],
+        })
+    return ranking_metrics(pred.ranks.tolist()), rows
+
+
+@dataclass
+class MixtureSettings:
+    """What defines a mixture run (besides the model, data and TrainConfig)."""
+
+    prompts: str  # the prompt set's name, e.g. "min:P19" or a file path
+    templates: tuple[str, ...]
+    init: str = "template"
+    mode: str = "soft"  # component prompts: hard, soft or deep
+    method: str = "gradient"
+    tune: str = "both"
+    data_dependent: bool = False
+    top_k: int | None = None  # train only the k most useful prompts (see select_prompts)
+    answer_first: AnswerFirst = "reorder"
+    max_rows: int = 512
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise SoftpromptError(f"unknown --method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.top_k is not None and self.top_k < 1:
+            raise SoftpromptError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.mode == "hard" and self.tune == "prompts":
+            raise SoftpromptError("hard prompts have no vectors to tune; use --mode soft or deep, or --tune weights")
+        if self.mode == "hard" and self.tune == "both":
+            self.tune = "weights"  # all a mixture of hard prompts can learn
+        if self.max_rows < 1:
+            raise SoftpromptError(f"max_rows must be at least 1, got {self.max_rows}")
+
+
+def run_mixture(
+    lm: LanguageModel,
+    relation: Relation,
+    settings: MixtureSettings,
+    out: Path,
+    config: TrainConfig | None = None,
+    limits: Mapping[str, int] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    engine: Engine | None = None,
+) -> dict[str, Any]:
+    """Build, prune, train (unless ``tune='none'``) and test a mixture for one relation; write the run."""
+    config = config or TrainConfig()
+    engine = engine or Engine(lm)
+    started = time.perf_counter()
+    encoders, sources, report = encode_prompt_set(settings.templates, lm, settings.answer_first)
+    mixture = MixturePrompt(encoders, settings.mode, settings.init, config.seed, settings.data_dependent, sources)
+    mixture.set_tune(settings.tune)
+    data = encode_mixture_data(relation, mixture, limits)
+    training = settings.tune != "none"
+    for split in ("train", "dev", "test") if training else ("test",):
+        if not data.splits[split]:
+            raise SoftpromptError(f"relation {relation.name}: the {split} split has no usable facts "
+                                  f"({data.dropped[split]} dropped because their answer is not a single token)")
+    fitted: list[float] | None = None
+    if settings.top_k is not None and settings.top_k < len(mixture):
+        if not data.splits["dev"]:
+            raise SoftpromptError(f"relation {relation.name}: --top-k chooses prompts on dev data, which is empty")
+        chosen, fitted = select_prompts(engine, mixture, data.splits["dev"], settings.top_k, settings.max_rows)
+        mixture = mixture.subset(chosen)
+        data = encode_mixture_data(relation, mixture, limits)
+    out.mkdir(parents=True, exist_ok=True)
+    identity = mixture_settings(lm, relation, settings, config, limits)
+    write_json(out / "config.json", identity | {
+        "examples": {s: len(e) for s, e in data.splits.items()}, "dropped_multi_token": data.dropped,
+        "prompt_set": asdict(report)})
+    result: TrainResult | None = None
+    if training:
+        objective = MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], settings.method,
+                                     settings.max_rows)
+        result = optimise(objective, config, out / "checkpoint.safetensors", resume, progress,
+                          settings={k: v for k, v in identity.items() if k != "train"})
+    fit_seconds = time.perf_counter() - started
+    metrics, rows = evaluate_mixture(engine, mixture, data, "test", settings.max_rows)
+    doc: dict[str, Any] = {
+        "relation": relation.name, "prompts": settings.prompts, "mode": settings.mode, "method": settings.method,
+        "tune": settings.tune, "data_dependent": settings.data_dependent, "test": metrics,
+        "dropped_multi_token": data.dropped, "prompt_set": asdict(report), "num_prompts": len(mixture),
+        "weights": mixture.weights(), "effective_prompts": effective_prompts(mixture.weights()),
+        "temperature": mixture.temperature, "templates": [e.template.text for e in mixture.encoders],
+        "sources": mixture.sources, "seconds": {"fit": fit_seconds,
+                                                "total": time.perf_counter() - started},
+    }
+    if fitted is not None:
+        doc["selection_weights"] = fitted
+    if result is not None:
+        doc |= {"best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history}
+    mixture.save(out / "prompt.safetensors", extra={"relation": relation.name})
+    write_jsonl(out / "predictions.jsonl", rows)
+    write_json(out / "metrics.json", doc)
+    return doc
+
+
+def mixture_settings(
+    lm: LanguageModel, relation: Relation, settings: MixtureSettings, config: TrainConfig,
+    limits: Mapping[str, int] | None,
+) -> dict[str, Any]:
+    """The entries of a mixture run's config.json that must be equal for it to be resumed or reused."""
+    return {"model": lm.name, "relation": relation.name, "mixture": asdict(settings) | {
+        "templates": list(settings.templates)}, "train": asdict(config), "limits": dict(limits or {})}
+

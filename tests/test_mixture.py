@@ -1,0 +1,341 @@
+"""Tests for mixtures of prompts (softprompt.prompts.mixture, softprompt.mixture), on tiny random models."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_causal
+
+from softprompt.data import Fact, Relation
+from softprompt.engine import Engine
+from softprompt.errors import SoftpromptError
+from softprompt.mixture import (
+    MixtureObjective,
+    MixtureSettings,
+    encode_mixture_data,
+    encode_prompt_set,
+    fit_weights,
+    log_likelihoods,
+    posteriors,
+    predict_mixture,
+    run_mixture,
+    score,
+    select_prompts,
+)
+from softprompt.probe import predict
+from softprompt.prompts import MixturePrompt, SoftPrompt, effective_prompts, load_prompt
+from softprompt.templates import TemplateEncoder
+from softprompt.train import TrainConfig, optimise, train_prompt
+
+TEMPLATES = ["[X] is [Y] .", "the capital of [X] is [Y] .", "[X] speaks [Y] ."]
+EURO = ["France", "Germany", "Italy", "Spain"]
+YEN = ["Japan", "Peru", "Chile", "Egypt"]
+
+
+def facts(seconds: list[str]) -> list[Fact]:
+    # Two-word subjects, so the data-dependent mixture has subject tokens to score.
+    return [Fact(f"{a} {b}", "euro" if a in EURO else "yen") for a in EURO + YEN for b in seconds]
+
+
+RELATION = Relation("currency", TEMPLATES[0], {
+    "train": facts(["Mozart", "Einstein", "Curie"]), "dev": facts(["Bach"]), "test": facts(["Newton", "city"]),
+})
+
+
+def build(lm, templates=TEMPLATES, mode="soft", **kwargs) -> MixturePrompt:
+    encoders, sources, _ = encode_prompt_set(templates, lm)
+    return MixturePrompt(encoders, mode, sources=sources, **kwargs)
+
+
+@pytest.fixture(params=["causal_lm", "masked_lm"])
+def lm(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_one_prompt_mixture_equals_the_single_prompt(lm):
+    """K = 1: the mixture's ranking, gold log-probabilities and top-10 are the soft prompt's own."""
+    engine = Engine(lm)
+    template = "the capital of [X] is [Y] ."
+    mixture = build(lm, [template], init="random", seed=3)
+    single = SoftPrompt(TemplateEncoder(template, lm, answer_space=True), init="random", seed=3000)
+    assert torch.equal(mixture.vectors(), single.vectors())
+    data = encode_mixture_data(RELATION, mixture)
+    single_examples = [row for item in data.splits["test"] for row in item.rows]
+    ranks, gold, top_ids, top_lp = predict(engine, single, single_examples)
+    pred = predict_mixture(engine, mixture, data.splits["test"])
+    assert torch.equal(pred.ranks, ranks)
+    assert torch.allclose(pred.gold, gold, atol=1e-5)
+    assert torch.equal(pred.top_ids, top_ids)
+    assert torch.allclose(pred.top_logprobs, top_lp, atol=1e-5)
+    assert torch.all(pred.posteriors == 1.0)
+
+
+@pytest.mark.parametrize("data_dependent", [False, True])
+def test_mixture_distribution_sums_to_one(lm, data_dependent):
+    engine = Engine(lm)
+    mixture = build(lm, init="random", data_dependent=data_dependent)
+    with torch.no_grad():
+        mixture.weight_logits.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    items = encode_mixture_data(RELATION, mixture).splits["test"]
+    scores = score(engine, mixture, items, full_vocab=True)
+    assert torch.allclose(scores.log_weights.exp().sum(-1), torch.ones(len(items)), atol=1e-6)
+    mixed = (scores.log_weights[:, :, None] + scores.logprobs).logsumexp(1)
+    assert torch.allclose(mixed.exp().sum(-1), torch.ones(len(items)), atol=1e-5)
+    if data_dependent:  # the weights now depend on the subject
+        assert not torch.allclose(scores.log_weights[0], scores.log_weights[-1])
+    else:
+        assert torch.allclose(scores.log_weights, torch.tensor([0.5, -1.0, 2.0]).log_softmax(-1).expand(len(items), 3))
+
+
+def test_data_dependent_mixture_at_infinite_temperature_is_the_plain_mixture(lm):
+    engine = Engine(lm)
+    plain = build(lm, init="random")
+    dependent = build(lm, init="random", data_dependent=True)
+    with torch.no_grad():
+        for m in (plain, dependent):
+            m.weight_logits.copy_(torch.tensor([0.3, 1.2, -0.4]))
+        dependent.log_temperature.fill_(60.0)  # T = e^60: p(x | t)^(1/T) = 1 for any x
+    items = encode_mixture_data(RELATION, plain).splits["test"]
+    a, b = predict_mixture(engine, plain, items), predict_mixture(engine, dependent, items)
+    assert torch.equal(a.ranks, b.ranks)
+    assert torch.allclose(a.gold, b.gold, atol=1e-6)
+    assert torch.allclose(a.log_weights, b.log_weights, atol=1e-6)
+    with torch.no_grad():
+        dependent.log_temperature.fill_(0.0)
+    assert not torch.allclose(predict_mixture(engine, dependent, items).log_weights, a.log_weights)
+
+
+def test_results_do_not_depend_on_how_rows_are_chunked(lm):
+    engine = Engine(lm)
+    mixture = build(lm, init="random", data_dependent=True)
+    items = encode_mixture_data(RELATION, mixture).splits["test"]
+    a = predict_mixture(engine, mixture, items, max_rows=1)
+    b = predict_mixture(engine, mixture, items, max_rows=10_000)
+    assert torch.equal(a.ranks, b.ranks)
+    assert torch.allclose(a.gold, b.gold, atol=1e-5)
+    assert torch.allclose(a.posteriors, b.posteriors, atol=1e-5)
+
+
+def test_subject_logprob_matches_the_full_forward_pass(causal_lm):
+    """Causal p(x | t): the subject's tokens after its first, read off the model's ordinary logits."""
+    engine = Engine(causal_lm)
+    encoder = TemplateEncoder("the capital of [X] is [Y] .", causal_lm)
+    example = encoder.encode("France Mozart", "Paris")
+    start, end = example.subject_span
+    assert end - start >= 2
+    batch = engine.collate([example])
+    with torch.no_grad():
+        logp = causal_lm.model(torch.tensor([example.input_ids])).logits[0].log_softmax(-1)
+        expected = sum(logp[p - 1, example.input_ids[p]] for p in range(start + 1, end))
+        assert engine.subject_logprob(batch).item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_deep_mixture_with_zero_perturbations_equals_the_soft_mixture(causal_lm):
+    engine = Engine(causal_lm)
+    soft, deep = build(causal_lm, mode="soft"), build(causal_lm, mode="deep")
+    items = encode_mixture_data(RELATION, soft).splits["test"]
+    a, b = predict_mixture(engine, soft, items), predict_mixture(engine, deep, items)
+    assert torch.equal(a.ranks, b.ranks)
+    assert torch.allclose(a.gold, b.gold, atol=1e-5)
+
+
+def test_hard_mixture_scores_the_template_words(causal_lm):
+    engine = Engine(causal_lm)
+    hard, soft = build(causal_lm, mode="hard"), build(causal_lm, mode="soft")  # soft starts at the words
+    items = encode_mixture_data(RELATION, hard).splits["test"]
+    assert torch.allclose(predict_mixture(engine, hard, items).gold, predict_mixture(engine, soft, items).gold,
+                          atol=1e-6)
+
+
+def test_answer_first_templates_are_reordered_for_causal_lms(causal_lm, masked_lm):
+    templates = ["[Y] native [X] .", "[X] is [Y] .", "[X] is [Y].", "[X] speaks [Y] ."]
+    encoders, sources, report = encode_prompt_set(templates, causal_lm)
+    assert [e.template.text for e in encoders] == ["native [X] . [Y]", "[X] is [Y] .", "[X] speaks [Y] ."]
+    assert sources == ["[Y] native [X] .", "[X] is [Y] .", "[X] speaks [Y] ."]
+    # "[X] is [Y]." only differs after [Y], which a causal LM never sees.
+    assert (report.total, report.reordered, report.skipped, report.duplicates, report.kept) == (4, 1, 0, 1, 3)
+    _, _, skipped = encode_prompt_set(templates, causal_lm, answer_first="skip")
+    assert (skipped.skipped, skipped.kept) == (1, 2)
+    with pytest.raises(SoftpromptError, match="before the subject"):
+        encode_prompt_set(templates, causal_lm, answer_first="error")
+    _, _, masked = encode_prompt_set(templates, masked_lm)
+    assert (masked.reordered, masked.duplicates, masked.kept) == (0, 1, 3)  # WordPiece splits "." alike
+    with pytest.raises(SoftpromptError, match="none of the 1 templates"):
+        encode_prompt_set(["[Y] native [X] ."], causal_lm, answer_first="skip")
+
+
+def test_every_prompt_scores_the_same_answer_token(causal_lm):
+    """Templates with and without a space before [Y] must not mix probabilities of different tokens."""
+    mixture = build(causal_lm, ["[X] is [Y] .", "[X] ,[Y] ."])
+    item = encode_mixture_data(RELATION, mixture).splits["test"][0]
+    assert len({row.answer_id for row in item.rows}) == 1
+
+
+def test_em_and_gradient_reach_the_same_optimum():
+    """Weights-only training of fixed prompts is a convex problem: gradient descent, EM and the closed-form
+    EM on the likelihood matrix must all find the same mixture weights. Each prompt is first specialised on
+    one of the two answers, so that the optimum lies inside the simplex, away from its corners."""
+    lm = tiny_causal(seed=3)
+    engine = Engine(lm)
+    mixture = build(lm, ["[X] is [Y] .", "[X] speaks [Y] ."], init="random", seed=1)
+    for component, answer in zip(mixture.components, ["euro", "yen"], strict=True):
+        examples = [component.encoder.encode(f.subject, f.answer) for f in RELATION.splits["train"]
+                    if f.answer == answer]
+        train_prompt(engine, component, examples, examples, TrainConfig(lr=0.1, batch_size=8, max_epochs=5),
+                     progress=False)
+    specialised = {k: v.clone() for k, v in mixture.state_dict().items()}
+    train = encode_mixture_data(RELATION, mixture).splits["train"]
+    with torch.inference_mode():
+        closed = fit_weights(score(engine, mixture, train).logprobs, iterations=5000).tolist()
+    assert 0.2 < closed[0] < 0.8
+    # Several M steps per E step, so EM's posteriors go stale within an epoch and EM is not simply gradient
+    # descent in disguise (with one step per E step the two gradients coincide).
+    config = TrainConfig(lr=0.1, batch_size=4, max_epochs=20, patience=20)
+    losses = {}
+    for method in ("gradient", "em"):
+        mixture.load_state_dict(specialised)
+        optimise(MixtureObjective(engine, mixture.set_tune("weights"), train, train, method), config, progress=False)
+        assert mixture.weights() == pytest.approx(closed, abs=0.01)
+        losses[method] = -float(log_likelihoods(engine, mixture, train).mean())
+    assert losses["em"] == pytest.approx(losses["gradient"], abs=1e-4)
+
+
+def test_fit_weights_on_hand_made_likelihoods():
+    tiny = math.log(1e-30)
+    # Each prompt alone explains one of the two facts: the optimum shares the weight equally.
+    assert fit_weights(torch.tensor([[0.0, tiny], [tiny, 0.0]])).tolist() == pytest.approx([0.5, 0.5])
+    # One prompt explains both facts better: all weight goes to it.
+    assert fit_weights(torch.tensor([[0.0, math.log(0.5)], [0.0, math.log(0.5)]]), 2000).tolist() == pytest.approx(
+        [1.0, 0.0], abs=1e-3)
+
+
+def test_effective_number_of_prompts():
+    assert effective_prompts([0.25] * 4) == pytest.approx(4.0)
+    assert effective_prompts([1.0, 0.0, 0.0]) == pytest.approx(1.0)
+    assert effective_prompts([0.5, 0.5, 0.0]) == pytest.approx(2.0)
+
+
+def test_posteriors_are_distributions(causal_lm):
+    engine = Engine(causal_lm)
+    mixture = build(causal_lm, init="random")
+    q = posteriors(engine, mixture, encode_mixture_data(RELATION, mixture).splits["train"])
+    assert q.shape == (24, 3)
+    assert torch.allclose(q.sum(-1), torch.ones(24), atol=1e-6)
+
+
+@pytest.mark.parametrize("tune", ["weights", "prompts", "both"])
+def test_tune_changes_only_what_it_names(causal_lm, tune):
+    engine = Engine(causal_lm)
+    mixture = build(causal_lm).set_tune(tune)
+    before = mixture.vectors().detach().clone()
+    data = encode_mixture_data(RELATION, mixture)
+    model_state = {k: v.clone() for k, v in causal_lm.model.state_dict().items()}
+    optimise(MixtureObjective(engine, mixture, data.splits["train"], data.splits["train"]),
+             TrainConfig(lr=0.05, batch_size=8, max_epochs=2, patience=5), progress=False)
+    vectors_changed = not torch.equal(mixture.vectors(), before)
+    weights_changed = mixture.weights() != pytest.approx([1 / 3] * 3, abs=1e-7)
+    assert vectors_changed == (tune != "weights")
+    assert weights_changed == (tune != "prompts")
+    assert all(torch.equal(v, model_state[k]) for k, v in causal_lm.model.state_dict().items())
+
+
+def test_training_a_mixture_lowers_dev_loss(causal_lm):
+    engine = Engine(causal_lm)
+    mixture = build(causal_lm, data_dependent=True)
+    data = encode_mixture_data(RELATION, mixture)
+    result = optimise(MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], "em"),
+                      TrainConfig(lr=0.05, batch_size=8, max_epochs=3, patience=3), progress=False)
+    assert result.best_dev_loss < result.history[0]["dev_loss"]
+    assert mixture.temperature != 1.0  # log T is learned too
+
+
+def test_subset_keeps_each_prompts_parameters_and_scores(causal_lm):
+    engine = Engine(causal_lm)
+    mixture = build(causal_lm, init="random")
+    items = encode_mixture_data(RELATION, mixture).splits["test"]
+    with torch.inference_mode():
+        full = score(engine, mixture, items).logprobs
+        sub = mixture.subset([0, 2])
+        part = score(engine, sub, encode_mixture_data(RELATION, sub).splits["test"]).logprobs
+    assert torch.allclose(part, full[:, [0, 2]], atol=1e-5)
+    assert sub.sources == [mixture.sources[0], mixture.sources[2]]
+    chosen, weights = select_prompts(engine, mixture, items, k=3)
+    assert chosen == [0, 1, 2] and len(weights) == 3
+    chosen, weights = select_prompts(engine, mixture, items, k=1)
+    assert chosen == [max(range(3), key=lambda t: weights[t])]
+
+
+def test_top_k_equal_to_k_is_the_full_mixture(causal_lm, tmp_path):
+    config = TrainConfig(lr=0.05, batch_size=8, max_epochs=2, patience=2)
+    runs = {}
+    for top_k in (None, 3):
+        settings = MixtureSettings("test", tuple(TEMPLATES), top_k=top_k)
+        runs[top_k] = run_mixture(causal_lm, RELATION, settings, tmp_path / str(top_k), config, progress=False)
+    assert runs[None]["test"] == runs[3]["test"]
+    assert (tmp_path / "None" / "predictions.jsonl").read_text() == (tmp_path / "3" / "predictions.jsonl").read_text()
+
+
+def test_run_mixture_writes_a_complete_run_and_the_prompt_round_trips(causal_lm, tmp_path):
+    settings = MixtureSettings("test", ("[Y] native [X] .", *TEMPLATES), mode="deep", top_k=2, method="em",
+                               data_dependent=True)
+    doc = run_mixture(causal_lm, RELATION, settings, tmp_path, TrainConfig(lr=0.05, batch_size=8, max_epochs=2),
+                      progress=False)
+    assert doc["num_prompts"] == 2 and doc["prompt_set"]["reordered"] == 1
+    assert sum(doc["weights"]) == pytest.approx(1.0)
+    assert 1.0 <= doc["effective_prompts"] <= 2.0
+    assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "metrics.json", "predictions.jsonl",
+                                                   "prompt.safetensors", "checkpoint.safetensors"}
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == doc["test"]["n"] == 16
+    assert all(sum(p for _, p in row["prompt_posterior"]) == pytest.approx(1.0, abs=1e-4) for row in rows)
+    loaded = load_prompt(tmp_path / "prompt.safetensors", causal_lm)
+    assert isinstance(loaded, MixturePrompt) and loaded.component_mode == "deep" and loaded.data_dependent
+    assert loaded.sources == doc["sources"] and loaded.weights() == pytest.approx(doc["weights"])
+    engine = Engine(causal_lm)
+    items = encode_mixture_data(RELATION, loaded).splits["test"]
+    ranks = predict_mixture(engine, loaded, items).ranks.tolist()
+    assert ranks == [row["rank"] for row in rows]
+
+
+def test_mixture_training_resumes_to_the_same_result(causal_lm, tmp_path):
+    engine = Engine(causal_lm)
+    config = TrainConfig(lr=0.05, batch_size=8, max_epochs=3, patience=3)
+
+    def objective(mixture, crash_after=None):
+        data = encode_mixture_data(RELATION, mixture)
+        obj = MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], "em")
+        if crash_after is not None:
+            calls = {"n": 0}
+            real = obj.dev_loss
+
+            def dev_loss():
+                calls["n"] += 1
+                if calls["n"] > crash_after:
+                    raise KeyboardInterrupt
+                return real()
+
+            obj.dev_loss = dev_loss
+        return obj
+
+    straight = build(causal_lm, data_dependent=True)
+    optimise(objective(straight), config, progress=False)
+    interrupted = build(causal_lm, data_dependent=True)
+    with pytest.raises(KeyboardInterrupt):
+        optimise(objective(interrupted, crash_after=2), config, tmp_path / "ck.st", progress=False)
+    resumed = build(causal_lm, data_dependent=True)
+    optimise(objective(resumed), config, tmp_path / "ck.st", resume=True, progress=False)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_settings_are_validated():
+    with pytest.raises(SoftpromptError, match="--method"):
+        MixtureSettings("x", ("[X] is [Y] .",), method="sgd")
+    with pytest.raises(SoftpromptError, match="--top-k"):
+        MixtureSettings("x", ("[X] is [Y] .",), top_k=0)
+    with pytest.raises(SoftpromptError, match="no vectors to tune"):
+        MixtureSettings("x", ("[X] is [Y] .",), mode="hard", tune="prompts")
+    assert MixtureSettings("x", ("[X] is [Y] .",), mode="hard").tune == "weights"
