@@ -1,4 +1,5 @@
-"""The ``softprompt`` command line: ``probe train``, ``probe eval``, ``demo`` and ``compare``.
+"""The ``softprompt`` command line: ``probe train``, ``probe eval``, ``mixture train``, ``mixture show``,
+``demo`` and ``compare``.
 
 User errors (a SoftpromptError, or a missing or unreadable path) end any command with one red line on
 stderr and exit code 2, like a usage error; no traceback.
@@ -20,7 +21,8 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from softprompt.data import GEO_RELATIONS, Relation, geo_relation, load_relation, read_templates
+from softprompt.data import GEO_RELATIONS, Relation, geo_relation, load_relation, read_templates, shared_data_dir
+from softprompt.data.prompt_sets import prompt_set, prompt_set_from_file
 from softprompt.demo import (
     DEMO_CONFIG,
     DEMO_LIMITS,
@@ -32,6 +34,7 @@ from softprompt.demo import (
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.io import write_json, write_jsonl
+from softprompt.mixture import MixtureSettings, mixture_settings, run_mixture
 from softprompt.models import DEFAULT_MODEL, LanguageModel, load_model
 from softprompt.probe import (
     EncodedRelation,
@@ -46,6 +49,7 @@ from softprompt.prompts import load_prompt, read_prompt_file
 from softprompt.significance import METRICS, Comparison, Metric, compare_runs
 from softprompt.templates import Template
 from softprompt.train import TrainConfig
+from softprompt.visualise import read_mixture, save_html, save_png
 
 GEO_PREFIX = "geo:"
 USER_ERRORS = (SoftpromptError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -147,12 +151,12 @@ def _check_run_dir(out: Path, force: bool, resume: bool = False) -> None:
         )
 
 
-def _load_model(spec: str) -> LanguageModel:
+def _load_model(spec: str, device: str | None = None) -> LanguageModel:
     # transformers' weight-loading bars and notes would bury the command's own output.
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     with console.status(f"loading model {spec} ..."):
-        return load_model(spec)
+        return load_model(spec, device=device)
 
 
 def _limits(**caps: int | None) -> dict[str, int]:
@@ -322,6 +326,151 @@ def demo(
     results = run_demo(lm, out, config=config, limits=limits, force=force, console=console)
     console.print(summary_table(results, title=f"{lm.name}: test metrics (×100)"))
     console.print(f"summary: {out / 'summary.md'}  ({time.monotonic() - started:.0f} s)")
+
+
+mixture_app = typer.Typer(help="Mixtures of prompts (Qin & Eisner §3.3–3.5): train one, or show what it learned.",
+                          no_args_is_help=True)
+app.add_typer(mixture_app, name="mixture")
+
+PROMPTS_HELP = (
+    "The prompt set: sin (the LAMA template), par (LPAQA paraphrases), min (LPAQA mined), ran (mined prompts "
+    "with random vectors), pararel or omcs, read from --prompt-root for the relation; or a file of templates "
+    '(JSONL with "template" per line, or one template per text line).'
+)
+
+
+def _relation_name(data: str, relation: str | None) -> str:
+    if relation:
+        return relation
+    if data.startswith(GEO_PREFIX):
+        return data.removeprefix(GEO_PREFIX)
+    return Path(data).name.removesuffix(".gz").removesuffix(".jsonl")
+
+
+@mixture_app.command("train")
+def mixture_train(
+    data: Data,
+    out: Out,
+    prompts: Annotated[str, typer.Option("--prompts", help=PROMPTS_HELP, show_default=False)],
+    relation: RelationName = None,
+    dataset: Annotated[Literal["trex", "google_re", "conceptnet"], typer.Option(
+        help="Whose prompt files --prompts names (T-REx, Google-RE or ConceptNet).")] = "trex",
+    prompt_root: Annotated[Path | None, typer.Option(
+        help="The staged data holding the prompt sets (default: $SOFTPROMPT_SHARED_DATA or ../shared/data).",
+        show_default=False)] = None,
+    model: Model = DEFAULT_MODEL,
+    mode: Annotated[Literal["hard", "soft", "deep"], typer.Option(
+        help="The component prompts: hard (only mixture weights learn), soft, or deep.")] = "soft",
+    init: Annotated[Literal["template", "random"] | None, typer.Option(
+        help="Initialise soft vectors from the words or at random (default: random for ran, else template).",
+        show_default=False)] = None,
+    method: Annotated[Literal["gradient", "em"], typer.Option(
+        help="Gradient descent on the mixture's log-loss, or EM (posteriors per epoch, gradient M steps).")
+    ] = "gradient",
+    tune: Annotated[Literal["both", "weights", "prompts", "none"], typer.Option(
+        help="What learns: everything, only the mixture weights, only the prompts, or nothing (score the "
+             "initial mixture).")] = "both",
+    data_dependent: Annotated[bool, typer.Option(
+        "--data-dependent", help="Weight prompts per query by p(t | r) p(x | t)^(1/T), with T learned.")] = False,
+    top_k: Annotated[int | None, typer.Option(
+        min=1, help="Train only the K most useful prompts, chosen on dev before training (cost grows with K, "
+                    "not with the set's size).", show_default=False)] = None,
+    answer_first: Annotated[Literal["reorder", "skip", "error"], typer.Option(
+        help="Causal LMs: move [Y] of answer-first templates to the end, leave them out, or stop.")] = "reorder",
+    max_rows: Annotated[int, typer.Option(
+        min=1, help="Most sequences in one forward pass (memory bound; results do not depend on it).")] = 512,
+    device: Annotated[str | None, typer.Option(help="Run the model there, e.g. cuda.", show_default=False)] = None,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = TrainConfig.lr,
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size (facts).")] = TrainConfig.batch_size,
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum number of epochs.")] = TrainConfig.max_epochs,
+    patience: Annotated[int, typer.Option(
+        min=1, help="Stop after this many epochs without a better dev loss.")] = TrainConfig.patience,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffling and of random inits.")] = TrainConfig.seed,
+    max_train: Annotated[int | None, typer.Option(min=1, help="Use at most N training facts.")] = None,
+    max_dev: Annotated[int | None, typer.Option(min=1, help="Use at most N dev facts.")] = None,
+    max_test: Annotated[int | None, typer.Option(min=1, help="Use at most N test facts.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the interrupted run in --out from its checkpoint (same settings required)."
+    )] = False,
+    force: Force = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars or per-epoch losses.")] = False,
+) -> None:
+    """Train a mixture of prompts for one relation and score it on test.
+
+    Facts whose answer is not a single token are dropped (and counted). The run directory gets
+    config.json, metrics.json (with mixture weights and the effective number of prompts),
+    predictions.jsonl (with each fact's most responsible prompts) and prompt.safetensors.
+    """
+    if resume and force:
+        raise typer.BadParameter("give --resume to continue a run or --force to start over, not both",
+                                 param_hint="'--resume' / '--force'")
+    name = _relation_name(data, relation)
+    if Path(prompts).is_file():
+        pset = prompt_set_from_file(prompts, init or "template")
+    else:
+        root = prompt_root or shared_data_dir()
+        if root is None:
+            raise SoftpromptError(f"--prompts {prompts} names a prompt set, but no --prompt-root was given and "
+                                  "../shared/data does not exist; pass --prompt-root or a file of templates")
+        pset = prompt_set(prompts, name, root, dataset)
+        if init is not None:
+            pset = dataclasses.replace(pset, init=init)
+    rel = _load_relation(data, pset.templates[0], None, name)
+    settings = MixtureSettings(pset.name, pset.templates, pset.init, mode, method, tune, data_dependent, top_k,
+                               answer_first, max_rows)
+    config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience, seed=seed)
+    limits = _limits(train=max_train, dev=max_dev, test=max_test)
+    _check_run_dir(out, force, resume)
+    lm = _load_model(model, device)
+    if resume:
+        changed = changed_settings(out, mixture_settings(lm, rel, settings, config, limits))
+        if changed:
+            raise SoftpromptError(f"{out} was started with other settings ({', '.join(changed)}); resume with the "
+                                  "same options, or pass --force instead of --resume to start over")
+    started = time.monotonic()
+    doc = run_mixture(lm, rel, settings, out, config, limits, resume=resume, progress=not quiet)
+    report = doc["prompt_set"]
+    console.print(f"prompts: {report['total']} in the set, {report['reordered']} reordered to end in [Y], "
+                  f"{report['skipped']} skipped, {report['duplicates']} duplicates; {doc['num_prompts']} trained")
+    console.print(_metrics_table(rel.name, f"mixture ({mode})", "test", doc["test"]))
+    console.print(f"effective number of prompts 2^H = {doc['effective_prompts']:.2f}; "
+                  f"{time.monotonic() - started:.0f} s; run directory: {out}")
+
+
+@mixture_app.command("show")
+def mixture_show(
+    run: Annotated[Path, typer.Argument(help="A mixture run directory, or its prompt.safetensors.",
+                                        show_default=False)],
+    model: Model = DEFAULT_MODEL,
+    png: Annotated[Path | None, typer.Option(help="Write the figure here (default: RUN/mixture.png).",
+                                             show_default=False)] = None,
+    html_out: Annotated[Path | None, typer.Option(
+        "--html", help="Write the HTML fragment here (default: RUN/mixture.html).", show_default=False)] = None,
+    top: Annotated[int, typer.Option(min=1, help="Draw this many of the heaviest prompts.")] = 12,
+) -> None:
+    """Show a trained mixture: each prompt's weight, its words and the nearest word to each tuned vector."""
+    path = run / "prompt.safetensors" if run.is_dir() else run
+    meta = read_prompt_file(path)[0]
+    if meta["mode"] != "mixture":
+        raise SoftpromptError(f"{path} holds a {meta['mode']} prompt, not a mixture; train one with "
+                              "softprompt mixture train")
+    lm = _load_model(model)
+    mixture = load_prompt(path, lm)
+    readings = read_mixture(mixture)
+    title = f"{meta.get('relation', '')} ({meta['component_mode']}, 2^H = {meta['effective_prompts']:.2f})"
+    table = Table(title=title)
+    for col in ("weight", "prompt", "nearest words (p(w|v))", "‖v‖/‖v0‖"):
+        table.add_column(col)
+    for r in readings[:top]:
+        table.add_row(f"{r.weight:.3f}", r.source, " ".join(t.nearest_dot for t in r.tokens),
+                      " ".join(f"{t.norm_ratio:.2f}" for t in r.tokens))
+    console.print(table)
+    folder = path.parent
+    html_path, png_path = html_out or folder / "mixture.html", png or folder / "mixture.png"
+    save_html(readings, html_path, title)
+    save_png(readings, png_path, title, top)
+    console.print(f"written: {html_path}, {png_path}")
+
 
 COMPARE_HELP = """Is one probing run significantly better than another? Paired tests on the same test facts.
 

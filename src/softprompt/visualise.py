@@ -1,0 +1,132 @@
+"""Reading a trained mixture (Qin & Eisner Appendix C, Figure 1).
+
+For every prompt: its mixture weight, its original words, and for each tuned vector v the vocabulary
+word nearest to it, by p(w | v) ∝ exp(e_w · v) over the input embeddings e_w and by cosine, with the
+ratio ‖v‖ / ‖v0‖ to its initial vector v0. Rendered as an HTML fragment and as a PNG.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from softprompt.errors import SoftpromptError
+from softprompt.io import atomic_write, write_text
+from softprompt.prompts.mixture import MixturePrompt
+from softprompt.prompts.soft import initial_vectors
+
+
+@dataclass
+class TokenReading:
+    original: str  # the template's token at this position ("" for a random init)
+    nearest_dot: str  # argmax_w p(w | v)
+    probability: float  # p(nearest_dot | v)
+    nearest_cosine: str
+    cosine: float
+    norm_ratio: float  # ‖v‖ / ‖v0‖
+
+
+@dataclass
+class PromptReading:
+    index: int
+    weight: float
+    source: str  # the template as written in the prompt set
+    template: str  # as used (reordered for causal LMs if it was answer-first)
+    init: str
+    tokens: list[TokenReading]
+
+
+def read_mixture(mixture: MixturePrompt) -> list[PromptReading]:
+    """Readings of every prompt of ``mixture``, heaviest first."""
+    lm = mixture.lm
+    tok = lm.tokenizer
+    embeddings = lm.embedding_matrix.detach().float()
+    unit = torch.nn.functional.normalize(embeddings, dim=-1)
+    weights = mixture.weights()
+    with torch.no_grad():
+        layer0 = mixture.vectors()
+        if mixture.deltas() is not None:
+            layer0 = layer0 + mixture.deltas()[0]  # a deep prompt's layer-0 vectors include their perturbation
+    readings = []
+    for k, component in enumerate(mixture.components):
+        encoder = component.encoder
+        start = mixture.offsets[k]
+        vectors = layer0[start : start + component.length]
+        initial = initial_vectors(encoder, component.init, mixture.seeds[k])
+        probs = (vectors @ embeddings.T).softmax(-1)
+        best_p, best_dot = probs.max(-1)
+        cos, best_cos = (torch.nn.functional.normalize(vectors, dim=-1) @ unit.T).max(-1)
+        ratios = vectors.norm(dim=-1) / initial.norm(dim=-1)
+        tokens = [
+            TokenReading(
+                original=tok.decode([token_id]).strip() if component.init == "template" else "",
+                nearest_dot=tok.decode([int(best_dot[i])]).strip(),
+                probability=float(best_p[i]),
+                nearest_cosine=tok.decode([int(best_cos[i])]).strip(),
+                cosine=float(cos[i]),
+                norm_ratio=float(ratios[i]),
+            )
+            for i, token_id in enumerate(encoder.prompt_ids)
+        ]
+        readings.append(PromptReading(k, weights[k], mixture.sources[k], encoder.template.text, component.init,
+                                      tokens))
+    return sorted(readings, key=lambda r: -r.weight)
+
+
+def html_fragment(readings: list[PromptReading], title: str = "") -> str:
+    """One table per prompt: original word, nearest word by p(w | v) and by cosine, ‖v‖/‖v0‖."""
+    e = html.escape
+    parts = [f"<section class='softprompt-mixture'>{f'<h3>{e(title)}</h3>' if title else ''}"]
+    for r in readings:
+        parts.append(f"<table><caption>[{r.weight:.3f}] {e(r.source)}"
+                     + (f" <small>(used as {e(r.template)})</small>" if r.template != r.source else "")
+                     + "</caption>")
+        rows = [("word", [t.original or "·" for t in r.tokens]),
+                ("p(w|v)", [f"{t.nearest_dot} ({t.probability:.2f})" for t in r.tokens]),
+                ("cosine", [f"{t.nearest_cosine} ({t.cosine:.2f})" for t in r.tokens]),
+                ("‖v‖/‖v0‖", [f"{t.norm_ratio:.2f}" for t in r.tokens])]
+        for name, cells in rows:
+            parts.append(f"<tr><th>{e(name)}</th>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+        parts.append("</table>")
+    parts.append("</section>")
+    return "\n".join(parts) + "\n"
+
+
+def save_png(readings: list[PromptReading], path: str | Path, title: str = "", top: int = 12) -> None:
+    """Figure 1 style: the ``top`` heaviest prompts, each a row of cells (original word over nearest word),
+    shaded by how far the vector's norm moved from its initial one."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise SoftpromptError("drawing a PNG needs matplotlib: pip install 'softprompt[plot]'") from err
+    shown = readings[:top]
+    if not shown:
+        raise SoftpromptError("no prompts to draw")
+    width = max(len(r.tokens) for r in shown)
+    fig, ax = plt.subplots(figsize=(2.2 + 1.3 * width, 0.9 + 0.75 * len(shown)))
+    ax.set_xlim(-2.2, width)
+    ax.set_ylim(len(shown), -0.6 if title else 0)
+    ax.axis("off")
+    cmap = plt.get_cmap("coolwarm")
+    for row, r in enumerate(shown):
+        ax.text(-2.1, row + 0.5, f"[{r.weight:.3f}]", va="center", family="monospace", fontsize=9)
+        ax.barh(row + 0.5, 0.9 * r.weight, left=-1.1, height=0.3, color="tab:blue")
+        for col, t in enumerate(r.tokens):
+            shade = cmap(min(max((t.norm_ratio - 0.5) / 1.5, 0.0), 1.0))
+            ax.add_patch(plt.Rectangle((col + 0.03, row + 0.08), 0.94, 0.84, color=shade, alpha=0.35))
+            ax.text(col + 0.5, row + 0.32, t.original or "·", ha="center", va="center", fontsize=8, color="0.35")
+            ax.text(col + 0.5, row + 0.68, t.nearest_dot, ha="center", va="center", fontsize=9)
+    if title:
+        ax.text(-2.1, -0.3, title, fontsize=10, weight="bold")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def save_html(readings: list[PromptReading], path: str | Path, title: str = "") -> None:
+    write_text(path, html_fragment(readings, title))
