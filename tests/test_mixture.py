@@ -339,3 +339,13 @@ def test_settings_are_validated():
     with pytest.raises(SoftpromptError, match="no vectors to tune"):
         MixtureSettings("x", ("[X] is [Y] .",), mode="hard", tune="prompts")
     assert MixtureSettings("x", ("[X] is [Y] .",), mode="hard").tune == "weights"
+
+
+def test_reading_order_places_the_blanks(causal_lm, masked_lm):
+    causal = TemplateEncoder("the capital of [X] is [Y] .", causal_lm)
+    n_before = len(causal_lm.tokenizer("the capital of", add_special_tokens=False)["input_ids"])
+    order = causal.reading_order
+    assert order[n_before] == "X" and order[-1] == "Y" and order.count("Y") == 1
+    assert [i for i in order if isinstance(i, int)] == list(range(len(causal.prompt_ids)))
+    masked = TemplateEncoder("[Y] is the capital of [X] .", masked_lm).reading_order
+    assert masked[0] == "Y" and masked[-2] == "X"  # the final "." follows [X]

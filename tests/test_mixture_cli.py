@@ -125,6 +125,7 @@ def test_train_show_and_compare(relation_dir, prompt_root, model_dirs, tmp_path,
     assert (tmp_path / "soft" / "mixture.png").read_bytes()[:4] == b"\x89PNG"
     fragment = (tmp_path / "soft" / "mixture.html").read_text()
     assert fragment.count("<table>") == 2 and "[Y] native [X] ." in fragment and "native [X] . [Y]" in fragment
+    assert "<td>[X]</td>" in fragment and "<td>[Y]</td>" in fragment
 
     compared = invoke("compare", tmp_path / "init", tmp_path / "soft", "--permutations", 200,
                       "--json", tmp_path / "cmp.json")

@@ -431,7 +431,7 @@ def mixture_train(
     doc = run_mixture(lm, rel, settings, out, config, limits, resume=resume, progress=not quiet)
     report = doc["prompt_set"]
     console.print(f"prompts: {report['total']} in the set, {report['reordered']} reordered to end in [Y], "
-                  f"{report['skipped']} skipped, {report['duplicates']} duplicates; {doc['num_prompts']} trained")
+                  f"{report['skipped']} skipped, {report['duplicates']} duplicates; {doc['num_prompts']} used")
     console.print(_metrics_table(rel.name, f"mixture ({mode})", "test", doc["test"]))
     console.print(f"effective number of prompts 2^H = {doc['effective_prompts']:.2f}; "
                   f"{time.monotonic() - started:.0f} s; run directory: {out}")

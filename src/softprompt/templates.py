@@ -114,6 +114,14 @@ class TemplateEncoder:
             self._layout = [item for item in self._layout if item != "Y"]
 
     @property
+    def reading_order(self) -> list[str | int]:
+        """The template as the model reads it: prompt token indices with "X" and "Y" where the subject
+        and the answer go (for causal LMs, "Y" is the next token after the prompt)."""
+        order: list[str | int] = [int(item[1:]) if item.startswith("p") else item
+                                  for item in self._layout if isinstance(item, str)]
+        return [*order, "Y"] if self.lm.kind == "causal" else order
+
+    @property
     def answer_space(self) -> bool:
         return self._space_before["Y"]
 

@@ -8,6 +8,7 @@ ratio ‖v‖ / ‖v0‖ to its initial vector v0. Rendered as an HTML fragment 
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class PromptReading:
     template: str  # as used (reordered for causal LMs if it was answer-first)
     init: str
     tokens: list[TokenReading]
+    order: list[str | int]  # token indices, with "X" and "Y" for the blanks, as the model reads them
 
 
 def read_mixture(mixture: MixturePrompt) -> list[PromptReading]:
@@ -72,7 +74,7 @@ def read_mixture(mixture: MixturePrompt) -> list[PromptReading]:
             for i, token_id in enumerate(encoder.prompt_ids)
         ]
         readings.append(PromptReading(k, weights[k], mixture.sources[k], encoder.template.text, component.init,
-                                      tokens))
+                                      tokens, encoder.reading_order))
     return sorted(readings, key=lambda r: -r.weight)
 
 
@@ -84,12 +86,15 @@ def html_fragment(readings: list[PromptReading], title: str = "") -> str:
         parts.append(f"<table><caption>[{r.weight:.3f}] {e(r.source)}"
                      + (f" <small>(used as {e(r.template)})</small>" if r.template != r.source else "")
                      + "</caption>")
-        rows = [("word", [t.original or "·" for t in r.tokens]),
-                ("p(w|v)", [f"{t.nearest_dot} ({t.probability:.2f})" for t in r.tokens]),
-                ("cosine", [f"{t.nearest_cosine} ({t.cosine:.2f})" for t in r.tokens]),
-                ("‖v‖/‖v0‖", [f"{t.norm_ratio:.2f}" for t in r.tokens])]
-        for name, cells in rows:
-            parts.append(f"<tr><th>{e(name)}</th>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+        def cells(show: Callable[[TokenReading], str], r: PromptReading = r) -> list[str]:
+            return [f"[{item}]" if isinstance(item, str) else show(r.tokens[item]) for item in r.order]
+
+        rows = [("word", cells(lambda t: t.original or "·")),
+                ("p(w|v)", cells(lambda t: f"{t.nearest_dot} ({t.probability:.2f})")),
+                ("cosine", cells(lambda t: f"{t.nearest_cosine} ({t.cosine:.2f})")),
+                ("‖v‖/‖v0‖", cells(lambda t: f"{t.norm_ratio:.2f}"))]
+        for name, row in rows:
+            parts.append(f"<tr><th>{e(name)}</th>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
         parts.append("</table>")
     parts.append("</section>")
     return "\n".join(parts) + "\n"
@@ -108,7 +113,7 @@ def save_png(readings: list[PromptReading], path: str | Path, title: str = "", t
     shown = readings[:top]
     if not shown:
         raise SoftpromptError("no prompts to draw")
-    width = max(len(r.tokens) for r in shown)
+    width = max(len(r.order) for r in shown)
     fig, ax = plt.subplots(figsize=(2.2 + 1.3 * width, 0.9 + 0.75 * len(shown)))
     ax.set_xlim(-2.2, width)
     ax.set_ylim(len(shown), -0.6 if title else 0)
@@ -117,7 +122,11 @@ def save_png(readings: list[PromptReading], path: str | Path, title: str = "", t
     for row, r in enumerate(shown):
         ax.text(-2.1, row + 0.5, f"[{r.weight:.3f}]", va="center", family="monospace", fontsize=9)
         ax.barh(row + 0.5, 0.9 * r.weight, left=-1.1, height=0.3, color="tab:blue")
-        for col, t in enumerate(r.tokens):
+        for col, item in enumerate(r.order):
+            if isinstance(item, str):  # a blank: the subject or the answer
+                ax.text(col + 0.5, row + 0.5, f"[{item}]", ha="center", va="center", fontsize=9, weight="bold")
+                continue
+            t = r.tokens[item]
             shade = cmap(min(max((t.norm_ratio - 0.5) / 1.5, 0.0), 1.0))
             ax.add_patch(plt.Rectangle((col + 0.03, row + 0.08), 0.94, 0.84, color=shade, alpha=0.35))
             ax.text(col + 0.5, row + 0.32, t.original or "·", ha="center", va="center", fontsize=8, color="0.35")
