@@ -7,14 +7,12 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
-from typer.testing import CliRunner, Result
+from test_cli import assert_user_error, invoke
 
-from softprompt.cli import app
 from softprompt.data.prompt_sets import prompt_set, prompt_set_from_file, read_template_list
 from softprompt.errors import SoftpromptError
 from softprompt.prompts import read_prompt_file
 
-runner = CliRunner()
 EURO = ["France", "Germany", "Italy", "Spain"]
 YEN = ["Japan", "Peru", "Chile", "Egypt"]
 
@@ -51,19 +49,6 @@ def prompt_root(tmp_path: Path) -> Path:
                 [{"template": "[Y] native [X] .", "weight": 0.1}, {"template": "[X] is [Y] .", "weight": 0.9}])
     write_jsonl(root / "pararel/patterns/P38.jsonl", [{"pattern": "[X] speaks [Y].", "lemma": "speak"}])
     return root
-
-
-def invoke(*args: object) -> Result:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    return result
-
-
-def assert_user_error(result: Result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: ") and result.stderr.strip().count("\n") == 0, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
 
 
 def test_prompt_sets_from_the_staged_layout(prompt_root: Path) -> None:

@@ -111,6 +111,18 @@ Model = Annotated[str, typer.Option(
     "--model", help="A bundled model alias, a .gguf file, a local model directory or a Hugging Face id.")]
 Out = Annotated[Path, typer.Option("--out", help="The run directory to write.", show_default=False)]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite a run already in the run directory.")]
+# Training options shared by every command that trains.
+Lr = Annotated[float, typer.Option(help="Adam learning rate.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Training batch size (facts).")]
+Epochs = Annotated[int, typer.Option(min=1, help="Maximum number of epochs.")]
+Patience = Annotated[int, typer.Option(min=1, help="Stop after this many epochs without a better dev loss.")]
+Seed = Annotated[int, typer.Option(help="Seed of the shuffling and of random inits.")]
+MaxTrain = Annotated[int | None, typer.Option(min=1, help="Use at most N training facts.")]
+MaxDev = Annotated[int | None, typer.Option(min=1, help="Use at most N dev facts.")]
+MaxTest = Annotated[int | None, typer.Option(min=1, help="Use at most N test facts.")]
+Resume = Annotated[bool, typer.Option(
+    "--resume", help="Continue the interrupted run in --out from its checkpoint (same settings required).")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or per-epoch losses.")]
 
 
 def _load_relation(data: str, template: str | None, templates: Path | None, name: str | None) -> Relation:
@@ -202,20 +214,17 @@ def probe_train(
     init: Annotated[Literal["template", "random"], typer.Option(
         help="Start from the template's word embeddings, or from random draws shaped like them."
     )] = "template",
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = TrainConfig.lr,
-    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = TrainConfig.batch_size,
-    epochs: Annotated[int, typer.Option(min=1, help="Maximum number of epochs.")] = TrainConfig.max_epochs,
-    patience: Annotated[int, typer.Option(
-        min=1, help="Stop after this many epochs without a better dev loss.")] = TrainConfig.patience,
-    seed: Annotated[int, typer.Option(help="Seed of the shuffling and of --init random.")] = TrainConfig.seed,
-    max_train: Annotated[int | None, typer.Option(min=1, help="Use at most N training facts.")] = None,
-    max_dev: Annotated[int | None, typer.Option(min=1, help="Use at most N dev facts.")] = None,
-    max_test: Annotated[int | None, typer.Option(min=1, help="Use at most N test facts.")] = None,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the interrupted run in --out from its checkpoint (same settings required)."
-    )] = False,
+    lr: Lr = TrainConfig.lr,
+    batch_size: BatchSize = TrainConfig.batch_size,
+    epochs: Epochs = TrainConfig.max_epochs,
+    patience: Patience = TrainConfig.patience,
+    seed: Seed = TrainConfig.seed,
+    max_train: MaxTrain = None,
+    max_dev: MaxDev = None,
+    max_test: MaxTest = None,
+    resume: Resume = False,
     force: Force = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars or per-epoch losses.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train a soft or deep prompt on the train split (early stopping on dev) and score it on test.
 
@@ -380,20 +389,17 @@ def mixture_train(
     max_rows: Annotated[int, typer.Option(
         min=1, help="Most sequences in one forward pass (memory bound; results do not depend on it).")] = 512,
     device: Annotated[str | None, typer.Option(help="Run the model there, e.g. cuda.", show_default=False)] = None,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = TrainConfig.lr,
-    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size (facts).")] = TrainConfig.batch_size,
-    epochs: Annotated[int, typer.Option(min=1, help="Maximum number of epochs.")] = TrainConfig.max_epochs,
-    patience: Annotated[int, typer.Option(
-        min=1, help="Stop after this many epochs without a better dev loss.")] = TrainConfig.patience,
-    seed: Annotated[int, typer.Option(help="Seed of the shuffling and of random inits.")] = TrainConfig.seed,
-    max_train: Annotated[int | None, typer.Option(min=1, help="Use at most N training facts.")] = None,
-    max_dev: Annotated[int | None, typer.Option(min=1, help="Use at most N dev facts.")] = None,
-    max_test: Annotated[int | None, typer.Option(min=1, help="Use at most N test facts.")] = None,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the interrupted run in --out from its checkpoint (same settings required)."
-    )] = False,
+    lr: Lr = TrainConfig.lr,
+    batch_size: BatchSize = TrainConfig.batch_size,
+    epochs: Epochs = TrainConfig.max_epochs,
+    patience: Patience = TrainConfig.patience,
+    seed: Seed = TrainConfig.seed,
+    max_train: MaxTrain = None,
+    max_dev: MaxDev = None,
+    max_test: MaxTest = None,
+    resume: Resume = False,
     force: Force = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars or per-epoch losses.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train a mixture of prompts for one relation and score it on test.
 

@@ -29,7 +29,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.io import write_json, write_jsonl
 from softprompt.metrics import answer_ranks, ranking_metrics
 from softprompt.models import LanguageModel
-from softprompt.probe import SPLITS
+from softprompt.probe import SPLITS, no_usable_facts
 from softprompt.prompts.mixture import MixturePrompt, effective_prompts
 from softprompt.templates import Example, Template, TemplateEncoder
 from softprompt.train import TrainConfig, TrainResult, optimise
@@ -294,8 +294,7 @@ def evaluate_mixture(
     """Metrics on one split and per-example rows (top-10 answers, the three prompts that explain it best)."""
     items = data.splits.get(split) or []
     if not items:
-        raise SoftpromptError(f"relation {data.name}: the {split} split has no usable facts "
-                              f"({data.dropped.get(split, 0)} dropped because their answer is not a single token)")
+        raise no_usable_facts(data.name, split, data.dropped.get(split, 0))
     pred = predict_mixture(engine, mixture, items, max_rows)
     tok = engine.lm.tokenizer
     rows = []
@@ -366,8 +365,7 @@ def run_mixture(
     training = settings.tune != "none"
     for split in ("train", "dev", "test") if training else ("test",):
         if not data.splits[split]:
-            raise SoftpromptError(f"relation {relation.name}: the {split} split has no usable facts "
-                                  f"({data.dropped[split]} dropped because their answer is not a single token)")
+            raise no_usable_facts(relation.name, split, data.dropped[split])
     fitted: list[float] | None = None
     if settings.top_k is not None and settings.top_k < len(mixture):
         if not data.splits["dev"]:

@@ -57,6 +57,11 @@ def encode_relation(relation: Relation, lm: LanguageModel, limits: dict[str, int
     return EncodedRelation(relation.name, encoder, splits, kept, dropped)
 
 
+def no_usable_facts(relation: str, split: str, dropped: int) -> SoftpromptError:
+    return SoftpromptError(f"relation {relation}: the {split} split has no usable facts "
+                           f"({dropped} dropped because their answer is not a single token)")
+
+
 def make_prompt(mode: str, encoder: TemplateEncoder, init: str = "template", seed: int = 0) -> Prompt:
     if mode not in PROMPT_TYPES:
         raise SoftpromptError(f"unknown prompt mode {mode!r}; choose one of: {', '.join(PROMPT_TYPES)}")
@@ -94,10 +99,7 @@ def evaluate(
     """Metrics on one split and per-example predictions (top-10 with log-probabilities)."""
     examples = data.splits.get(split) or []
     if not examples:
-        raise SoftpromptError(
-            f"relation {data.name}: the {split} split has no usable facts "
-            f"({data.dropped.get(split, 0)} dropped because their answer is not a single token)"
-        )
+        raise no_usable_facts(data.name, split, data.dropped.get(split, 0))
     ranks, gold, top_ids, top_lp = predict(engine, prompt, examples, batch_size)
     tok = engine.lm.tokenizer
     rows = []
@@ -158,10 +160,7 @@ def run_probe(
     needed = ("train", "dev", "test") if mode != "hard" else ("test",)
     for split in needed:
         if not data.splits[split]:
-            raise SoftpromptError(
-                f"relation {relation.name}: the {split} split has no usable facts "
-                f"({data.dropped[split]} dropped because their answer is not a single token)"
-            )
+            raise no_usable_facts(relation.name, split, data.dropped[split])
     out.mkdir(parents=True, exist_ok=True)
     run_config = run_settings(lm, relation, mode, init, config, limits) | {
         "examples": {s: len(e) for s, e in data.splits.items()}, "dropped_multi_token": data.dropped,
