@@ -24,7 +24,9 @@ from softprompt.errors import SoftpromptError
 
 Metric = Literal["p@1", "p@10", "mrr"]
 METRICS: tuple[Metric, ...] = ("p@1", "p@10", "mrr")
-Key = tuple[str, str, str]  # (relation, subject, answer): one test fact
+# (relation, subject, answer, occurrence): one test fact. LAMA test sets repeat some facts (distinct
+# Wikidata entities with the same labels); the n-th repeat in one run pairs with the n-th in the other.
+Key = tuple[str, str, str, int]
 
 PREDICTIONS = "predictions.jsonl"
 # Where each row was read from, so that later errors (duplicates) can name the file and line.
@@ -93,9 +95,10 @@ def _where(row: Mapping[str, Any]) -> str:
     return "a row built in memory"
 
 
-def _describe(key: Key) -> str:
-    relation, subject, answer = key
-    return f"{relation}: {subject!r} -> {answer!r}"
+def _describe(key: Key | tuple[str, str, str]) -> str:
+    relation, subject, answer = key[:3]
+    repeat = f" (occurrence {key[3]})" if len(key) > 3 and key[3] > 1 else ""
+    return f"{relation}: {subject!r} -> {answer!r}{repeat}"
 
 
 def score(rank: int, metric: Metric) -> float:
@@ -110,22 +113,25 @@ def score(rank: int, metric: Metric) -> float:
 
 
 def example_scores(rows: Iterable[Mapping[str, Any]], metric: Metric) -> dict[Key, float]:
-    """Per-example scores keyed by (relation, subject, answer), the identity of a test fact.
+    """Per-example scores keyed by (relation, subject, answer, occurrence), the identity of a test fact.
 
-    A fact that occurs twice in one run would make the pairing ambiguous, so it is an error; it usually
-    means that a directory tree holds two runs of the same relation (e.g. a soft and a deep prompt).
+    Repeats of a fact within one predictions file are numbered in file order. The same fact in two
+    different files would make the pairing ambiguous, so it is an error; it usually means that a
+    directory tree holds two runs of the same relation (e.g. a soft and a deep prompt).
     """
     scores: dict[Key, float] = {}
-    seen: dict[Key, Mapping[str, Any]] = {}
+    first: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+    count: dict[tuple[str, str, str], int] = {}
     for row in rows:
-        key = (row["relation"], row["subject"], row["answer"])
-        if key in seen:
+        fact = (row["relation"], row["subject"], row["answer"])
+        if fact in first and first[fact].get(SOURCE_PATH) != row.get(SOURCE_PATH):
             raise SoftpromptError(
-                f"the fact {_describe(key)} occurs twice in one run ({_where(seen[key])} and {_where(row)}); "
+                f"the fact {_describe(fact)} occurs twice in one run ({_where(first[fact])} and {_where(row)}); "
                 "point at a single run, or at a tree holding one run per relation"
             )
-        seen[key] = row
-        scores[key] = score(row["rank"], metric)
+        first.setdefault(fact, row)
+        count[fact] = count.get(fact, 0) + 1
+        scores[(*fact, count[fact])] = score(row["rank"], metric)
     return scores
 
 
