@@ -112,7 +112,7 @@ def render(results: dict[str, dict[str, dict]], args: argparse.Namespace, config
         "little).",
         f"- Paired permutation test on macro P@1 over all {len(results)} × {args.test_limit} test facts "
         f"(10,000 permutations): manual → soft p = {pvalue('hard', 'soft'):.4f}, soft → deep "
-        f"p = {pvalue('soft', 'deep'):.4f} (`softprompt compare` on the run directories gives the same). "
+        f"p = {pvalue('soft', 'deep'):.4f}. "
         "Single seed.",
         "- Training seconds are wall-clock on 2 CPU cores; some runs shared the machine with other jobs, so "
         "they are an upper bound.",
