@@ -313,7 +313,7 @@ DEMO_HELP = f"""Probe the geography relations ({", ".join(GEO_RELATIONS)}) with 
 Prints test P@1, P@10 and MRR (×100) per relation and prompt, with a macro-average, and writes the table
 to OUT/summary.md. Demo settings: lr {DEMO_CONFIG.lr:g}, batch {DEMO_CONFIG.batch_size}, at most
 {DEMO_CONFIG.max_epochs} epochs, patience {DEMO_CONFIG.patience}, at most {DEMO_LIMITS["train"]} train,
-{DEMO_LIMITS["dev"]} dev and {DEMO_LIMITS["test"]} test facts per relation (about 10 minutes on 2 CPU cores
+{DEMO_LIMITS["dev"]} dev and {DEMO_LIMITS["test"]} test facts per relation (about 4 minutes on 2 CPU cores
 with SmolLM2-135M). Rerunning reuses finished runs and resumes interrupted ones.
 """
 
