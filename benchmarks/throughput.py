@@ -36,14 +36,14 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from softprompt.data import geo_relation, load_relation, shared_data_dir
-from softprompt.engine import Batch, Engine, length_batches
+from softprompt.engine import Batch, Engine, collate, length_batches
 from softprompt.metrics import answer_ranks
 from softprompt.models import LanguageModel, load_model
 from softprompt.probe import encode_relation
@@ -59,21 +59,17 @@ METHODS = {"engine": "softprompt engine (bucketed)", "hf": "plain HF (unbucketed
 # --------------------------------------------------------------------------- the two implementations
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    return Batch(**{f.name: getattr(batch, f.name).to(device) for f in fields(Batch)})
-
-
 def engine_train_step(engine: Engine, prompt: SoftPrompt, optimizer: torch.optim.Optimizer,
                       examples: Sequence[Example], device: torch.device) -> float:
     """``train_prompt``'s step on one batch, moved to ``device``."""
-    return train_step(engine, prompt, optimizer, to_device(engine.collate(examples), device))
+    return train_step(engine, prompt, optimizer, engine.collate(examples).to(device))
 
 
 def engine_eval_batch(engine: Engine, prompt: SoftPrompt, examples: Sequence[Example], idx: list[int],
                       ranks: torch.Tensor, device: torch.device) -> None:
     """The body of ``softprompt.probe.predict``'s batch loop (plus the move to ``device``)."""
     with torch.inference_mode():
-        batch = to_device(engine.collate([examples[i] for i in idx]), device)
+        batch = engine.collate([examples[i] for i in idx]).to(device)
         logprobs = engine.answer_logits(batch, prompt.vectors(), prompt.deltas()).log_softmax(-1)
         ranks[torch.tensor(idx)] = answer_ranks(logprobs, batch.answer_ids).cpu()
         logprobs.gather(1, batch.answer_ids[:, None]).cpu()
@@ -94,19 +90,12 @@ class PlainHF:
         self.pad_id = lm.tokenizer.pad_token_id
 
     def collate(self, examples: Sequence[Example]) -> Batch:
-        width = max(len(e) for e in examples)
-        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        slots = torch.full((len(examples), width), -1, dtype=torch.long)
-        for row, e in enumerate(examples):
-            ids[row, : len(e)] = torch.tensor(e.input_ids)
-            mask[row, : len(e)] = 1
-            slots[row, : len(e)] = torch.tensor(e.prompt_slots)
-        positions = torch.tensor([e.answer_position for e in examples])
+        """Right padding in dataset order, as a plain loop over a DataLoader would batch."""
+        batch = collate(examples, self.pad_id, "right")
         if self.lm.kind == "causal":
-            assert torch.equal(positions, mask.sum(1) - 1), "causal answers are read at the last real token"
-        answers = torch.tensor([e.answer_id for e in examples])
-        return to_device(Batch(ids, mask, slots, positions, answers), self.device)
+            last = batch.attention_mask.sum(1) - 1
+            assert torch.equal(batch.answer_positions, last), "causal answers are read at the last real token"
+        return batch.to(self.device)
 
     def answer_logits(self, batch: Batch, vectors: torch.Tensor) -> torch.Tensor:
         model = self.lm.model
@@ -145,7 +134,7 @@ def check_same_computation(engine: Engine, hf: PlainHF, init: torch.Tensor, exam
     for method in ("engine", "hf"):
         vectors = init.detach().clone().requires_grad_(True)
         if method == "engine":
-            batch = to_device(engine.collate(examples), device)
+            batch = engine.collate(examples).to(device)
             logits = engine.answer_logits(batch, vectors)
         else:
             batch = hf.collate(examples)
