@@ -314,6 +314,33 @@ def test_real_lama_templates_and_files(shared: Path) -> None:
     assert read_facts(shared / "lama/TREx_with_evidences/P19.jsonl.gz") == lama
 
 
+def test_real_prompt_sets_and_splits(shared: Path) -> None:
+    """Every prompt source and split the mixtures benchmark reads loads, with the paper's counts."""
+    from softprompt.data.prompt_sets import prompt_set
+
+    assert len(prompt_set("min", "P19", shared).templates) == 29
+    assert len(prompt_set("par", "P19", shared).templates) == 30
+    assert prompt_set("sin", "P19", shared).templates == ("[X] was born in [Y] .",)
+    assert prompt_set("pararel", "P19", shared).templates[0] == "[X] was born in [Y]."
+    assert len(prompt_set("min", "place_of_birth", shared, dataset="google_re").templates) == 29
+    assert prompt_set("omcs", "IsA", shared, dataset="conceptnet").templates[0] == "A [X] is a [Y]."
+    db = shared / "qin_eisner_soft_prompts/db"
+    sizes = {
+        "trex_extend/P19": (None, 200, None),
+        "trex_distinct/P19": (None, None, None),
+        "google_re/place_of_birth": (2349, 293, 295),
+        "conceptnet/IsA": (None, None, None),
+    }
+    for path, expected in sizes.items():
+        relation = load_relation(db / path, template="[X] is [Y] .")
+        counts = tuple(len(relation.splits[s]) for s in ("train", "dev", "test"))
+        assert all(c > 0 for c in counts), path
+        assert all(e is None or e == c for e, c in zip(expected, counts, strict=True)), (path, counts)
+    # The distinct split shares no answer between train and test.
+    distinct = load_relation(db / "trex_distinct/P19", template="[X] is [Y] .")
+    assert not {f.answer for f in distinct.splits["train"]} & {f.answer for f in distinct.splits["test"]}
+
+
 # --- geography demo ---------------------------------------------------------------------------------------
 
 
