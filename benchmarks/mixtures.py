@@ -137,49 +137,54 @@ def main() -> None:
 
 
 class Report:
+    """docs/results/mixtures.md from the cached runs. Each table covers the relations on which all of its
+    configurations have finished (named under it), so partial progress is reported, never mixed."""
+
     def __init__(self, cache: Path, args: argparse.Namespace, profile: Profile) -> None:
         self.cache, self.args, self.profile = cache, args, profile
         self.relations = list(args.relations)
         self.missing: dict[str, str] = {}
-        self._rows: dict[Unit, list[dict[str, Any]]] = {}
+        self._rows: dict[tuple[Unit, tuple[str, ...]], list[dict[str, Any]]] = {}
 
-    def docs(self, unit: Unit) -> dict[str, dict[str, Any]] | None:
-        """The unit's metrics.json per relation, or None (noted as missing) unless every relation has one."""
-        found = {}
-        for rel in self.relations:
-            path = run_dir(self.cache, unit, rel) / "metrics.json"
-            if path.is_file():
-                found[rel] = json.loads(path.read_text())
-        if len(found) < len(self.relations):
-            self.missing[unit.name] = f"{unit.name} ({len(found)}/{len(self.relations)} relations)"
-            return None
-        return found
+    def done(self, unit: Unit) -> list[str]:
+        return [r for r in self.relations if (run_dir(self.cache, unit, r) / "metrics.json").is_file()]
 
-    def rows(self, unit: Unit) -> list[dict[str, Any]]:
-        if unit not in self._rows:
-            self._rows[unit] = [row for rel in self.relations
-                                for row in load_predictions(run_dir(self.cache, unit, rel))]
-        return self._rows[unit]
+    def common(self, group: list[Unit]) -> list[str]:
+        """Relations on which every unit of ``group`` has finished; the others are noted as missing."""
+        for unit in group:
+            done = self.done(unit)
+            if len(done) < len(self.relations):
+                self.missing[unit.name] = f"{unit.name} ({len(done)}/{len(self.relations)} relations)"
+        return [r for r in self.relations if all(r in self.done(u) for u in group)]
 
-    def p_value(self, a: Unit, b: Unit, metric: str) -> float:
-        paired = pair_runs(self.rows(a), self.rows(b), metric)
+    def docs(self, unit: Unit, relations: list[str]) -> dict[str, dict[str, Any]]:
+        return {r: json.loads((run_dir(self.cache, unit, r) / "metrics.json").read_text()) for r in relations}
+
+    def rows(self, unit: Unit, relations: list[str]) -> list[dict[str, Any]]:
+        key = (unit, tuple(relations))
+        if key not in self._rows:
+            self._rows[key] = [row for rel in relations for row in load_predictions(run_dir(self.cache, unit, rel))]
+        return self._rows[key]
+
+    def p_value(self, a: Unit, b: Unit, metric: str, relations: list[str]) -> float:
+        paired = pair_runs(self.rows(a, relations), self.rows(b, relations), metric)
         return paired_permutation_test(paired.a, paired.b, paired.groups, permutations=10000)
 
-    def macro(self, docs: dict[str, dict[str, Any]]) -> dict[str, float]:
-        return macro_average({r: d["test"] for r, d in docs.items()})
+    def macro(self, unit: Unit, relations: list[str]) -> dict[str, float]:
+        return macro_average({r: d["test"] for r, d in self.docs(unit, relations).items()})
 
     def render(self) -> str:
         p = self.profile
         lines = [
             "# Mixtures of soft prompts on T-REx-10 (Qin & Eisner Tables 4, 5, 9, 10 analogues)",
             "",
-            f"Model `{self.args.model}` (causal), relations {' '.join(self.relations)}, profile "
-            f"`{self.args.profile}`: Adam lr {p.config.lr}, batch {p.config.batch_size}, at most "
-            f"{p.config.max_epochs} epochs, patience {p.config.patience}, seed {p.config.seed}; facts per split "
-            f"{p.limits} (first N single-token facts); mixtures "
+            f"Model `{self.args.model}` (causal), profile `{self.args.profile}`: Adam lr {p.config.lr}, batch "
+            f"{p.config.batch_size}, at most {p.config.max_epochs} epochs, patience {p.config.patience}, seed "
+            f"{p.config.seed}; facts per split {p.limits} (first N single-token facts); mixtures "
             + (f"pruned to the {p.top_k} prompts with the highest EM-fitted weight on the initial dev "
-               "likelihoods" if p.top_k else "of every prompt in the set") + ". Ranking over the full vocabulary; "
-            "all numbers ×100, macro-averaged over relations.",
+               "likelihoods (then uniformly weighted at init)" if p.top_k else "of every prompt in the set")
+            + ". Ranking over the full vocabulary; all numbers ×100, macro-averaged over the relations named "
+            "under each table (those on which all of its configurations have finished).",
             "",
             f"Reproduce: `.venv/bin/python benchmarks/mixtures.py --profile {self.args.profile}` "
             "(resumable; `--render-only` rewrites this file from the cache).",
@@ -188,66 +193,104 @@ class Report:
             "(`[Y] native [X] .` → `native [X] . [Y]`); the prompt-set table says how many.",
             "",
         ]
+        lines += self.findings()
         lines += self.main_table() + self.prompt_set_table() + self.ablation_table() + self.extras_table()
         lines += self.scaling_table() + self.entropy_table() + self.distinct_table()
         if self.missing:
             lines += ["## Not yet run", "", *[f"- {m}" for m in self.missing.values()], ""]
         return "\n".join(lines) + "\n"
 
+    def findings(self) -> list[str]:
+        """The paper's four claims, each checked on the relations where its runs exist (macro P@1)."""
+        main = {u.name: u for u in units("main")}
+
+        def compare(a: str, b: str) -> tuple[float, float, int] | None:
+            rels = [r for r in self.relations if r in self.done(main[a]) and r in self.done(main[b])]
+            if not rels:
+                return None
+            return 100 * self.macro(main[a], rels)["p@1"], 100 * self.macro(main[b], rels)["p@1"], len(rels)
+
+        lines = ["## Findings (macro P@1; n = number of relations compared)", ""]
+        gains = [(s, compare(f"{s}-init", f"{s}-soft")) for s in SETS]
+        if any(g for _, g in gains):
+            lines.append("- Tuning over every initialisation (init → soft): " + "; ".join(
+                f"{s}. {a:.1f} → {b:.1f} (n={n})" for s, (a, b, n) in ((s, g) for s, g in gains if g)) + ".")
+        ran = compare("min-soft", "ran-soft")
+        if ran:
+            lines.append(f"- Random initialisation against mined prompts, both tuned: min. {ran[0]:.1f}, ran. "
+                         f"{ran[1]:.1f} (n={ran[2]}).")
+        mixtures = [(s, compare("sin-soft", f"{s}-soft")) for s in ("par", "min", "ran")]
+        if any(m for _, m in mixtures):
+            lines.append("- Mixtures against the single tuned manual prompt: " + "; ".join(
+                f"sin. {a:.1f} vs {s}. {b:.1f} (n={n})" for s, (a, b, n) in ((s, m) for s, m in mixtures if m)) + ".")
+        deep = [(s, compare(f"{s}-soft", f"{s}-deep")) for s in SETS]
+        if any(d for _, d in deep):
+            lines.append("- Deep over soft: " + "; ".join(
+                f"{s}. {b - a:+.1f} (n={n})" for s, (a, b, n) in ((s, d) for s, d in deep if d)) + ".")
+        if len(lines) == 2:
+            lines.append("- Not enough runs yet.")
+        return [*lines, ""]
+
     def main_table(self) -> list[str]:
         lines = ["## Initial → soft → deep, per prompt set (Table 5)", "",
                  "Within each prompt set, the best value and all not significantly worse (paired permutation "
                  f"test, p < {ALPHA}) are bold; ↑ marks a change from init that is significant.", "",
-                 "| prompts | stage | K | P@1 | P@10 | MRR | train+test s |", "|---|---|---|---|---|---|---|"]
+                 "| prompts | stage | relations | K | P@1 | P@10 | MRR | train+test s |",
+                 "|---|---|---|---|---|---|---|---|"]
         for s in SETS:
             block = [u for u in units("main") if u.prompts == s]
-            docs = {u.name: self.docs(u) for u in block}
-            if any(d is None for d in docs.values()):
+            rels = self.common(block)
+            if not rels:
                 continue
-            macros = {name: self.macro(d) for name, d in docs.items()}
-            best: dict[str, str] = {m: max(macros, key=lambda n: macros[n][m]) for m in ("p@1", "p@10", "mrr")}
+            macros = {u.name: self.macro(u, rels) for u in block}
             for u in block:
                 cells = []
                 for m in ("p@1", "p@10", "mrr"):
                     value = f"{100 * macros[u.name][m]:.1f}"
-                    best_unit = next(b for b in block if b.name == best[m])
-                    if u.name == best[m] or self.p_value(u, best_unit, m) >= ALPHA:
+                    best = max(block, key=lambda b: macros[b.name][m])
+                    if u is best or self.p_value(u, best, m, rels) >= ALPHA:
                         value = f"**{value}**"
                     if u is not block[0]:
                         change = 100 * (macros[u.name][m] - macros[block[0].name][m])
-                        mark = "↑" if self.p_value(block[0], u, m) < ALPHA and change > 0 else ""
+                        mark = "↑" if change > 0 and self.p_value(block[0], u, m, rels) < ALPHA else ""
                         value += f" ({change:+.1f}{mark})"
                     cells.append(value)
-                k = sum(d["num_prompts"] for d in docs[u.name].values()) / len(self.relations)
-                secs = sum(d["seconds"]["total"] for d in docs[u.name].values())
-                lines.append(f"| {s}. | {u.name.split('-')[1]} | {k:.1f} | " + " | ".join(cells) + f" | {secs:.0f} |")
+                docs = self.docs(u, rels)
+                k = sum(d["num_prompts"] for d in docs.values()) / len(rels)
+                secs = sum(d["seconds"]["total"] for d in docs.values())
+                lines.append(f"| {s}. | {u.name.split('-')[1]} | {' '.join(rels)} | {k:.1f} | " + " | ".join(cells)
+                             + f" | {secs:.0f} |")
         return [*lines, ""]
 
     def prompt_set_table(self) -> list[str]:
         lines = ["## What the prompt sets became for the causal LM", "",
-                 "| prompts | templates | reordered (answer-first) | duplicates after encoding | used |",
-                 "|---|---|---|---|---|"]
+                 "Summed over the relations; \"distinct\" is what a full mixture would hold, before any pruning.", "",
+                 "| prompts | relations | templates | reordered (answer-first) | duplicates | distinct |",
+                 "|---|---|---|---|---|---|"]
         for s in SETS:
-            docs = self.docs(Unit(f"{s}-init", s, mode="soft" if s == "ran" else "hard", tune="none"))
-            if docs is None:
+            unit = next(u for u in units("main") if u.name == f"{s}-init")
+            rels = self.common([unit])
+            if not rels:
                 continue
             keys = ("total", "reordered", "duplicates", "kept")
-            total = [sum(d["prompt_set"][k] for d in docs.values()) for k in keys]
-            lines.append(f"| {s}. | " + " | ".join(map(str, total)) + " |")
+            total = [sum(d["prompt_set"][k] for d in self.docs(unit, rels).values()) for k in keys]
+            lines.append(f"| {s}. | {' '.join(rels)} | " + " | ".join(map(str, total)) + " |")
         return [*lines, ""]
 
     def _simple_table(self, title: str, intro: str, named: list[tuple[str, Unit]]) -> list[str]:
-        lines = [f"## {title}", "", intro, "", "| configuration | P@1 | P@10 | MRR | 2^H | train+test s |",
-                 "|---|---|---|---|---|---|"]
+        rels = self.common([u for _, u in named])
+        if not rels:
+            return []
+        lines = [f"## {title}", "", *([intro, ""] if intro else []), f"Relations: {' '.join(rels)}.", "",
+                 "| configuration | K | P@1 | P@10 | MRR | 2^H | train+test s |", "|---|---|---|---|---|---|---|"]
         for label, unit in named:
-            docs = self.docs(unit)
-            if docs is None:
-                continue
-            m = self.macro(docs)
-            eff = sum(d["effective_prompts"] for d in docs.values()) / len(docs)
+            docs = self.docs(unit, rels)
+            m = self.macro(unit, rels)
+            k = sum(d["num_prompts"] for d in docs.values()) / len(rels)
+            eff = sum(d["effective_prompts"] for d in docs.values()) / len(rels)
             secs = sum(d["seconds"]["total"] for d in docs.values())
-            lines.append(f"| {label} | {100 * m['p@1']:.1f} | {100 * m['p@10']:.1f} | {100 * m['mrr']:.1f} | "
-                         f"{eff:.2f} | {secs:.0f} |")
+            lines.append(f"| {label} | {k:.1f} | {100 * m['p@1']:.1f} | {100 * m['p@10']:.1f} | "
+                         f"{100 * m['mrr']:.1f} | {eff:.2f} | {secs:.0f} |")
         return [*lines, ""]
 
     def ablation_table(self) -> list[str]:
@@ -271,19 +314,24 @@ class Report:
         return self._simple_table(
             "Cost versus number of prompts K (min. prompts, soft)",
             "The prompts are chosen before training by their EM-fitted mixture weight on the initial dev "
-            "likelihoods; training cost grows with the number kept, not with the set's size.", named)
+            "likelihoods; training cost grows with the number kept, not with the set's size. The time "
+            "includes choosing the prompts (one inference pass of all K prompts over dev).", named)
 
     def entropy_table(self) -> list[str]:
         lines = ["## Effective number of prompts 2^H after training (Table 10)", "",
-                 "| prompts | stage | min | mean | max |", "|---|---|---|---|---|"]
+                 "| prompts | stage | relations | K | min | mean | max |", "|---|---|---|---|---|---|---|"]
         for s in SETS[1:]:
             for stage in ("soft", "deep"):
-                docs = self.docs(Unit(f"{s}-{stage}", s, mode=stage))
-                if docs is None:
+                unit = next(u for u in units("main") if u.name == f"{s}-{stage}")
+                rels = self.common([unit])
+                if not rels:
                     continue
-                eff = [d["effective_prompts"] for d in docs.values()]
-                lines.append(f"| {s}. | {stage} | {min(eff):.2f} | {sum(eff) / len(eff):.2f} | {max(eff):.2f} |")
-        return [*lines, ""]
+                docs = self.docs(unit, rels).values()
+                eff = [d["effective_prompts"] for d in docs]
+                k = sum(d["num_prompts"] for d in docs) / len(rels)
+                lines.append(f"| {s}. | {stage} | {' '.join(rels)} | {k:.1f} | {min(eff):.2f} | "
+                             f"{sum(eff) / len(eff):.2f} | {max(eff):.2f} |")
+        return [*lines, ""] if len(lines) > 4 else []
 
     def distinct_table(self) -> list[str]:
         return self._simple_table(
