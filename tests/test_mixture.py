@@ -197,7 +197,8 @@ def test_em_and_gradient_reach_the_same_optimum():
     losses = {}
     for method in ("gradient", "em"):
         mixture.load_state_dict(specialised)
-        optimise(MixtureObjective(engine, mixture.set_tune("weights"), train, train, method), config, progress=False)
+        objective = MixtureObjective(engine, mixture.set_tune("weights"), train, train, method, weights_lr=0.1)
+        optimise(objective, config, progress=False)
         assert mixture.weights() == pytest.approx(closed, abs=0.01)
         losses[method] = -float(log_likelihoods(engine, mixture, train).mean())
     assert losses["em"] == pytest.approx(losses["gradient"], abs=1e-4)
@@ -349,3 +350,17 @@ def test_reading_order_places_the_blanks(causal_lm, masked_lm):
     assert [i for i in order if isinstance(i, int)] == list(range(len(causal.prompt_ids)))
     masked = TemplateEncoder("[Y] is the capital of [X] .", masked_lm).reading_order
     assert masked[0] == "Y" and masked[-2] == "X"  # the final "." follows [X]
+
+
+def test_mixture_weights_have_their_own_learning_rate(causal_lm):
+    engine = Engine(causal_lm)
+    mixture = build(causal_lm, data_dependent=True)
+    items = encode_mixture_data(RELATION, mixture).splits["train"]
+    groups = MixtureObjective(engine, mixture, items, items, weights_lr=0.2).param_groups(1e-3)
+    assert [g["lr"] for g in groups] == [1e-3, 0.2]
+    assert groups[1]["params"] == [mixture.weight_logits, mixture.log_temperature]
+    assert sum(p.numel() for p in groups[0]["params"]) == mixture.vectors().numel()
+    mixture.set_tune("prompts")
+    assert MixtureObjective(engine, mixture, items, items).param_groups(1e-3)[1]["params"] == []
+    with pytest.raises(SoftpromptError, match="--weights-lr"):
+        MixtureSettings("x", ("[X] is [Y] .",), weights_lr=0.0)

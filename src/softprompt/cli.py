@@ -34,7 +34,7 @@ from softprompt.demo import (
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.io import write_json, write_jsonl
-from softprompt.mixture import MixtureSettings, mixture_settings, run_mixture
+from softprompt.mixture import WEIGHTS_LR, MixtureSettings, mixture_settings, run_mixture
 from softprompt.models import DEFAULT_MODEL, LanguageModel, load_model
 from softprompt.probe import (
     EncodedRelation,
@@ -389,6 +389,8 @@ def mixture_train(
     max_rows: Annotated[int, typer.Option(
         min=1, help="Most sequences in one forward pass (memory bound; results do not depend on it).")] = 512,
     device: Annotated[str | None, typer.Option(help="Run the model there, e.g. cuda.", show_default=False)] = None,
+    weights_lr: Annotated[float, typer.Option(
+        help="Adam learning rate of the mixture weights (and temperature); --lr is the prompts'.")] = WEIGHTS_LR,
     lr: Lr = TrainConfig.lr,
     batch_size: BatchSize = TrainConfig.batch_size,
     epochs: Epochs = TrainConfig.max_epochs,
@@ -423,7 +425,7 @@ def mixture_train(
             pset = dataclasses.replace(pset, init=init)
     rel = _load_relation(data, pset.templates[0], None, name)
     settings = MixtureSettings(pset.name, pset.templates, pset.init, mode, method, tune, data_dependent, top_k,
-                               answer_first, max_rows)
+                               answer_first, max_rows, weights_lr)
     config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience, seed=seed)
     limits = _limits(train=max_train, dev=max_dev, test=max_test)
     _check_run_dir(out, force, resume)

@@ -15,6 +15,7 @@ token: answers are tokenised as a word preceded by a space, whatever the templat
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -35,6 +36,8 @@ from softprompt.templates import Example, Template, TemplateEncoder
 from softprompt.train import TrainConfig, TrainResult, optimise
 
 METHODS = ("gradient", "em")
+# Adam's learning rate for the mixture logits (and log T); see MixtureObjective.param_groups.
+WEIGHTS_LR = 0.05
 AnswerFirst = Literal["reorder", "skip", "error"]
 
 
@@ -169,13 +172,25 @@ class MixtureObjective:
 
     def __init__(
         self, engine: Engine, mixture: MixturePrompt, train: Sequence[MixtureItem], dev: Sequence[MixtureItem],
-        method: str = "gradient", max_rows: int = 512,
+        method: str = "gradient", max_rows: int = 512, weights_lr: float = WEIGHTS_LR,
     ) -> None:
         if method not in METHODS:
             raise SoftpromptError(f"unknown training method {method!r}; choose one of: {', '.join(METHODS)}")
         self.engine, self.module, self.items, self.dev = engine, mixture, train, dev
-        self.method, self.max_rows = method, max_rows
+        self.method, self.max_rows, self.weights_lr = method, max_rows, weights_lr
         self.posteriors: torch.Tensor | None = None
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Prompt vectors at ``lr``; the mixture logits and log-temperature at ``weights_lr``.
+
+        The logits are O(1) numbers that must move by several nats to select prompts, while prompt vectors
+        move on the scale of word embeddings (about 0.1 per coordinate); Adam's steps are about lr in size,
+        so one learning rate cannot suit both in a few hundred steps.
+        """
+        mixture = self.module
+        weights = [p for p in (mixture.weight_logits, mixture.log_temperature) if p is not None and p.requires_grad]
+        prompts = [p for p in mixture.components.parameters() if p.requires_grad]
+        return [{"params": prompts, "lr": lr}, {"params": weights, "lr": self.weights_lr}]
 
     def backward(self, indices: list[int]) -> float:
         total = 0.0
@@ -329,6 +344,7 @@ class MixtureSettings:
     top_k: int | None = None  # train only the k most useful prompts (see select_prompts)
     answer_first: AnswerFirst = "reorder"
     max_rows: int = 512
+    weights_lr: float = WEIGHTS_LR
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -341,6 +357,8 @@ class MixtureSettings:
             self.tune = "weights"  # all a mixture of hard prompts can learn
         if self.max_rows < 1:
             raise SoftpromptError(f"max_rows must be at least 1, got {self.max_rows}")
+        if not (self.weights_lr > 0 and math.isfinite(self.weights_lr)):
+            raise SoftpromptError(f"--weights-lr must be a positive number, got {self.weights_lr}")
 
 
 def run_mixture(
@@ -381,7 +399,7 @@ def run_mixture(
     result: TrainResult | None = None
     if training:
         objective = MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], settings.method,
-                                     settings.max_rows)
+                                     settings.max_rows, settings.weights_lr)
         result = optimise(objective, config, out / "checkpoint.safetensors", resume, progress,
                           settings={k: v for k, v in identity.items() if k != "train"})
     fit_seconds = time.perf_counter() - started

@@ -81,12 +81,15 @@ class Objective(Protocol):
     """What ``optimise`` trains: a module whose trainable parameters minimise a loss over items.
 
     ``items`` are the training examples (anything with a length, for length-bucketed batches);
+    ``param_groups`` are Adam's parameter groups (trainable parameters only) at base learning rate ``lr``;
     ``backward`` adds the gradient of the mean loss over the given items and returns that loss;
     ``start_epoch`` runs before each epoch's batches (EM does its E step there).
     """
 
     module: nn.Module
     items: Sequence[Sized]
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]: ...
 
     def backward(self, indices: list[int]) -> float: ...
 
@@ -104,6 +107,9 @@ class PromptObjective:
     items: Sequence[Example]
     dev: Sequence[Example]
     eval_batch_size: int
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        return [{"params": [p for p in self.module.parameters() if p.requires_grad], "lr": lr}]
 
     def backward(self, indices: list[int]) -> float:
         return _backward_answer_loss(self.engine, self.module, self.engine.collate([self.items[i] for i in indices]))
@@ -149,10 +155,10 @@ def optimise(
     ``settings`` (besides ``config``) must match for a checkpoint to be resumed.
     """
     module = objective.module
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
+    groups = [g for g in objective.param_groups(config.lr) if g["params"]]
+    if not groups:
         raise SoftpromptError("nothing to train: every parameter is frozen")
-    optimizer = torch.optim.Adam(params, lr=config.lr)
+    optimizer = torch.optim.Adam(groups, lr=config.lr)
     identity = {"config": asdict(config), "settings": settings or {}}
 
     state = _load_checkpoint(checkpoint, module, optimizer, identity) if resume and checkpoint else None
