@@ -28,11 +28,14 @@ from typing import Any
 from softprompt.data import TREX10, load_relation, shared_data_dir
 from softprompt.data.prompt_sets import prompt_set
 from softprompt.engine import Engine
+from softprompt.io import write_text
 from softprompt.metrics import macro_average
 from softprompt.mixture import MixtureSettings, run_mixture
-from softprompt.models import load_model
+from softprompt.models import LanguageModel, load_model
+from softprompt.prompts import load_prompt
 from softprompt.significance import load_predictions, pair_runs, paired_permutation_test
 from softprompt.train import TrainConfig
+from softprompt.visualise import read_mixture, save_png
 
 ROOT = Path(__file__).resolve().parent
 SETS = ("sin", "par", "min", "ran")
@@ -112,8 +115,8 @@ def main() -> None:
     profile = PROFILES[args.profile]
     cache = ROOT / "cache" / "mixtures" / re.sub(r"[^\w.-]", "_", args.model) / args.profile
     todo = [(u, r) for e in args.experiments for u in units(e) for r in args.relations]
+    lm = load_model(args.model, device=args.device)
     if not args.render_only:
-        lm = load_model(args.model, device=args.device)
         engine = Engine(lm)
         for unit, rel in todo:
             out = run_dir(cache, unit, rel)
@@ -132,7 +135,7 @@ def main() -> None:
             print(f"{unit.split:13} {rel:6} {unit.name:22} K={doc['num_prompts']:2}  P@1 {100 * t['p@1']:5.1f}  "
                   f"P@10 {100 * t['p@10']:5.1f}  MRR {100 * t['mrr']:5.1f}  2^H {doc['effective_prompts']:5.2f}  "
                   f"{time.perf_counter() - start:5.0f}s", flush=True)
-    args.out.write_text(Report(cache, args, profile).render())
+    write_text(args.out, Report(cache, args, profile, lm).render())
     print(f"wrote {args.out}")
 
 
@@ -140,8 +143,8 @@ class Report:
     """docs/results/mixtures.md from the cached runs. Each table covers the relations on which all of its
     configurations have finished (named under it), so partial progress is reported, never mixed."""
 
-    def __init__(self, cache: Path, args: argparse.Namespace, profile: Profile) -> None:
-        self.cache, self.args, self.profile = cache, args, profile
+    def __init__(self, cache: Path, args: argparse.Namespace, profile: Profile, lm: LanguageModel) -> None:
+        self.cache, self.args, self.profile, self.lm = cache, args, profile, lm
         self.relations = list(args.relations)
         self.missing: dict[str, str] = {}
         self._rows: dict[tuple[Unit, tuple[str, ...]], list[dict[str, Any]]] = {}
@@ -195,7 +198,7 @@ class Report:
         ]
         lines += self.findings()
         lines += self.main_table() + self.prompt_set_table() + self.ablation_table() + self.extras_table()
-        lines += self.scaling_table() + self.entropy_table() + self.distinct_table()
+        lines += self.scaling_table() + self.figure() + self.entropy_table() + self.distinct_table()
         if self.missing:
             lines += ["## Not yet run", "", *[f"- {m}" for m in self.missing.values()], ""]
         return "\n".join(lines) + "\n"
@@ -316,6 +319,25 @@ class Report:
             "The prompts are chosen before training by their EM-fitted mixture weight on the initial dev "
             "likelihoods; training cost grows with the number kept, not with the set's size. The time "
             "includes choosing the prompts (one inference pass of all K prompts over dev).", named)
+
+    def figure(self) -> list[str]:
+        """Figure 1 analogue for the largest trained mixture of mined prompts that exists."""
+        for name in ("min-soft-all", "min-soft-top8", "min-soft"):
+            unit = next(u for e in ("scaling", "main") for u in units(e) if u.name == name)
+            done = self.done(unit)
+            if done:
+                run = run_dir(self.cache, unit, done[0])
+                readings = read_mixture(load_prompt(run / "prompt.safetensors", self.lm))
+                figure = self.args.out.parent / "figures" / f"mixture-{done[0]}-{name}.png"
+                title = f"{done[0]} {name}"
+                save_png(readings, figure, title, top=8)
+                rel = figure.relative_to(self.args.out.parent)
+                return ["## A trained mixture (Figure 1 analogue)", "",
+                        f"`softprompt mixture show {run.relative_to(ROOT.parent)}` for {done[0]}, {name}: the "
+                        "8 heaviest prompts with their weights; in each cell the original word (grey) over the "
+                        "nearest vocabulary word of the tuned vector by p(w | v), shaded by ‖v‖/‖v0‖.", "",
+                        f"![{title}]({rel})", ""]
+        return []
 
     def entropy_table(self) -> list[str]:
         lines = ["## Effective number of prompts 2^H after training (Table 10)", "",
