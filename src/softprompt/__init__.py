@@ -3,7 +3,7 @@
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.models import DEFAULT_MODEL, LanguageModel, load_model
-from softprompt.prompts import DeepPrompt, HardPrompt, Prompt, SoftPrompt, load_prompt
+from softprompt.prompts import DeepPrompt, HardPrompt, MixturePrompt, Prompt, SoftPrompt, load_prompt
 from softprompt.templates import Template, TemplateEncoder
 from softprompt.train import TrainConfig, train_prompt
 
@@ -15,6 +15,7 @@ __all__ = [
     "Engine",
     "HardPrompt",
     "LanguageModel",
+    "MixturePrompt",
     "Prompt",
     "SoftPrompt",
     "SoftpromptError",
