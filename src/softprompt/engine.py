@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -167,7 +167,7 @@ class Engine:
             targets = batch.input_ids[rows, cols + 1]
         else:
             masked = batch.input_ids.masked_fill(batch.subject_mask, self.lm.tokenizer.mask_token_id)
-            hidden = self.final_hidden(Batch(masked, *list(vars(batch).values())[1:]), vectors, deltas)
+            hidden = self.final_hidden(replace(batch, input_ids=masked), vectors, deltas)
             rows, cols = batch.subject_mask.nonzero(as_tuple=True)
             logp = self.project(hidden[rows, cols]).log_softmax(-1)
             targets = batch.input_ids[rows, cols]
