@@ -314,11 +314,18 @@ class Report:
     def scaling_table(self) -> list[str]:
         named = [(f"top {k}", Unit(f"min-soft-top{k}", "min", top_k=k)) for k in (1, 2, 4, 8)]
         named.append(("all prompts", Unit("min-soft-all", "min", top_k=None)))
-        return self._simple_table(
+        table = self._simple_table(
             "Cost versus number of prompts K (min. prompts, soft)",
             "The prompts are chosen before training by their EM-fitted mixture weight on the initial dev "
             "likelihoods; training cost grows with the number kept, not with the set's size. The time "
             "includes choosing the prompts (one inference pass of all K prompts over dev).", named)
+        rels = self.common([u for _, u in named])
+        if table and rels:
+            full = named[-1][1]
+            tests = [f"{label} {100 * (self.macro(u, rels)['p@1'] - self.macro(full, rels)['p@1']):+.1f} "
+                     f"(p = {self.p_value(u, full, 'p@1', rels):.2f})" for label, u in named[:-1]]
+            table[-1:] = ["", f"P@1 against all prompts, paired permutation test: {'; '.join(tests)}.", ""]
+        return table
 
     def figure(self) -> list[str]:
         """Figure 1 analogue for the largest trained mixture of mined prompts that exists."""
