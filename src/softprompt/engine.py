@@ -130,7 +130,11 @@ class Engine:
         self, batch: Batch, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The final hidden state at each query's answer position, (B, d)."""
-        hidden = self.final_hidden(batch, vectors, deltas)
+        return self.at_answers(self.final_hidden(batch, vectors, deltas), batch)
+
+    @staticmethod
+    def at_answers(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The rows of (B, T, d) ``hidden`` at each query's answer position, (B, d)."""
         return hidden[torch.arange(len(batch), device=hidden.device), batch.answer_positions]
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -146,8 +146,7 @@ def score(
     batch = engine.collate([row for item in items for row in item.rows])
     vectors, deltas = mixture.vectors(), mixture.deltas()
     hidden = engine.final_hidden(batch, vectors, deltas)
-    answer_hidden = hidden[torch.arange(len(batch), device=hidden.device), batch.answer_positions]
-    logprobs = engine.project(answer_hidden).log_softmax(-1)
+    logprobs = engine.project(engine.at_answers(hidden, batch)).log_softmax(-1)
     if not full_vocab:
         logprobs = logprobs.gather(1, batch.answer_ids[:, None])[:, 0]
     logprobs = logprobs.view(n, k, *logprobs.shape[1:])
