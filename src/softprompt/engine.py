@@ -13,7 +13,7 @@ import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
@@ -36,6 +36,14 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(*(t.to(device) for t in vars(self).values()))
+
+
+class Tokens(Protocol):
+    """What the engine reads from any batch: token ids, padding mask, and prompt slots."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_slots: torch.Tensor
 
 
 def collate(examples: Sequence[Example], pad_id: int, padding_side: Literal["left", "right"]) -> Batch:
@@ -80,6 +88,11 @@ def length_batches(
     return batches
 
 
+class Seq2SeqTokens(Tokens, Protocol):
+    decoder_ids: torch.Tensor
+    decoder_mask: torch.Tensor
+
+
 class Engine:
     """Answer-position scores of a frozen LM under prompts."""
 
@@ -91,9 +104,11 @@ class Engine:
             # Masked LMs take default absolute positions from 0, which left padding would shift.
             raise ValueError("masked LMs must be padded on the right")
         model = lm.model
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        if lm.kind == "seq2seq":
+            return  # encoder-decoders are run whole (seq2seq_logits): their decoders are short
         self.body = getattr(model, model.base_model_prefix)
         self.head = self._find_head(model)
-        self.softcap = getattr(model.config, "final_logit_softcapping", None)
 
     def _find_head(self, model: nn.Module) -> nn.Module:
         if self.lm.kind == "causal":
@@ -107,10 +122,8 @@ class Engine:
         batch = collate(examples, self.lm.tokenizer.pad_token_id, self.padding_side)
         return batch.to(self.lm.device) if self.lm.device.type != "cpu" else batch
 
-    def final_hidden(
-        self, batch: Batch, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The last layer's hidden states at every position, (B, T, d)."""
+    def embed(self, batch: Tokens, vectors: torch.Tensor | None, deltas: torch.Tensor | None) -> torch.Tensor:
+        """Input embeddings with prompt vectors (and their layer-0 perturbation) at the prompt slots."""
         is_prompt = (batch.prompt_slots >= 0).unsqueeze(-1)
         rows = batch.prompt_slots.clamp(min=0)
         embeds = self.lm.embed(batch.input_ids)
@@ -118,13 +131,32 @@ class Engine:
             embeds = torch.where(is_prompt, vectors[rows].to(embeds.dtype), embeds)
         if deltas is not None:
             embeds = embeds + deltas[0][rows] * is_prompt
+        return embeds
+
+    def final_hidden(
+        self, batch: Tokens, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The last layer's hidden states at every position, (B, T, d)."""
+        embeds = self.embed(batch, vectors, deltas)
         kwargs = {}
         if self.lm.kind == "causal":
             # With left padding the default arange positions would be shifted by the padding.
             kwargs["position_ids"] = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
             kwargs["use_cache"] = False
-        with self._perturb_layers(deltas, rows, is_prompt):
+        with self.perturb_layers(deltas, batch.prompt_slots):
             return self.body(inputs_embeds=embeds, attention_mask=batch.attention_mask, **kwargs)[0]
+
+    def seq2seq_logits(
+        self, batch: Seq2SeqTokens, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Decoder logits of an encoder-decoder, (B, T_dec, V); prompts sit in the encoder's input and deep
+        perturbations in the encoder's layers."""
+        embeds = self.embed(batch, vectors, deltas)
+        with self.perturb_layers(deltas, batch.prompt_slots):
+            out = self.lm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                                decoder_input_ids=batch.decoder_ids, decoder_attention_mask=batch.decoder_mask,
+                                use_cache=False)
+        return out.logits.float()
 
     def answer_hidden(
         self, batch: Batch, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None
@@ -179,19 +211,20 @@ class Engine:
         return torch.zeros(len(batch), device=token_logp.device).index_add(0, rows, token_logp)
 
     @contextmanager
-    def _perturb_layers(
-        self, deltas: torch.Tensor | None, rows: torch.Tensor, is_prompt: torch.Tensor
-    ) -> Iterator[None]:
+    def perturb_layers(self, deltas: torch.Tensor | None, prompt_slots: torch.Tensor) -> Iterator[None]:
         if deltas is None:
             yield
             return
+        is_prompt = (prompt_slots >= 0).unsqueeze(-1)
+        rows = prompt_slots.clamp(min=0)
         handles = []
         for index, layer in enumerate(self.lm.layers, start=1):
             def add(_module: nn.Module, _inputs: object, output: object, delta: torch.Tensor = deltas[index]):
-                perturbation = delta[rows] * is_prompt
-                if isinstance(output, tuple):
-                    return (output[0] + perturbation, *output[1:])
-                return output + perturbation
+                hidden = output[0] if isinstance(output, tuple) else output
+                if hidden.shape[1] != rows.shape[1]:
+                    return output  # a cached decoding step: the prompt positions were perturbed at prefill
+                hidden = hidden + delta[rows] * is_prompt
+                return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
             handles.append(layer.register_forward_hook(add))
         try:

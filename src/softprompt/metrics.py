@@ -1,8 +1,8 @@
-"""Ranking metrics over the full vocabulary: P@1, P@10 and mean reciprocal rank."""
+"""Metrics: ranking over the full vocabulary (P@1, P@10, MRR) and classification (accuracy, macro-F1, ROC-AUC)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -34,3 +34,43 @@ def macro_average(per_relation: Mapping[str, Mapping[str, float]]) -> dict[str, 
     keys = ("p@1", "p@10", "mrr")
     rows = list(per_relation.values())
     return {k: sum(r[k] for r in rows) / len(rows) for k in keys} | {"relations": len(rows)}
+
+
+def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
+    _check_pairs(predictions, labels)
+    return sum(p == y for p, y in zip(predictions, labels, strict=True)) / len(labels)
+
+
+def macro_f1(predictions: Sequence[int], labels: Sequence[int], num_classes: int) -> float:
+    """Unweighted mean of per-class F1 over all ``num_classes`` classes (0 for a class never predicted
+    correctly, including one absent from ``labels``)."""
+    _check_pairs(predictions, labels)
+    scores = []
+    for c in range(num_classes):
+        tp = sum(p == c and y == c for p, y in zip(predictions, labels, strict=True))
+        predicted, actual = sum(p == c for p in predictions), sum(y == c for y in labels)
+        scores.append(0.0 if tp == 0 else 2 * tp / (predicted + actual))
+    return sum(scores) / num_classes
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Area under the ROC curve of ``scores`` for the positive class 1: the probability that a random
+    positive outscores a random negative, ties counting one half (Mann–Whitney U)."""
+    _check_pairs(scores, labels)
+    pos = [s for s, y in zip(scores, labels, strict=True) if y == 1]
+    neg = [s for s, y in zip(scores, labels, strict=True) if y == 0]
+    if not pos or not neg:
+        raise ValueError("ROC-AUC needs both classes among the labels")
+    ranked = sorted(scores)
+    # Mid-ranks (1-based) of each distinct score, so ties share their average rank.
+    first, count = {}, {}
+    for i, s in enumerate(ranked):
+        first.setdefault(s, i + 1)
+        count[s] = count.get(s, 0) + 1
+    rank_sum = sum(first[s] + (count[s] - 1) / 2 for s in pos)
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
+def _check_pairs(a: Sequence[object], b: Sequence[object]) -> None:
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need equally many predictions and labels, at least one (got {len(a)} and {len(b)})")

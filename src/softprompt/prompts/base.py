@@ -110,7 +110,7 @@ def load_prompt(path: str | Path, lm: LanguageModel) -> Prompt | MixturePrompt:
             f"but the loaded model '{lm.name}' has hidden size {lm.hidden_size}; "
             f"load it with --model {meta['model']} or train a new prompt for this model"
         )
-    deep = meta["mode"] == "deep" or meta.get("component_mode") == "deep"
+    deep = meta["mode"] == "deep" or meta.get("component_mode") == "deep" or meta.get("kind") == "deep"
     if deep and meta["num_layers"] != lm.num_layers:
         raise SoftpromptError(
             f"{path} holds a deep prompt for {meta['num_layers']} layers, but model '{lm.name}' has "
@@ -120,6 +120,10 @@ def load_prompt(path: str | Path, lm: LanguageModel) -> Prompt | MixturePrompt:
         from softprompt.prompts.mixture import MixturePrompt  # the mixture module builds on this one
 
         return MixturePrompt.from_saved(meta, tensors, lm, path)
+    if meta["mode"] == "task":
+        from softprompt.prompts.task import TaskPrompt
+
+        return TaskPrompt.from_saved(meta, tensors, lm)
     if meta["mode"] not in PROMPT_TYPES:
         raise SoftpromptError(f"{path}: unknown prompt mode {meta['mode']!r}; known: {', '.join(PROMPT_TYPES)}")
     encoder = TemplateEncoder(meta["template"], lm)

@@ -1,0 +1,98 @@
+"""Moving prefix prompts to and from PEFT prompt-tuning adapters.
+
+A PEFT prompt-tuning adapter is a directory with ``adapter_config.json`` (peft_type PROMPT_TUNING) and
+``adapter_model.safetensors`` holding ``prompt_embeddings`` (num_virtual_tokens × token_dim), prepended
+to the input embeddings. Our prefix layout ``[P*N]{input}`` places its vectors the same way (before the
+tokenizer's start tokens), so an exported prompt gives PEFT the same scores. PEFT itself is not needed
+to export or import.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from softprompt.errors import SoftpromptError
+from softprompt.io import atomic_write, write_json
+from softprompt.models import LanguageModel
+from softprompt.prompts.task import MARKER, TaskPrompt
+
+PEFT_TASK_TYPES = {"causal": "CAUSAL_LM", "masked": "FEATURE_EXTRACTION", "seq2seq": "SEQ_2_SEQ_LM"}
+
+
+def prefix_length(layout: str) -> int | None:
+    """N if ``layout`` is exactly ``[P*N]{input}`` (the only layout PEFT prompt tuning can express)."""
+    m = MARKER.match(layout)
+    if m is None or layout[m.end() :] != "{input}":
+        return None
+    return int(m.group(1) or 1)
+
+
+def export_peft(prompt: TaskPrompt, lm: LanguageModel, out: str | Path) -> Path:
+    """Write ``prompt`` as a PEFT prompt-tuning adapter directory; returns it."""
+    n = prefix_length(prompt.layout)
+    if n is None or prompt.kind != "soft":
+        raise SoftpromptError(
+            f"only soft prefix prompts (layout '[P*N]{{input}}') export to PEFT prompt tuning; this prompt is "
+            f"{prompt.kind} with layout {prompt.layout!r}"
+        )
+    if lm.kind == "seq2seq":
+        # PEFT's encoder-decoder prompt tuning repeats the prompt for the decoder; ours sits in the encoder only.
+        raise SoftpromptError("PEFT export is for causal and masked LMs; encoder-decoder prompts differ in layout")
+    out = Path(out)
+    config: dict[str, Any] = {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": PEFT_TASK_TYPES[lm.kind],
+        "num_virtual_tokens": n,
+        "token_dim": lm.hidden_size,
+        "num_transformer_submodules": 1,
+        "num_attention_heads": lm.config.num_attention_heads,
+        "num_layers": lm.num_layers,
+        "base_model_name_or_path": lm.name,
+        "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None,
+        "tokenizer_name_or_path": None,
+        "inference_mode": True,
+        "auto_mapping": None,
+        "modules_to_save": None,
+        "revision": None,
+    }
+    embeddings = prompt.vectors().detach().float().cpu().contiguous()
+    atomic_write(out / "adapter_model.safetensors",
+                 lambda tmp: save_file({"prompt_embeddings": embeddings}, str(tmp), metadata={"format": "pt"}))
+    write_json(out / "adapter_config.json", config)
+    return out
+
+
+def import_peft(path: str | Path, lm: LanguageModel, task: str = "") -> TaskPrompt:
+    """A PEFT prompt-tuning adapter directory as a soft prefix prompt for ``lm``."""
+    path = Path(path)
+    config_file, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
+    if not config_file.is_file() or not weights.is_file():
+        raise SoftpromptError(f"{path}: not a PEFT adapter directory (needs adapter_config.json and "
+                              "adapter_model.safetensors; .bin adapters are pickles and are refused)")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise SoftpromptError(f"{config_file}:{err.lineno}: not valid JSON ({err.msg})") from err
+    if config.get("peft_type") != "PROMPT_TUNING":
+        raise SoftpromptError(f"{config_file}: peft_type is {config.get('peft_type')!r}; only PROMPT_TUNING adapters "
+                              "are soft prompts (prefix tuning and P-tuning adapters hold other parameters)")
+    tensors = load_file(str(weights))
+    if "prompt_embeddings" not in tensors:
+        raise SoftpromptError(f"{weights}: no 'prompt_embeddings' tensor (found: {', '.join(tensors)})")
+    embeddings = tensors["prompt_embeddings"]
+    if embeddings.shape[1] != lm.hidden_size:
+        raise SoftpromptError(f"{path}: prompt vectors have size {embeddings.shape[1]}, but model '{lm.name}' has "
+                              f"hidden size {lm.hidden_size}; load the adapter's base model "
+                              f"({config.get('base_model_name_or_path')})")
+    n = embeddings.shape[0] // config.get("num_transformer_submodules", 1)
+    prompt = TaskPrompt(lm, "prefix", n, init="vocab", task=task)
+    prompt.init = "peft"
+    with torch.no_grad():
+        prompt.weight.copy_(embeddings[:n].to(prompt.weight))
+    return prompt

@@ -1,0 +1,111 @@
+"""Using trained task prompts: classify new inputs (each example may use a different prompt) and
+generate text from a causal LM with a soft prompt in front."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from softprompt.engine import Engine
+from softprompt.errors import SoftpromptError
+from softprompt.models import LanguageModel
+from softprompt.prompts.task import TaskPrompt
+from softprompt.tasks.scoring import Encoded, TaskEncoder, calibrate, choice_scores, layout_tokens, special_affixes
+from softprompt.tasks.task import Task, TaskExample
+
+
+def stack_prompts(prompts: Sequence[TaskPrompt]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[int]]:
+    """One vector table (and one delta table if any prompt is deep) for several prompts, and the row
+    each prompt's vectors start at. Soft prompts get zero deltas next to deep ones."""
+    offsets, total = [], 0
+    for p in prompts:
+        offsets.append(total)
+        total += p.length
+    vectors = [p.vectors() for p in prompts if p.length]
+    if not vectors:
+        return None, None, offsets
+    table = torch.cat(vectors)
+    deltas = None
+    if any(p.deltas() is not None for p in prompts):
+        deep = next(p.deltas() for p in prompts if p.deltas() is not None)
+        deltas = torch.cat([p.deltas() if p.deltas() is not None else deep.new_zeros(deep.shape[0], p.length,
+                                                                                   deep.shape[2])
+                            for p in prompts if p.length], dim=1)
+    return table, deltas, offsets
+
+
+class PromptedClassifier:
+    """Scores a task's choices under one or several task prompts (None: the task's manual template).
+
+    ``scores(rows, prompt_ids)`` routes example i through ``prompts[prompt_ids[i]]``; all examples run in
+    the same length-bucketed batches whatever their prompt (their vectors share one stacked table).
+    """
+
+    def __init__(self, lm: LanguageModel, task: Task, prompts: TaskPrompt | Sequence[TaskPrompt | None] | None = None,
+                 normalise: bool = False, calibrated: bool = False, batch_size: int = 32) -> None:
+        self.lm, self.task, self.engine = lm, task, Engine(lm)
+        listed = list(prompts) if isinstance(prompts, Sequence) else [prompts]
+        self.prompts = [p if p is not None else TaskPrompt(lm, "manual", 0) for p in listed]
+        self.encoders = [TaskEncoder(lm, task, p) for p in self.prompts]
+        self.vectors, self.deltas, self.offsets = stack_prompts(self.prompts)
+        self.normalise, self.calibrated, self.batch_size = normalise, calibrated, batch_size
+
+    def examples(self, rows: Sequence[TaskExample | Mapping[str, Any]]) -> list[TaskExample]:
+        return [r if isinstance(r, TaskExample) else self.task.render(r, f"input {i + 1}", labelled=False)
+                for i, r in enumerate(rows)]
+
+    def scores(self, rows: Sequence[TaskExample | Mapping[str, Any]], prompt_ids: Sequence[int] | None = None
+               ) -> torch.Tensor:
+        """(N, C) choice scores: log-likelihoods, length-normalised and/or calibrated if asked."""
+        examples = self.examples(rows)
+        ids = [0] * len(examples) if prompt_ids is None else list(prompt_ids)
+        if len(ids) != len(examples) or any(not 0 <= i < len(self.prompts) for i in ids):
+            raise SoftpromptError(f"prompt_ids must give each of the {len(examples)} inputs a prompt index in "
+                                  f"0..{len(self.prompts) - 1}")
+        encoded = Encoded.concat([self.encoders[i].encode([e], self.offsets[i]) for e, i in zip(examples, ids,
+                                                                                                strict=True)])
+        scores = self._score(encoded)
+        if self.calibrated:
+            free = self._score(Encoded.concat([enc.encode([self.task.content_free()], off)
+                                               for enc, off in zip(self.encoders, self.offsets, strict=True)]))
+            scores = torch.stack([calibrate(s[None], free[i])[0] for s, i in zip(scores, ids, strict=True)])
+        return scores
+
+    def _score(self, encoded: Encoded) -> torch.Tensor:
+        scores = choice_scores(self.engine, encoded, self.vectors, self.deltas, self.batch_size)
+        return scores / encoded.choice_lengths if self.normalise else scores
+
+    def predict(self, rows: Sequence[TaskExample | Mapping[str, Any]], prompt_ids: Sequence[int] | None = None
+                ) -> list[str]:
+        """The predicted label (classification) or choice text (multiple choice) of each input."""
+        examples = self.examples(rows)
+        best = self.scores(examples, prompt_ids).argmax(-1).tolist()
+        labels = list(self.task.labels) if self.task.labels is not None else None
+        return [labels[b] if labels else e.choices[b] for e, b in zip(examples, best, strict=True)]
+
+
+def generate(lm: LanguageModel, prompt: TaskPrompt | None, text: str, max_new_tokens: int = 32,
+             description: str = "", **generate_kwargs: Any) -> str:
+    """Continue ``text`` with a causal LM under ``prompt`` (its layout filled with the text); the prompt's
+    vectors enter as input embeddings, and decoding reuses the KV cache as ``model.generate`` does."""
+    if lm.kind != "causal":
+        raise SoftpromptError(f"generation needs a causal LM; model {lm.name!r} is {lm.kind}")
+    prompt = prompt or TaskPrompt(lm, "manual", 0)
+    engine = Engine(lm)
+    ids, slots = layout_tokens(lm, prompt.layout, {"input": text, "description": description, "options": ""},
+                               prompt.length, special_affixes(lm.tokenizer)[0])
+    batch = _Tokens(torch.tensor([ids], device=lm.device), torch.ones(1, len(ids), dtype=torch.long, device=lm.device),
+                    torch.tensor([slots], device=lm.device))
+    generate_kwargs.setdefault("do_sample", False)
+    generate_kwargs.setdefault("pad_token_id", lm.tokenizer.pad_token_id)
+    with torch.inference_mode(), engine.perturb_layers(prompt.deltas(), batch.prompt_slots):
+        out = lm.model.generate(inputs_embeds=engine.embed(batch, prompt.vectors(), prompt.deltas()),
+                                attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens, **generate_kwargs)
+    return lm.tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+class _Tokens:
+    def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_slots: torch.Tensor) -> None:
+        self.input_ids, self.attention_mask, self.prompt_slots = input_ids, attention_mask, prompt_slots

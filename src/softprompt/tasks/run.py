@@ -1,0 +1,240 @@
+"""Training and evaluating task prompts: data selection (full or k-shot), the choice objective, metrics,
+and run directories that can be resumed."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softprompt.engine import Engine
+from softprompt.errors import SoftpromptError
+from softprompt.io import write_json, write_jsonl
+from softprompt.metrics import accuracy, macro_f1, roc_auc
+from softprompt.models import LanguageModel
+from softprompt.prompts.task import INITS, LAYOUTS, TaskPrompt, count_markers
+from softprompt.tasks.scoring import (
+    Encoded,
+    TaskEncoder,
+    calibrate,
+    choice_loss,
+    choice_scores,
+    example_rows,
+    row_scores,
+)
+from softprompt.tasks.task import Task, TaskExample
+from softprompt.train import TrainConfig, TrainResult, optimise
+
+KINDS = ("hard", "soft", "deep")
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """How a task prompt is built and scored (the run's hyperparameters besides the optimiser's)."""
+
+    layout: str = "prefix"
+    length: int = 20
+    kind: str = "soft"  # hard: no trainable vectors (a layout without [P] markers)
+    init: str = "text"
+    init_text: str | None = None  # default: the task's description
+    normalise: bool = False  # length-normalise multi-token choice scores
+    calibrate: bool = False
+    shots: int | None = None  # k training (and k dev) examples per class; None: the full train split
+    train_limit: int | None = None  # subsample the train split (full-data setting) to this many
+    dev_size: int = 200  # held out from train for early stopping (full-data setting)
+    eval_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise SoftpromptError(f"unknown prompt kind {self.kind!r}; choose one of: {', '.join(KINDS)}")
+        if self.init not in INITS:
+            raise SoftpromptError(f"unknown init {self.init!r}; choose one of: {', '.join(INITS)}")
+        if self.length < 0:
+            raise SoftpromptError(f"prompt length must be at least 0, got {self.length}")
+        for name in ("shots", "train_limit", "eval_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SoftpromptError(f"{name} must be at least 1, got {value}")
+
+
+def build_prompt(lm: LanguageModel, task: Task, settings: TaskSettings, seed: int) -> TaskPrompt:
+    layout = settings.layout
+    if settings.kind == "hard":
+        layout = {"prefix": "manual", "hybrid": "hybrid-hard"}.get(layout, layout)
+        if count_markers(LAYOUTS.get(layout, layout)) or count_markers(task.template):
+            raise SoftpromptError(f"a hard prompt has no vectors, but layout {layout!r} or the task template has "
+                                  "[P] markers; use --kind soft or deep")
+    prompt = TaskPrompt(lm, layout, settings.length, count_markers(task.template),
+                        "deep" if settings.kind == "deep" else "soft", settings.init,
+                        task.description if settings.init_text is None else settings.init_text, seed, task.name)
+    if settings.kind != "hard" and prompt.length == 0:
+        raise SoftpromptError(f"layout {LAYOUTS.get(layout, layout)!r} has no [P] positions to train; use "
+                              "--kind hard, a prefix/hybrid layout, or [P] markers in the task template")
+    if settings.kind == "hard":
+        prompt.requires_grad_(False)
+    return prompt
+
+
+def split_data(task: Task, train: Sequence[TaskExample], settings: TaskSettings, seed: int
+               ) -> tuple[list[TaskExample], list[TaskExample]]:
+    """(train, dev): k per class each for few-shot runs; else a seeded held-out slice of ``train``."""
+    rng = random.Random(seed)
+    if settings.shots is not None:
+        by_label: dict[int, list[TaskExample]] = {}
+        for e in train:
+            by_label.setdefault(e.label, []).append(e)
+        picked_train, picked_dev = [], []
+        for label in sorted(by_label):
+            pool = by_label[label][:]
+            rng.shuffle(pool)
+            picked_train += pool[: settings.shots]
+            picked_dev += pool[settings.shots : 2 * settings.shots]
+        if not picked_dev:
+            raise SoftpromptError(f"task {task.name!r}: too few examples for {settings.shots}-shot train and dev sets")
+        return picked_train, picked_dev
+    pool = list(train)
+    rng.shuffle(pool)
+    dev_size = min(settings.dev_size, len(pool) // 5)
+    if dev_size < 1:
+        raise SoftpromptError(f"task {task.name!r}: {len(pool)} training examples are too few to hold out a dev set")
+    dev, rest = pool[:dev_size], pool[dev_size:]
+    return (rest[: settings.train_limit] if settings.train_limit else rest), dev
+
+
+@dataclass
+class ChoiceObjective:
+    """Cross-entropy of the gold choice among the task's choices (``optimise``'s Objective)."""
+
+    engine: Engine
+    module: TaskPrompt
+    train: Encoded
+    dev: Encoded
+    normalise: bool
+    eval_batch_size: int
+
+    @property
+    def items(self) -> list[range]:
+        # length_batches only needs each example's size: its rows' total token count.
+        per = 1 if self.train.shared_ids is not None else self.train.num_choices
+        rows = self.train.rows
+        return [range(sum(len(rows[i * per + c]) for c in range(per))) for i in range(self.train.num_examples)]
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        return [{"params": [p for p in self.module.parameters() if p.requires_grad], "lr": lr}]
+
+    def backward(self, indices: list[int]) -> float:
+        scores = row_scores(self.engine, self.train, example_rows(self.train, indices), self.module.vectors(),
+                            self.module.deltas()).view(len(indices), -1)
+        lengths = self.train.choice_lengths[indices] if self.normalise else None
+        loss = choice_loss(scores, self.train.labels[indices], lengths)
+        loss.backward()
+        return loss.item()
+
+    def dev_loss(self) -> float:
+        scores = choice_scores(self.engine, self.dev, self.module.vectors(), self.module.deltas(), self.eval_batch_size)
+        return choice_loss(scores, self.dev.labels, self.dev.choice_lengths if self.normalise else None).item()
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+
+def fit(engine: Engine, prompt: TaskPrompt, task: Task, train: Sequence[TaskExample], dev: Sequence[TaskExample],
+        settings: TaskSettings, config: TrainConfig, checkpoint: Path | None = None, resume: bool = False,
+        progress: bool = True) -> TrainResult:
+    """Train ``prompt`` in place on ``train`` with early stopping on ``dev``."""
+    encoder = TaskEncoder(engine.lm, task, prompt)
+    objective = ChoiceObjective(engine, prompt, encoder.encode(train), encoder.encode(dev), settings.normalise,
+                                config.eval_batch_size)
+    return optimise(objective, config, checkpoint, resume, progress,
+                    settings={"task": task.name, **asdict(settings)})
+
+
+def predict(engine: Engine, prompt: TaskPrompt | None, task: Task, examples: Sequence[TaskExample],
+            settings: TaskSettings, batch_size: int = 32) -> torch.Tensor:
+    """Per-choice scores (N, C) used for prediction: log-likelihoods, length-normalised and/or
+    calibrated as ``settings`` say."""
+    encoder = TaskEncoder(engine.lm, task, prompt)
+    vectors, deltas = (prompt.vectors(), prompt.deltas()) if prompt is not None else (None, None)
+    encoded = encoder.encode(examples)
+    scores = choice_scores(engine, encoded, vectors, deltas, batch_size)
+    if settings.normalise:
+        scores = scores / encoded.choice_lengths
+    if settings.calibrate:
+        free = choice_scores(engine, encoder.encode([task.content_free()]), vectors, deltas, batch_size)
+        if settings.normalise:
+            free = free / encoder.encode([task.content_free()]).choice_lengths
+        scores = calibrate(scores, free[0])
+    return scores
+
+
+def task_metrics(task: Task, scores: torch.Tensor, labels: Sequence[int]) -> dict[str, float]:
+    predictions = scores.argmax(-1).tolist()
+    out: dict[str, float] = {"n": len(labels)}
+    for name in task.metrics:
+        if name == "accuracy":
+            out[name] = accuracy(predictions, labels)
+        elif name == "macro_f1":
+            out[name] = macro_f1(predictions, labels, task.num_choices)
+        else:
+            margin = scores.log_softmax(-1)
+            out[name] = roc_auc((margin[:, 1] - margin[:, 0]).tolist(), labels)
+    return out
+
+
+def run_task(lm: LanguageModel, task: Task, settings: TaskSettings, config: TrainConfig, out: Path,
+             train: Sequence[TaskExample] | None, evaluation: Sequence[TaskExample], resume: bool = False,
+             progress: bool = True, engine: Engine | None = None) -> dict[str, Any]:
+    """Train (unless the prompt is hard), evaluate, and write ``out``/{prompt.safetensors, metrics.json,
+    predictions.jsonl}. A finished run's metrics.json is the last file written."""
+    engine = engine or Engine(lm)
+    seed = config.seed
+    torch.manual_seed(seed)
+    prompt = build_prompt(lm, task, settings, seed)
+    doc: dict[str, Any] = {"task": task.name, "model": lm.name, "settings": asdict(settings), "config": asdict(config)}
+    start = time.perf_counter()
+    if settings.kind != "hard":
+        if train is None:
+            raise SoftpromptError(f"task {task.name!r}: training a {settings.kind} prompt needs a train split")
+        train_part, dev_part = split_data(task, train, settings, seed)
+        result = fit(engine, prompt, task, train_part, dev_part, settings, config, out / "checkpoint.safetensors",
+                     resume, progress)
+        doc |= {"train_examples": len(train_part), "dev_examples": len(dev_part), "best_epoch": result.best_epoch,
+                "best_dev_loss": result.best_dev_loss, "history": result.history}
+    doc["train_seconds"] = time.perf_counter() - start
+    evaluation = list(evaluation)[: settings.eval_limit] if settings.eval_limit else list(evaluation)
+    start = time.perf_counter()
+    scores = predict(engine, prompt, task, evaluation, settings, config.eval_batch_size)
+    doc["eval_seconds"] = time.perf_counter() - start
+    labels = [e.label for e in evaluation]
+    doc["metrics"] = task_metrics(task, scores, labels)
+    doc["num_vectors"] = prompt.length
+    out.mkdir(parents=True, exist_ok=True)
+    prompt.save(out / "prompt.safetensors")
+    write_jsonl(out / "predictions.jsonl", [
+        {"index": i, "label": y, "prediction": int(s.argmax()), "scores": [round(v, 5) for v in s.tolist()]}
+        for i, (s, y) in enumerate(zip(scores, labels, strict=True))])
+    write_json(out / "metrics.json", doc)
+    (out / "checkpoint.safetensors").unlink(missing_ok=True)
+    return doc
+
+
+def summarise(docs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean and (sample) standard deviation of every metric over seeds."""
+    out = {}
+    for name in docs[0]["metrics"]:
+        if name == "n":
+            continue
+        values = torch.tensor([d["metrics"][name] for d in docs], dtype=torch.float64)
+        out[name] = {"mean": values.mean().item(), "std": values.std().item() if len(values) > 1 else 0.0,
+                     "seeds": len(values)}
+    return out
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    return json.loads((path / "metrics.json").read_text())

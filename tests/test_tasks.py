@@ -1,0 +1,380 @@
+"""Declarative tasks, choice scoring, task prompts, inference and PEFT interop on tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import byte_bpe_tokenizer, tiny_causal
+from transformers import T5Config, T5ForConditionalGeneration
+
+from softprompt.engine import Engine
+from softprompt.errors import SoftpromptError
+from softprompt.metrics import accuracy, macro_f1, roc_auc
+from softprompt.models import LanguageModel
+from softprompt.prompts import load_prompt
+from softprompt.prompts.task import TaskPrompt
+from softprompt.tasks import TaskEncoder, TaskSettings, builtin_tasks, choice_scores, load_task, predict, run_task
+from softprompt.tasks.inference import PromptedClassifier, generate
+from softprompt.tasks.run import split_data, task_metrics
+from softprompt.tasks.scoring import calibrate
+from softprompt.tasks.task import task_from_dict
+from softprompt.train import TrainConfig
+
+COUNTRIES = [("France", "a"), ("Germany", "b"), ("Japan", "a"), ("Italy", "b"), ("Spain", "a"), ("Peru", "b")]
+
+
+def capital_task(labels: dict[str, str] | None = None, **extra: object) -> object:
+    doc = {"name": "capital", "description": "the capital of a country", "template": "the capital of {{c}} is",
+           "target": "{{label}}", "labels": labels or {"a": "Paris", "b": "Berlin"}, **extra}
+    return task_from_dict(doc, "capital.yaml")
+
+
+def rows(n: int = 24) -> list[dict[str, str]]:
+    return [{"c": c, "label": y} for c, y in (COUNTRIES * n)[:n]]
+
+
+@pytest.fixture(scope="module")
+def seq2seq_lm() -> LanguageModel:
+    tokenizer = byte_bpe_tokenizer()
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                      decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id)
+    return LanguageModel(T5ForConditionalGeneration(config), tokenizer, name="tiny-t5", kind="seq2seq")
+
+
+# --- task files ---------------------------------------------------------------------------------------
+
+
+def test_builtin_tasks_round_trip_through_yaml(tmp_path: Path) -> None:
+    assert {"sst2", "cb", "rte", "copa", "wsc", "boolq", "agnews", "trec"} <= set(builtin_tasks())
+    for name in builtin_tasks():
+        task = load_task(name)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(task.to_yaml())
+        again = load_task(path)
+        for field in ("name", "description", "data", "template", "target", "labels", "choices", "metrics"):
+            assert getattr(again, field) == getattr(task, field), (name, field)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: x\ntemplate: '{{a}}'\nlabels: {a: A, b: B}\nchoices: ['{{a}}', '{{b}}']\n", "exactly one of 'labels'"),
+        ("template: '{{a}}'\nlabels: {a: A, b: B}\n", "missing required field 'name'"),
+        ("name: x\ntemplate: '{{a}'\nlabels: {a: A, b: B}\n", "field 'template' is not a valid template"),
+        ("name: x\ntemplate: '{{a}}'\nlabels: {a: A, b: B}\nmetrics: [bleu]\n", "field 'metrics' has unknown"),
+        ("name: x\ntemplate: '{{a}}'\nlabels: {a: A, b: B}\ncolour: red\n", "unknown field(s) colour"),
+        ("name: x\ntemplate: '{{a}}'\nlabels: {a: A}\n", "field 'labels' must map at least two"),
+        ("name: x\ntemplate: [1]\nlabels: {a: A, b: B}\n", "field 'template' must be a str"),
+        ("name: x\ntemplate: '{{a}}'\nlabels: {a: A, b: A}\n", "the same verbalizer"),
+        ("name: x\n  template: : :\n", "not valid YAML"),
+    ],
+)
+def test_malformed_task_files_name_the_field(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SoftpromptError) as err:
+        load_task(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_data_errors_name_file_and_line(tmp_path: Path) -> None:
+    task = capital_task()
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"c": "France", "label": "a"}\n{"c": "Peru", "label": "z"}\n')
+    with pytest.raises(SoftpromptError, match=r"d\.jsonl:2: target 'z' is not one of \['a', 'b'\]"):
+        task.load("train", path=data)
+    data.write_text('{"c": "France", "label": "a"}\n{"label": "a"}\n')
+    with pytest.raises(SoftpromptError, match=r"d\.jsonl:2: 'c' is undefined"):
+        task.load("train", path=data)
+    data.write_text('{"c": "France", "label": "a"}\nnot json\n')
+    with pytest.raises(SoftpromptError, match=r"d\.jsonl:2: not valid JSON"):
+        task.load("train", path=data)
+    tsv = tmp_path / "d.tsv"
+    tsv.write_text('c\tlabel\nFrance "x\ta\nPeru\n')
+    with pytest.raises(SoftpromptError, match=r"d\.tsv:3: expected 2 columns"):
+        task.load("train", path=tsv)
+
+
+def test_tsv_keeps_bare_quotes_and_multiple_choice_renders_choices(tmp_path: Path) -> None:
+    tsv = tmp_path / "d.tsv"
+    tsv.write_text('c\tlabel\nsay "hi\ta\n')
+    assert capital_task().load("train", path=tsv)[0].text == 'the capital of say "hi is'
+    copa = load_task("copa")
+    example = copa.render({"premise": "The man fell.", "choice1": "He slipped.", "choice2": "He sang.",
+                           "question": "cause", "label": 0})
+    assert example.text == "The man fell because"
+    assert example.choices == ("he slipped.", "he sang.") and example.label == 0
+
+
+# --- metrics and calibration ----------------------------------------------------------------------------
+
+
+def test_classification_metrics_by_hand() -> None:
+    predictions, labels = [0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0]
+    assert accuracy(predictions, labels) == pytest.approx(4 / 6)
+    # class 0: tp 1, predicted 2, actual 2 -> 0.5; class 1: tp 1, 1, 2 -> 2/3; class 2: tp 2, 3, 2 -> 0.8
+    assert macro_f1(predictions, labels, 3) == pytest.approx((0.5 + 2 / 3 + 0.8) / 3)
+    assert macro_f1([0, 0], [0, 0], 2) == pytest.approx(0.5)  # the absent class counts as 0
+    # positives 0.9, 0.4; negatives 0.4, 0.1: pairs (0.9>0.4, 0.9>0.1, 0.4=0.4, 0.4>0.1) -> 3.5 / 4
+    assert roc_auc([0.9, 0.4, 0.4, 0.1], [1, 1, 0, 0]) == pytest.approx(3.5 / 4)
+    with pytest.raises(ValueError, match="both classes"):
+        roc_auc([0.1, 0.2], [1, 1])
+
+
+def test_verbalizer_metrics_and_calibration_on_hand_built_scores() -> None:
+    task = capital_task(metrics=["accuracy", "macro_f1", "roc_auc"])
+    scores = torch.log(torch.tensor([[0.7, 0.3], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45]]))
+    metrics = task_metrics(task, scores, [0, 1, 1, 1])
+    assert metrics["accuracy"] == pytest.approx(0.5)
+    assert metrics["roc_auc"] == pytest.approx(1.0)  # every positive has a higher p(b) than the negative
+    # A content-free input that prefers "a" 0.65 : 0.35 shifts the boundary to p(a) = 0.65.
+    calibrated = calibrate(scores, torch.log(torch.tensor([0.65, 0.35])))
+    assert calibrated.argmax(-1).tolist() == [0, 1, 1, 1]
+    assert torch.allclose(calibrated[0].exp() / calibrated[0].exp().sum(), torch.tensor([0.7 / 0.65, 0.3 / 0.35]) /
+                          (0.7 / 0.65 + 0.3 / 0.35))
+
+
+def test_content_free_input_blanks_every_field() -> None:
+    assert load_task("cb").content_free().text == "N/A\nQuestion: N/A True, False, or Neither?\nAnswer:"
+    assert load_task("wsc").content_free().text.count("N/A") == 3
+
+
+# --- scoring equals brute force ----------------------------------------------------------------------------
+
+
+def brute_force_causal(lm: LanguageModel, context: list[int], continuation: list[int]) -> float:
+    ids = torch.tensor([context + continuation])
+    logp = lm.model(input_ids=ids).logits[0].log_softmax(-1)
+    return sum(logp[len(context) - 1 + j, t].item() for j, t in enumerate(continuation))
+
+
+def test_single_token_verbalizers_read_one_position(causal_lm: LanguageModel) -> None:
+    task = capital_task()
+    examples = [task.render(r) for r in rows(4)]
+    encoder = TaskEncoder(causal_lm, task)
+    assert encoder.verbalizer_ids is not None
+    scores = choice_scores(Engine(causal_lm), encoder.encode(examples))
+    for e, s in zip(examples, scores, strict=True):
+        ctx = causal_lm.tokenizer(e.text, add_special_tokens=False)["input_ids"]
+        logp = causal_lm.model(input_ids=torch.tensor([ctx])).logits[0, -1].log_softmax(-1)
+        assert torch.allclose(s, logp[list(encoder.verbalizer_ids)], atol=1e-5)
+
+
+def test_multi_token_and_multiple_choice_equal_brute_force(causal_lm: LanguageModel) -> None:
+    task = capital_task({"a": "Paris city", "b": "Berlin"})
+    examples = [task.render(r) for r in rows(5)]
+    tok = causal_lm.tokenizer
+    scores = choice_scores(Engine(causal_lm), TaskEncoder(causal_lm, task).encode(examples), batch_size=3)
+    for e, s in zip(examples, scores, strict=True):
+        ctx = tok(e.text, add_special_tokens=False)["input_ids"]
+        expected = [brute_force_causal(causal_lm, ctx, tok(" " + c, add_special_tokens=False)["input_ids"])
+                    for c in e.choices]
+        assert s.tolist() == pytest.approx(expected, abs=1e-4)
+    copa = task_from_dict({"name": "mc", "template": "{{p}}", "choices": ["{{x}}", "{{y}}"], "target": "{{l}}"}, "mc")
+    mc = [copa.render({"p": "the capital of France", "x": "is Paris .", "y": "was born in a city", "l": 0}),
+          copa.render({"p": "Mozart", "x": "speaks German", "y": "is Bach", "l": 1})]
+    scores = choice_scores(Engine(causal_lm), TaskEncoder(causal_lm, copa).encode(mc))
+    for e, s in zip(mc, scores, strict=True):
+        ctx = tok(e.text, add_special_tokens=False)["input_ids"]
+        expected = [brute_force_causal(causal_lm, ctx, tok(" " + c, add_special_tokens=False)["input_ids"])
+                    for c in e.choices]
+        assert s.tolist() == pytest.approx(expected, abs=1e-4)
+
+
+def test_masked_lm_scores_each_mask(masked_lm: LanguageModel) -> None:
+    task = capital_task({"a": "Paris", "b": "Berlin city"})
+    example = task.render({"c": "France", "label": "a"})
+    scores = choice_scores(Engine(masked_lm), TaskEncoder(masked_lm, task).encode([example]))[0]
+    tok = masked_lm.tokenizer
+    ctx = tok(example.text, add_special_tokens=False)["input_ids"]
+    for choice, score in zip(example.choices, scores, strict=True):
+        target = tok(" " + choice, add_special_tokens=False)["input_ids"]
+        ids = [tok.cls_token_id, *ctx, *[tok.mask_token_id] * len(target), tok.sep_token_id]
+        logp = masked_lm.model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+        expected = sum(logp[1 + len(ctx) + j, t].item() for j, t in enumerate(target))
+        assert score.item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_encoder_decoder_scores_the_answer_with_the_decoder(seq2seq_lm: LanguageModel) -> None:
+    for labels in ({"a": "Paris", "b": "Berlin"}, {"a": "Paris city", "b": "Berlin"}):
+        task = capital_task(labels)
+        examples = [task.render(r) for r in rows(3)]
+        scores = choice_scores(Engine(seq2seq_lm), TaskEncoder(seq2seq_lm, task).encode(examples))
+        tok = seq2seq_lm.tokenizer
+        for e, s in zip(examples, scores, strict=True):
+            ids = torch.tensor([tok(e.text)["input_ids"]])
+            for choice, score in zip(e.choices, s, strict=True):
+                target = torch.tensor([tok(" " + choice, add_special_tokens=False)["input_ids"]])
+                loss = seq2seq_lm.model(input_ids=ids, labels=target).loss.item() * target.shape[1]
+                assert score.item() == pytest.approx(-loss, abs=1e-4)
+
+
+def test_length_normalisation_divides_by_token_count(causal_lm: LanguageModel) -> None:
+    task = capital_task({"a": "Paris city", "b": "Berlin"})
+    examples = [task.render(r) for r in rows(3)]
+    engine = Engine(causal_lm)
+    raw = predict(engine, None, task, examples, TaskSettings(kind="hard"))
+    normalised = predict(engine, None, task, examples, TaskSettings(kind="hard", normalise=True))
+    lengths = TaskEncoder(causal_lm, task).encode(examples).choice_lengths
+    assert lengths[0].tolist() == [2.0, 1.0]
+    assert torch.allclose(normalised, raw / lengths)
+
+
+# --- prompts -------------------------------------------------------------------------------------------------
+
+
+def test_layouts_place_vectors(causal_lm: LanguageModel) -> None:
+    task = capital_task(template="the capital [P*2] of {{c}} is")
+    example = task.render({"c": "France", "label": "a"})
+    prompt = TaskPrompt(causal_lm, "hybrid", 3, template_markers=2, init="vocab")
+    ids, slots = TaskEncoder(causal_lm, task, prompt).context(example)
+    assert prompt.length == 5 and slots[:3] == [0, 1, 2]
+    assert sorted(s for s in slots if s >= 0) == [0, 1, 2, 3, 4]
+    text = causal_lm.tokenizer.decode([i for i, s in zip(ids, slots, strict=True) if s < 0])
+    assert text == "the capital of a country\nOptions: Paris, Berlin\nthe capital  of France is"
+    with pytest.raises(SoftpromptError, match="must contain"):
+        TaskPrompt(causal_lm, "[P*3]{question}", 0)
+
+
+def test_text_init_cycles_the_description(causal_lm: LanguageModel) -> None:
+    prompt = TaskPrompt(causal_lm, "prefix", 7, init="text", init_text="the capital of")
+    ids = causal_lm.tokenizer("the capital of", add_special_tokens=False)["input_ids"]
+    expected = causal_lm.embed(torch.tensor((ids * 7)[:7]))
+    assert torch.equal(prompt.weight, expected)
+
+
+def test_prompt_made_of_the_manual_words_equals_the_manual_prompt(causal_lm: LanguageModel) -> None:
+    task = capital_task()
+    examples = [task.render(r) for r in rows(6)]
+    engine = Engine(causal_lm)
+    hard = predict(engine, None, task, examples, TaskSettings(kind="hard"))
+    description = "the capital"
+    soft = TaskPrompt(causal_lm, "[P*2] {input}", 0, init="text", init_text=description)
+    manual = capital_task(template="the capital the capital of {{c}} is")
+    manual_examples = [manual.render(r) for r in rows(6)]
+    assert torch.allclose(predict(engine, soft, task, examples, TaskSettings()),
+                          predict(engine, None, manual, manual_examples, TaskSettings(kind="hard")), atol=1e-5)
+    assert not torch.allclose(hard, predict(engine, soft, task, examples, TaskSettings()))
+
+
+def test_deep_prompt_with_zero_deltas_equals_soft(causal_lm: LanguageModel, masked_lm: LanguageModel,
+                                                  seq2seq_lm: LanguageModel) -> None:
+    task = capital_task({"a": "Paris city", "b": "Berlin"})
+    examples = [task.render(r) for r in rows(4)]
+    for lm in (causal_lm, masked_lm, seq2seq_lm):
+        soft = TaskPrompt(lm, "prefix", 3, init="vocab", seed=1)
+        deep = TaskPrompt(lm, "prefix", 3, kind="deep", init="vocab", seed=1)
+        engine = Engine(lm)
+        a = predict(engine, soft, task, examples, TaskSettings())
+        assert torch.allclose(a, predict(engine, deep, task, examples, TaskSettings()), atol=1e-5)
+        with torch.no_grad():
+            deep.delta[1].normal_()  # the last layer's output at prompt positions reaches nothing
+        assert (a - predict(engine, deep, task, examples, TaskSettings())).abs().max() > 1e-4
+
+
+def test_few_shot_split_is_k_per_class_and_disjoint() -> None:
+    task = capital_task()
+    examples = [task.render(r) for r in rows(24)]
+    train, dev = split_data(task, examples, TaskSettings(shots=3), seed=0)
+    assert sorted(e.label for e in train) == [0, 0, 0, 1, 1, 1] and sorted(e.label for e in dev) == [0, 0, 0, 1, 1, 1]
+    assert not {id(e) for e in train} & {id(e) for e in dev}
+    again, _ = split_data(task, examples, TaskSettings(shots=3), seed=0)
+    assert [id(e) for e in again] == [id(e) for e in train]
+
+
+@pytest.mark.parametrize("kind", ["soft", "deep"])
+def test_training_learns_saves_and_reloads(tmp_path: Path, kind: str) -> None:
+    lm = tiny_causal()
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    task = capital_task()
+    # Every answer is "Berlin", which the untuned model often ranks below "Paris": a prefix can learn that.
+    examples = [task.render({**r, "label": "b"}) for r in rows(48)]
+    assert task_metrics(task, predict(Engine(lm), None, task, examples, TaskSettings(kind="hard")),
+                        [1] * 48)["accuracy"] < 0.5
+    settings = TaskSettings(layout="prefix", length=4, kind=kind, init="random", dev_size=12)
+    config = TrainConfig(lr=0.1, batch_size=8, max_epochs=6, patience=5)
+    doc = run_task(lm, task, settings, config, tmp_path / "run", examples, examples, progress=False)
+    assert doc["best_dev_loss"] < doc["history"][0]["dev_loss"]
+    assert doc["metrics"]["accuracy"] == 1
+    assert all(torch.equal(before[k], v) for k, v in lm.model.state_dict().items())
+    prompt = load_prompt(tmp_path / "run" / "prompt.safetensors", lm)
+    assert isinstance(prompt, TaskPrompt) and prompt.kind == kind
+    scores = predict(Engine(lm), prompt, task, examples, settings)
+    saved = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert scores.argmax(-1).tolist() == [row["prediction"] for row in saved]
+
+
+# --- inference ---------------------------------------------------------------------------------------------
+
+
+def test_mixed_prompt_batch_equals_each_prompt_alone(causal_lm: LanguageModel) -> None:
+    task = capital_task({"a": "Paris city", "b": "Berlin"})
+    examples = [task.render(r) for r in rows(6)]
+    prompts = [TaskPrompt(causal_lm, "prefix", 2, init="vocab", seed=1),
+               TaskPrompt(causal_lm, "hybrid", 4, kind="deep", init="vocab", seed=2), None]
+    with torch.no_grad():
+        prompts[1].delta.normal_(std=0.1)
+    ids = [0, 1, 2, 1, 0, 2]
+    mixed = PromptedClassifier(causal_lm, task, prompts, batch_size=4).scores(examples, ids)
+    for i, (e, p) in enumerate(zip(examples, ids, strict=True)):
+        alone = PromptedClassifier(causal_lm, task, prompts[p]).scores([e])
+        assert torch.allclose(mixed[i], alone[0], atol=1e-5)
+    calibrated = PromptedClassifier(causal_lm, task, prompts, calibrated=True).scores(examples, ids)
+    for i, (e, p) in enumerate(zip(examples, ids, strict=True)):
+        alone = PromptedClassifier(causal_lm, task, prompts[p], calibrated=True).scores([e])
+        assert torch.allclose(calibrated[i], alone[0], atol=1e-5)
+    predicted = PromptedClassifier(causal_lm, task, prompts).predict([{"c": "France"}], [1])
+    assert predicted[0] in ("a", "b")
+    with pytest.raises(SoftpromptError, match=r"prompt index in 0\.\.2"):
+        PromptedClassifier(causal_lm, task, prompts).scores(examples[:1], [3])
+
+
+def test_generation_with_an_empty_prompt_equals_the_models_own(causal_lm: LanguageModel) -> None:
+    text = "the capital of France is"
+    ids = causal_lm.tokenizer(text, return_tensors="pt")
+    pad = causal_lm.tokenizer.pad_token_id
+    own = causal_lm.model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=pad)
+    expected = causal_lm.tokenizer.decode(own[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert generate(causal_lm, None, text, max_new_tokens=6) == expected
+    prompt = TaskPrompt(causal_lm, "prefix", 3, init="vocab", seed=4)
+    embeds = torch.cat([prompt.weight, causal_lm.embed(ids["input_ids"][0])])[None]
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+    by_hand = causal_lm.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                                       pad_token_id=pad)
+    assert generate(causal_lm, prompt, text, max_new_tokens=6) == causal_lm.tokenizer.decode(
+        by_hand[0], skip_special_tokens=True)
+
+
+# --- PEFT ------------------------------------------------------------------------------------------------------
+
+
+def test_peft_export_loads_in_peft_and_reproduces_scores(tmp_path: Path) -> None:
+    peft = pytest.importorskip("peft")
+    from softprompt.peft_interop import export_peft, import_peft
+
+    lm = tiny_causal()
+    task = capital_task({"a": "Paris city", "b": "Berlin"})
+    examples = [task.render(r) for r in rows(4)]
+    prompt = TaskPrompt(lm, "prefix", 3, init="vocab", seed=3)
+    ours = predict(Engine(lm), prompt, task, examples, TaskSettings())
+    export_peft(prompt, lm, tmp_path / "adapter")
+    model = peft.PeftModel.from_pretrained(tiny_causal().model, tmp_path / "adapter")
+    tok = lm.tokenizer
+    for e, s in zip(examples, ours, strict=True):
+        ctx = tok(e.text, add_special_tokens=False)["input_ids"]
+        for choice, score in zip(e.choices, s, strict=True):
+            target = tok(" " + choice, add_special_tokens=False)["input_ids"]
+            logits = model(input_ids=torch.tensor([ctx + target])).logits[0, 3:]  # drop the virtual tokens
+            logp = logits.log_softmax(-1)
+            expected = sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(target))
+            assert score.item() == pytest.approx(expected, abs=1e-4)
+    back = import_peft(tmp_path / "adapter", lm)
+    assert torch.equal(back.weight, prompt.weight) and back.layout == prompt.layout
+    with pytest.raises(SoftpromptError, match="only soft prefix prompts"):
+        export_peft(TaskPrompt(lm, "hybrid", 3, init="vocab"), lm, tmp_path / "no")
+    assert not (tmp_path / "no").exists()
