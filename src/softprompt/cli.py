@@ -1,5 +1,5 @@
 """The ``softprompt`` command line: ``probe train``, ``probe eval``, ``mixture train``, ``mixture show``,
-``demo`` and ``compare``.
+``demo``, ``compare`` and the ``task`` commands (in cli_tasks).
 
 User errors (a SoftpromptError, or a missing or unreadable path) end any command with one red line on
 stderr and exit code 2, like a usage error; no traceback.
@@ -542,6 +542,12 @@ def compare(
     if json_out is not None:
         write_json(json_out, dataclasses.asdict(result))
         console.print(f"written: {json_out}")
+
+
+# The task commands live in their own module, which builds on the shared options above.
+from softprompt.cli_tasks import task_app  # noqa: E402
+
+app.add_typer(task_app, name="task")
 
 
 def main() -> None:

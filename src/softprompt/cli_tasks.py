@@ -1,0 +1,261 @@
+"""``softprompt task ...``: prompt tuning on NLU tasks (train, eval, predict, generate, PEFT export/import)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.table import Table
+
+from softprompt.cli import (
+    BatchSize,
+    Epochs,
+    Force,
+    Lr,
+    Model,
+    Out,
+    Patience,
+    Quiet,
+    Resume,
+    _check_run_dir,
+    _load_model,
+    console,
+)
+from softprompt.engine import Engine
+from softprompt.errors import SoftpromptError
+from softprompt.io import write_json, write_jsonl
+from softprompt.models import DEFAULT_MODEL
+from softprompt.peft_interop import export_peft, import_peft
+from softprompt.prompts import TaskPrompt, load_prompt
+from softprompt.prompts.task import LAYOUTS
+from softprompt.tasks import TaskSettings, builtin_tasks, load_task, run_task
+from softprompt.tasks.inference import PromptedClassifier, generate
+from softprompt.tasks.run import predict, summarise, task_metrics
+from softprompt.tasks.task import Task
+from softprompt.train import TrainConfig
+
+# Prompt tuning of a prefix needs a larger step than LAMA's per-token soft prompts (see docs/design.md).
+TASK_CONFIG = TrainConfig(lr=1e-2, batch_size=16, max_epochs=20, patience=5)
+
+task_app = typer.Typer(help="Prompt tuning on NLU tasks defined in YAML (built-in: sst2, cb, rte, copa, ...).",
+                       no_args_is_help=True)
+
+TaskName = Annotated[str, typer.Argument(help="A built-in task name or a task YAML file.", show_default=False)]
+DataDir = Annotated[Path | None, typer.Option(
+    help="Directory the task's relative data paths are read from (default: ../shared/data).", show_default=False)]
+TrainFile = Annotated[Path | None, typer.Option("--train", help="Training data file (overrides the task's).",
+                                                show_default=False)]
+EvalFile = Annotated[Path | None, typer.Option("--eval", help="Evaluation data file (default: the task's "
+                                               "validation split).", show_default=False)]
+Layout = Annotated[str, typer.Option(help=f"Where the prompt goes: {', '.join(LAYOUTS)}, or a pattern with "
+                                     "{input}, {description}, {options} and [P]/[P*N] markers.")]
+Normalise = Annotated[bool, typer.Option("--normalise", help="Divide each choice's log-likelihood by its tokens.")]
+Calibrate = Annotated[bool, typer.Option("--calibrate", help="Contextual calibration on a content-free input.")]
+EvalLimit = Annotated[int | None, typer.Option(min=1, help="Evaluate on at most N examples.", show_default=False)]
+
+
+def _task(spec: str, data_dir: Path | None) -> Task:
+    task = load_task(spec)
+    if data_dir is not None and not data_dir.is_dir():
+        raise SoftpromptError(f"--data-dir {data_dir} is not a directory")
+    return task
+
+
+def _metrics_row(task: Task, metrics: dict[str, float]) -> list[str]:
+    return [f"{100 * metrics[m]:.1f}" for m in task.metrics]
+
+
+@task_app.command("list")
+def task_list() -> None:
+    """The built-in tasks."""
+    table = Table()
+    for col in ("task", "choices", "metrics", "description"):
+        table.add_column(col)
+    for name in builtin_tasks():
+        task = load_task(name)
+        choices = ", ".join(task.verbalizers) if task.verbalizers else f"{task.num_choices} per example"
+        table.add_row(name, choices, ", ".join(task.metrics), task.description)
+    console.print(table)
+
+
+@task_app.command("train")
+def task_train(
+    task_name: TaskName,
+    out: Out,
+    model: Model = DEFAULT_MODEL,
+    layout: Layout = "prefix",
+    length: Annotated[int, typer.Option(min=0, help="N in the prefix/hybrid layouts' [P*N].")] = 20,
+    kind: Annotated[Literal["soft", "deep"], typer.Option(
+        help="soft: train the vectors; deep: train a perturbation of them at every layer.")] = "soft",
+    init: Annotated[Literal["text", "vocab", "random"], typer.Option(
+        help="Start from the embeddings of --init-text (the task description by default), of sampled common "
+        "tokens, or from random draws shaped like the embeddings.")] = "text",
+    init_text: Annotated[str | None, typer.Option(show_default=False)] = None,
+    shots: Annotated[int | None, typer.Option(min=1, help="Few-shot: k training and k dev examples per class.",
+                                              show_default=False)] = None,
+    train_limit: Annotated[int | None, typer.Option(min=1, help="Subsample the training split to N examples.",
+                                                    show_default=False)] = None,
+    eval_limit: EvalLimit = None,
+    seeds: Annotated[list[int] | None, typer.Option("--seed", help="A seed; repeat for several runs (mean ± std).",
+                                                    show_default=False)] = None,
+    normalise: Normalise = False,
+    calibrate: Calibrate = False,
+    train_file: TrainFile = None,
+    eval_file: EvalFile = None,
+    data_dir: DataDir = None,
+    lr: Lr = TASK_CONFIG.lr,
+    batch_size: BatchSize = TASK_CONFIG.batch_size,
+    epochs: Epochs = TASK_CONFIG.max_epochs,
+    patience: Patience = TASK_CONFIG.patience,
+    resume: Resume = False,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a task prompt on the train split (early stopping on held-out train data) and evaluate it.
+
+    With several --seed values each run goes to OUT/seed-N and OUT/summary.json holds mean ± std.
+    """
+    task = _task(task_name, data_dir)
+    settings = TaskSettings(layout=layout, length=length, kind=kind, init=init, init_text=init_text,
+                            normalise=normalise, calibrate=calibrate, shots=shots, train_limit=train_limit,
+                            eval_limit=eval_limit)
+    seeds = seeds or [0]
+    outs = [out] if len(seeds) == 1 else [out / f"seed-{s}" for s in seeds]
+    for o in outs:
+        _check_run_dir(o, force, resume)
+    train = task.load("train", data_dir, train_file)
+    evaluation = task.load("validation", data_dir, eval_file)
+    lm = _load_model(model)
+    engine = Engine(lm)
+    table = Table(title=f"{task.name}: {kind} {layout} prompt, {len(evaluation)} evaluation examples (×100)")
+    for col in ("seed", *task.metrics, "train s"):
+        table.add_column(col, justify="right")
+    docs = []
+    for seed, o in zip(seeds, outs, strict=True):
+        config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience, seed=seed)
+        doc = run_task(lm, task, settings, config, o, train, evaluation, resume=resume, progress=not quiet,
+                       engine=engine)
+        docs.append(doc)
+        table.add_row(str(seed), *_metrics_row(task, doc["metrics"]), f"{doc['train_seconds']:.0f}")
+    if len(docs) > 1:
+        summary = summarise(docs)
+        table.add_row("mean ± std", *(f"{100 * summary[m]['mean']:.1f} ± {100 * summary[m]['std']:.1f}"
+                                      for m in task.metrics), "")
+        write_json(out / "summary.json", {"task": task.name, "seeds": seeds, "metrics": summary})
+    console.print(table)
+    console.print(f"run directory: {out}")
+
+
+@task_app.command("eval")
+def task_eval(
+    task_name: TaskName,
+    prompt: Annotated[Path | None, typer.Option(help="A trained task prompt (default: the manual template).",
+                                                show_default=False)] = None,
+    layout: Annotated[str, typer.Option(help="Without --prompt: manual, hybrid-hard, or a pattern without [P].")
+                      ] = "manual",
+    model: Model = DEFAULT_MODEL,
+    normalise: Normalise = False,
+    calibrate: Calibrate = False,
+    eval_file: EvalFile = None,
+    data_dir: DataDir = None,
+    eval_limit: EvalLimit = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write metrics.json and predictions.jsonl here.",
+                                             show_default=False)] = None,
+) -> None:
+    """Score a task's validation split zero-shot (manual or hard hybrid prompt) or with a trained prompt."""
+    task = _task(task_name, data_dir)
+    examples = task.load("validation", data_dir, eval_file)[:eval_limit]
+    lm = _load_model(model)
+    task_prompt = _task_prompt(prompt, lm) if prompt else TaskPrompt(lm, layout, 0)
+    settings = TaskSettings(normalise=normalise, calibrate=calibrate)
+    scores = predict(Engine(lm), task_prompt, task, examples, settings)
+    labels = [e.label for e in examples]
+    metrics = task_metrics(task, scores, labels)
+    table = Table(title=f"{task.name}: {len(examples)} examples (×100)")
+    for m in task.metrics:
+        table.add_column(m, justify="right")
+    table.add_row(*_metrics_row(task, metrics))
+    console.print(table)
+    if out is not None:
+        write_jsonl(out / "predictions.jsonl", [{"index": i, "label": y, "prediction": int(s.argmax())}
+                                                for i, (s, y) in enumerate(zip(scores, labels, strict=True))])
+        write_json(out / "metrics.json", {"task": task.name, "model": lm.name, "prompt": str(prompt),
+                                          "metrics": metrics})
+        console.print(f"written: {out}")
+
+
+def _task_prompt(path: Path, lm: object) -> TaskPrompt:
+    prompt = load_prompt(path, lm)
+    if not isinstance(prompt, TaskPrompt):
+        raise SoftpromptError(f"{path} holds a {prompt.mode} prompt for fact probing, not a task prompt; train one "
+                              "with softprompt task train")
+    return prompt
+
+
+@task_app.command("predict")
+def task_predict(
+    task_name: TaskName,
+    inputs: Annotated[Path, typer.Option("--input", help="JSONL/TSV/CSV rows with the task's fields (labels "
+                                         "optional).", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", help="JSONL of predictions to write.", show_default=False)],
+    prompt: Annotated[list[Path] | None, typer.Option(
+        help="A trained task prompt; repeat for several and route rows with a 'prompt' field (its index).",
+        show_default=False)] = None,
+    model: Model = DEFAULT_MODEL,
+    normalise: Normalise = False,
+    calibrate: Calibrate = False,
+) -> None:
+    """Classify new inputs with trained prompts; one batch may route rows to different prompts."""
+    task = load_task(task_name)
+    examples = task.load("test", path=inputs, labelled=False)
+    lm = _load_model(model)
+    prompts = [_task_prompt(p, lm) for p in prompt] if prompt else [None]
+    ids = [int(e.fields.get("prompt", 0)) for e in examples]
+    classifier = PromptedClassifier(lm, task, prompts, normalise=normalise, calibrated=calibrate)
+    scores = classifier.scores(examples, ids)
+    names = list(task.labels) if task.labels is not None else None
+    rows = []
+    for e, s, i in zip(examples, scores, ids, strict=True):
+        best = int(s.argmax())
+        rows.append({"prediction": names[best] if names else e.choices[best], "choice": best, "prompt": i,
+                     "scores": [round(v, 5) for v in s.tolist()]})
+    write_jsonl(output, rows)
+    console.print(f"{len(rows)} predictions written to {output}")
+
+
+@task_app.command("generate")
+def task_generate(
+    text: Annotated[str, typer.Argument(help="The input text.", show_default=False)],
+    prompt: Annotated[Path | None, typer.Option(help="A trained task prompt.", show_default=False)] = None,
+    model: Model = DEFAULT_MODEL,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+) -> None:
+    """Continue TEXT with a causal LM, a trained task prompt in front of it."""
+    lm = _load_model(model)
+    console.print(generate(lm, _task_prompt(prompt, lm) if prompt else None, text, max_new_tokens))
+
+
+@task_app.command("export-peft")
+def task_export_peft(
+    prompt: Annotated[Path, typer.Argument(help="A trained soft prefix prompt.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="The adapter directory to write.", show_default=False)],
+    model: Model = DEFAULT_MODEL,
+) -> None:
+    """Write a soft prefix prompt as a PEFT prompt-tuning adapter (PeftModel.from_pretrained loads it)."""
+    lm = _load_model(model)
+    export_peft(_task_prompt(prompt, lm), lm, out)
+    console.print(f"written: {out}/adapter_config.json, {out}/adapter_model.safetensors")
+
+
+@task_app.command("import-peft")
+def task_import_peft(
+    adapter: Annotated[Path, typer.Argument(help="A PEFT prompt-tuning adapter directory.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="The prompt file to write.", show_default=False)],
+    model: Model = DEFAULT_MODEL,
+) -> None:
+    """Turn a PEFT prompt-tuning adapter into a softprompt prefix prompt file."""
+    lm = _load_model(model)
+    prompt = import_peft(adapter, lm)
+    prompt.save(out)
+    console.print(f"written: {out} ({prompt.length} vectors)")
