@@ -100,6 +100,26 @@ def test_data_errors_name_file_and_line(tmp_path: Path) -> None:
         task.load("train", path=tsv)
 
 
+def test_hugging_face_dataset_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    calls = []
+
+    def load_dataset(name: str, config: str | None, split: str) -> list[dict[str, str]]:
+        calls.append((name, config, split))
+        return [{"c": "France", "label": "a"}, {"c": "Peru", "label": "b"}]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    task = capital_task(data={"train": "hf:someone/capitals#small", "validation": "hf:someone/capitals@dev"})
+    assert [e.label for e in task.load("train")] == [0, 1]
+    task.load("validation")
+    assert calls == [("someone/capitals", "small", "train"), ("someone/capitals", None, "dev")]
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(SoftpromptError, match="needs the 'datasets' package"):
+        task.load("train")
+
+
 def test_tsv_keeps_bare_quotes_and_multiple_choice_renders_choices(tmp_path: Path) -> None:
     tsv = tmp_path / "d.tsv"
     tsv.write_text('c\tlabel\nsay "hi\ta\n')

@@ -14,7 +14,8 @@ tuple of choice texts and the index of the gold choice.
     metrics: [accuracy, macro_f1]
 
 Templates are Jinja; relative data paths are read from the staged data directory (../shared/data or
-$SOFTPROMPT_SHARED_DATA) unless a data directory is given.
+$SOFTPROMPT_SHARED_DATA) unless a data directory is given; ``hf:NAME[#CONFIG][@SPLIT]`` reads a Hugging
+Face dataset instead (needs the ``datasets`` package and a connection).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from softprompt.errors import SoftpromptError
 METRICS = ("accuracy", "macro_f1", "roc_auc")
 SPLITS = ("train", "validation", "test")
 FORMATS = ("jsonl", "tsv", "csv")
+HF_PREFIX = "hf:"
 _ENV = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
@@ -179,7 +181,11 @@ class Task:
 
     def load(self, split: str, data_dir: str | Path | None = None, path: str | Path | None = None,
              labelled: bool = True) -> list[TaskExample]:
-        """The examples of one split, from the task's file or from ``path``."""
+        """The examples of one split, from the task's file, from ``path``, or from a Hugging Face dataset
+        (``hf:NAME[#CONFIG][@SPLIT]``, for users online; the split defaults to this one's name)."""
+        if path is None and str(self.data.get(split, "")).startswith(HF_PREFIX):
+            source = self.data[split]
+            return [self.render(row, f"{source} row {i}", labelled) for i, row in read_hf(source, split)]
         path = Path(path) if path is not None else self.path(split, data_dir)
         return [self.render(row, f"{path}:{line}", labelled) for line, row in read_rows(path, self.format)]
 
@@ -187,6 +193,23 @@ class Task:
         doc = {k: getattr(self, k) for k in ("name", "description", "data", "format", "template", "target", "labels",
                                             "choices", "target_delimiter", "metrics")}
         return yaml.safe_dump({k: v for k, v in doc.items() if v is not None}, sort_keys=False, allow_unicode=True)
+
+
+def read_hf(source: str, split: str) -> list[tuple[int, dict[str, Any]]]:
+    """(row number, row) pairs of a Hugging Face dataset named ``hf:NAME[#CONFIG][@SPLIT]``."""
+    spec = source.removeprefix(HF_PREFIX)
+    spec, _, hf_split = spec.partition("@")
+    name, _, config = spec.partition("#")
+    try:
+        import datasets
+    except ImportError as err:
+        raise SoftpromptError(f"{source}: reading Hugging Face datasets needs the 'datasets' package "
+                              "(pip install datasets), or point the task at a local JSONL/TSV/CSV file") from err
+    try:
+        rows = datasets.load_dataset(name, config or None, split=hf_split or split)
+    except Exception as err:  # the hub raises many kinds (offline, unknown name, unknown split)
+        raise SoftpromptError(f"{source}: could not load the dataset ({err})") from err
+    return [(i, dict(row)) for i, row in enumerate(rows, start=1)]
 
 
 def read_rows(path: Path, fmt: str | None = None) -> list[tuple[int, dict[str, Any]]]:
