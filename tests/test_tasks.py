@@ -159,6 +159,24 @@ def test_verbalizer_metrics_and_calibration_on_hand_built_scores() -> None:
                           (0.7 / 0.65 + 0.3 / 0.35))
 
 
+def test_verbalizer_scores_from_hand_built_logits(causal_lm: LanguageModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Class scores are the verbalizer tokens' log-probabilities under the full-vocabulary softmax."""
+    import softprompt.tasks.scoring as scoring
+
+    task = capital_task()
+    encoder = TaskEncoder(causal_lm, task)
+    paris, berlin = encoder.verbalizer_ids
+    logits = torch.full((2, causal_lm.vocab_size), -1e4)
+    logits[0, paris], logits[0, berlin], logits[0, 0] = 2.0, 1.0, 2.0  # a non-verbalizer token takes mass too
+    logits[1, berlin] = 0.0
+    monkeypatch.setattr(scoring, "query_logits", lambda *args: logits)
+    scores = choice_scores(Engine(causal_lm), encoder.encode([task.render(r) for r in rows(2)]))
+    z = torch.log(torch.tensor(2 * torch.e**2 + torch.e))
+    assert scores[0].tolist() == pytest.approx([2.0 - z.item(), 1.0 - z.item()], abs=1e-5)
+    assert scores[1].tolist() == pytest.approx([-1e4, 0.0], abs=1e-3)
+    assert task_metrics(task, scores, [0, 1])["accuracy"] == 1.0
+
+
 def test_content_free_input_blanks_every_field() -> None:
     assert load_task("cb").content_free().text == "N/A\nQuestion: N/A True, False, or Neither?\nAnswer:"
     assert load_task("wsc").content_free().text.count("N/A") == 3
