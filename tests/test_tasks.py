@@ -92,7 +92,7 @@ def test_data_errors_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(SoftpromptError, match=r"d\.jsonl:2: 'c' is undefined"):
         task.load("train", path=data)
     data.write_text('{"c": "France", "label": "a"}\nnot json\n')
-    with pytest.raises(SoftpromptError, match=r"d\.jsonl:2: not valid JSON"):
+    with pytest.raises(SoftpromptError, match=r"d\.jsonl, line 2: malformed JSON"):
         task.load("train", path=data)
     tsv = tmp_path / "d.tsv"
     tsv.write_text('c\tlabel\nFrance "x\ta\nPeru\n')

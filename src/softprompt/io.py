@@ -1,13 +1,17 @@
-"""Atomic file output: a reader never sees a half-written file."""
+"""File input and output: atomic writes (a reader never sees a half-written file) and JSONL reading with
+line numbers for error messages."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from softprompt.errors import SoftpromptError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -34,3 +38,36 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """The JSON objects of a (possibly gzipped) JSONL file with their 1-based line numbers."""
+    path = Path(path)
+    if not path.is_file():
+        raise SoftpromptError(f"{path}: no such file; check the path")
+    try:
+        with gzip.open(path) if path.name.endswith(".gz") else path.open("rb") as handle:
+            raw_lines = handle.readlines()
+    except OSError as exc:  # includes gzip.BadGzipFile
+        raise SoftpromptError(f"{path}: cannot read it ({exc})") from exc
+    rows = []
+    for lineno, raw in enumerate(raw_lines, start=1):
+        # Decoding per line (not per file) gives exact line numbers; a BOM can only start line 1.
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise SoftpromptError(f"{path}, line {lineno}: not UTF-8 text; save the file as UTF-8") from exc
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SoftpromptError(
+                f"{path}, line {lineno}: malformed JSON ({exc.msg}); each line must be one JSON object"
+            ) from exc
+        if not isinstance(row, dict):
+            raise SoftpromptError(
+                f"{path}, line {lineno}: found a JSON {type(row).__name__}; each line must be one JSON object"
+            )
+        rows.append((lineno, row))
+    return rows

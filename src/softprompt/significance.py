@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from softprompt.data.lama import _read_jsonl
 from softprompt.errors import SoftpromptError
+from softprompt.io import read_jsonl
 
 Metric = Literal["p@1", "p@10", "mrr"]
 METRICS: tuple[Metric, ...] = ("p@1", "p@10", "mrr")
@@ -62,7 +62,7 @@ def load_predictions(path: str | Path) -> list[dict[str, Any]]:
         )
     rows = []
     for file in files:
-        read = _read_jsonl(file)
+        read = read_jsonl(file)
         if not read:
             raise SoftpromptError(f"no predictions in {file}; the run may be unfinished, so run it again")
         for lineno, row in read:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from softprompt.errors import SoftpromptError
+from softprompt.io import read_jsonl
 
 SPLITS = ("train", "dev", "test")
 # A split directory may carry its own template, so that it can be used without a templates file.
@@ -77,43 +76,10 @@ def _stem(path: Path) -> str:
     return path.name.removesuffix(".gz").removesuffix(".jsonl")
 
 
-def _read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """The JSON objects of a (possibly gzipped) JSONL file with their 1-based line numbers."""
-    path = Path(path)
-    if not path.is_file():
-        raise SoftpromptError(f"{path}: no such file; check the path")
-    try:
-        with gzip.open(path) if path.name.endswith(".gz") else path.open("rb") as handle:
-            raw_lines = handle.readlines()
-    except OSError as exc:  # includes gzip.BadGzipFile
-        raise SoftpromptError(f"{path}: cannot read it ({exc})") from exc
-    rows = []
-    for lineno, raw in enumerate(raw_lines, start=1):
-        # Decoding per line (not per file) gives exact line numbers; a BOM can only start line 1.
-        try:
-            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            raise SoftpromptError(f"{path}, line {lineno}: not UTF-8 text; save the file as UTF-8") from exc
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SoftpromptError(
-                f"{path}, line {lineno}: malformed JSON ({exc.msg}); each line must be one JSON object"
-            ) from exc
-        if not isinstance(row, dict):
-            raise SoftpromptError(
-                f"{path}, line {lineno}: found a JSON {type(row).__name__}; each line must be one JSON object"
-            )
-        rows.append((lineno, row))
-    return rows
-
-
 def read_facts(path: str | Path) -> list[Fact]:
     """Facts of a JSONL file with ``{"sub", "obj"}`` or ``{"sub_label", "obj_label"}`` rows (``.gz`` too)."""
     facts = []
-    for lineno, row in _read_jsonl(path):
+    for lineno, row in read_jsonl(path):
         # Labels first: Google-RE rows hold Freebase ids under "sub"/"obj" and the names under "*_label".
         keys = next((pair for pair in reversed(_FACT_KEYS) if all(key in row for key in pair)), None)
         if keys is None:
@@ -138,7 +104,7 @@ def read_facts(path: str | Path) -> list[Fact]:
 def read_templates(path: str | Path) -> dict[str, str]:
     """Templates by relation from LAMA ``relations.jsonl``, or a one-relation file keyed by its stem."""
     templates: dict[str, str] = {}
-    for lineno, row in _read_jsonl(path):
+    for lineno, row in read_jsonl(path):
         if "template" not in row:
             raise SoftpromptError(f'{path}, line {lineno}: no "template" key; found {sorted(row)}')
         relation = row.get("relation", _stem(Path(path)))

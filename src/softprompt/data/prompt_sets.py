@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from softprompt.data.lama import _read_jsonl, check_template
+from softprompt.data.lama import check_template
 from softprompt.errors import SoftpromptError
+from softprompt.io import read_jsonl
 
 # (dataset, source) -> path of the per-relation file under the shared data root, "{r}" is the relation.
 _QE = "qin_eisner_soft_prompts/prompts"
@@ -57,7 +58,7 @@ def read_template_list(path: str | Path) -> list[str]:
     path = Path(path)
     templates: list[str] = []
     if path.suffix in (".jsonl", ".gz"):
-        for lineno, row in _read_jsonl(path):
+        for lineno, row in read_jsonl(path):
             key = "template" if "template" in row else "pattern" if "pattern" in row else None
             if key is None:
                 raise SoftpromptError(

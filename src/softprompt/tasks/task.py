@@ -21,7 +21,6 @@ Face dataset instead (needs the ``datasets`` package and a connection).
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,6 +32,7 @@ import jinja2.sandbox
 import yaml
 
 from softprompt.errors import SoftpromptError
+from softprompt.io import read_jsonl
 
 METRICS = ("accuracy", "macro_f1", "roc_auc")
 SPLITS = ("train", "validation", "test")
@@ -219,22 +219,11 @@ def read_rows(path: Path, fmt: str | None = None) -> list[tuple[int, dict[str, A
         raise SoftpromptError(f"{path}: unknown data format; name it .jsonl, .tsv or .csv, or set 'format' in the task")
     if not path.is_file():
         raise SoftpromptError(f"data file not found: {path}")
-    rows = []
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        if fmt == "jsonl":
-            for line, text in enumerate(f, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as err:
-                    raise SoftpromptError(
-                        f"{path}:{line}: not valid JSON ({err.msg}); each line must be one object"
-                    ) from err
-                if not isinstance(row, dict):
-                    raise SoftpromptError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
-                rows.append((line, row))
-        else:
+    if fmt == "jsonl":
+        rows = read_jsonl(path)
+    else:
+        rows = []
+        with path.open(encoding="utf-8-sig", newline="") as f:
             # QUOTE_NONE: GLUE TSVs contain bare double quotes inside fields.
             quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
             reader = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",", quoting=quoting)
