@@ -13,8 +13,9 @@ Every (task, method, seed) is one run directory under benchmarks/cache/nlu/<mode
 one (metrics.json) is reused and an interrupted one resumes from its checkpoint. Writes
 docs/results/nlu.md from whatever has finished (mean ± std over seeds), listing what has not.
 
-Profile "cpu" fits 2 CPU cores: at most 256 training examples (after holding out up to 64 for early
-stopping), ≤10 epochs with patience 5, and at most 500 evaluation examples (only BoolQ has more).
+Profile "cpu" fits 2 CPU cores: at most 128 training examples (after holding out up to 32 for early
+stopping), ≤8 epochs with patience 5, and at most 300 evaluation examples (SST-2 and BoolQ have more).
+A training run then takes 5–15 minutes on one core.
 Run it with OMP_NUM_THREADS=1 when another job shares the cores.
 """
 
@@ -56,7 +57,7 @@ class Profile:
 
 
 PROFILES = {
-    "cpu": Profile(TrainConfig(lr=1e-2, batch_size=16, max_epochs=10, patience=5, eval_batch_size=32), 256, 64, 500),
+    "cpu": Profile(TrainConfig(lr=1e-2, batch_size=16, max_epochs=8, patience=5, eval_batch_size=32), 128, 32, 300),
     "full": Profile(TrainConfig(lr=1e-2, batch_size=16, max_epochs=20, patience=5, eval_batch_size=64), None, 200,
                     None),
 }

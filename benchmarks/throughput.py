@@ -1,9 +1,11 @@
-"""Soft-prompt training and evaluation throughput: softprompt's engine vs a plain Hugging Face loop.
+"""Soft-prompt training and evaluation throughput: softprompt vs a plain Hugging Face loop and vs PEFT.
 
-    .venv/bin/python benchmarks/throughput.py [--model smollm2-135m] [--train-batches 8]
+    .venv/bin/python benchmarks/throughput.py [--phases lama peft] [--model smollm2-135m] [--train-batches 8]
         [--eval-examples 512] [--repeats 3] [--threads N] [--device cpu|cuda] [--write [--note TEXT]]
 
-One run, one model, the same examples and batch size (64) for both methods:
+One run, one model, the same examples and batch size (64) for the methods compared in each phase.
+
+Phase ``lama``, softprompt's engine vs a plain Hugging Face loop on LAMA facts:
 
 1. Training examples/s of a soft prompt. "engine" is the step of ``softprompt.train.train_prompt``
    (length-bucketed batches, left padding, ``Engine.answer_logits`` -> cross-entropy -> backward ->
@@ -14,20 +16,32 @@ One run, one model, the same examples and batch size (64) for both methods:
    Before timing, both are checked to give the same loss and prompt gradient on the same batch.
 2. Evaluation examples/s (inference_mode, rank of the answer over the full vocabulary, as
    ``softprompt.probe.predict`` does): engine (bucketed) vs plain HF (unbucketed, full logits).
-3. Achieved FLOP/s of each, counted analytically (see ``FlopModel``), against a dense fp32 matmul peak
-   measured in the same run.
 
-Data: T-REx P19 from ../shared/data when present, else the geo relation city_country. Each timing is
-the median of --repeats passes after a warm-up; within a pass the methods run batch by batch in
-alternating order, so that load from other processes hits both alike. The defaults take about 3 minutes
-on 2 CPU cores. On a machine busy with other work, --threads 1 gives far steadier timings (OpenMP
-threads that wait on each other suffer badly from a competing process). With --write the table also
-goes to docs/results/throughput.md (--note adds a remark on the conditions of the run).
+Phase ``peft``, prefix prompt tuning (20 vectors in front of the input, as Lester et al.) on SST-2:
+training examples/s of softprompt's task prompts vs PEFT's ``PromptTuningConfig``, from the same initial
+vectors. "softprompt" is the step of ``softprompt.tasks.fit`` (``ChoiceObjective.backward``: length-bucketed
+batches, left padding, the vocabulary projection at the answer position only, cross-entropy over the two
+verbalizers' log-probabilities, backward, Adam). "PEFT" is the loop a PEFT user writes: ``get_peft_model``
+on the frozen model, tokenizer-padded batches in dataset order, ``model(input_ids=..., attention_mask=...)``
+with logits for every position (B, 20 + T, V), the same loss read at each row's last real token, the same
+Adam step. Before timing, both are checked to give the same loss and prompt gradient on the same batch.
+
+For every method, achieved FLOP/s are counted analytically (see ``FlopModel``) against a dense fp32 matmul
+peak measured in the same run.
+
+LAMA data: T-REx P19 from ../shared/data when present, else the geo relation city_country; SST-2 is read
+from ../shared/data (the peft phase needs it). Each timing is the median of --repeats passes after a
+warm-up; within a pass the methods run batch by batch in alternating order, so that load from other
+processes hits both alike. The defaults take about 3 minutes for the lama phase on 2 CPU cores. On a
+machine busy with other work, --threads 1 gives far steadier timings (OpenMP threads that wait on each
+other suffer badly from a competing process). With --write the tables also go to
+docs/results/throughput.md (--note adds a remark on the conditions of the run).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import platform
@@ -35,25 +49,41 @@ import shlex
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import peft
 import torch
 import torch.nn.functional as F
+from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
 from softprompt.data import geo_relation, load_relation, shared_data_dir
 from softprompt.engine import Batch, Engine, collate, length_batches
+from softprompt.errors import SoftpromptError
 from softprompt.metrics import answer_ranks
 from softprompt.models import LanguageModel, load_model
 from softprompt.probe import encode_relation
 from softprompt.prompts import SoftPrompt
+from softprompt.prompts.task import TaskPrompt
+from softprompt.tasks import TaskEncoder, load_task
+from softprompt.tasks.run import ChoiceObjective
+from softprompt.tasks.task import Task, TaskExample
 from softprompt.templates import Example
 from softprompt.train import train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP_K = 10
+LR = 3e-3
+PHASES = ("lama", "peft")
 METHODS = {"engine": "softprompt engine (bucketed)", "hf": "plain HF (unbucketed, full logits)"}
+PEFT_METHODS = {"softprompt": "softprompt TaskPrompt (bucketed)",
+                "peft": "PEFT PromptTuningConfig (unbucketed, full logits)"}
+PREFIX_LENGTH = 20
+CHECK_EXAMPLES = 16
+# softprompt and PEFT must agree this closely (relative to the loss, and to the largest gradient entry).
+CHECK_TOLERANCE = 1e-4
 
 
 # --------------------------------------------------------------------------- the two implementations
@@ -147,6 +177,86 @@ def check_same_computation(engine: Engine, hf: PlainHF, init: torch.Tensor, exam
     torch.testing.assert_close(logits_e, logits_h, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(grad_e, grad_h, rtol=1e-3, atol=1e-5 * float(grad_e.abs().max()))
     return float(loss_e), float((grad_e - grad_h).abs().max() / grad_e.abs().max())
+
+
+def softprompt_task_step(objective: ChoiceObjective, optimizer: torch.optim.Optimizer, idx: list[int]) -> float:
+    """The body of ``softprompt.train.optimise``'s batch loop, which ``softprompt.tasks.fit`` runs."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = objective.backward(idx)
+    optimizer.step()
+    return loss
+
+
+class PeftPrefix:
+    """Prefix prompt tuning as a PEFT user writes it: ``get_peft_model`` with a ``PromptTuningConfig``.
+
+    PEFT prepends the virtual tokens' embeddings to the embedded input and runs the whole causal LM, so
+    logits come for every position, virtual tokens included (B, n + T, V). It wraps a copy of the model,
+    because ``get_peft_model`` freezes and wraps the model it is given in place, and the engine's must stay
+    as it is.
+    """
+
+    def __init__(self, lm: LanguageModel, task: Task, init: torch.Tensor) -> None:
+        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=len(init),
+                                    prompt_tuning_init=PromptTuningInit.RANDOM)
+        with warnings.catch_warnings():
+            # PEFT reads transformers' deprecated is_gradient_checkpointing: noise in the benchmark's output.
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            self.model = get_peft_model(copy.deepcopy(lm.model), config)
+        with torch.no_grad():
+            self.weight.copy_(init)
+        self.tokenizer = lm.tokenizer
+        self.device = lm.device
+        ids = [self.tokenizer(task.target_delimiter + v, add_special_tokens=False)["input_ids"]
+               for v in task.verbalizers or []]
+        assert ids and all(len(i) == 1 for i in ids), "the verbalizers must be single tokens"
+        self.verbalizer_ids = torch.tensor([i[0] for i in ids], device=self.device)
+
+    @property
+    def weight(self) -> torch.nn.Parameter:
+        """The trainable prompt: PEFT's embedding of the virtual tokens, (n, d)."""
+        return self.model.prompt_encoder["default"].embedding.weight
+
+    def loss(self, examples: Sequence[TaskExample]) -> torch.Tensor:
+        # Right padding (this tokenizer's default, and named here so that another model's default cannot
+        # change it): PEFT drops position ids, so only right padding keeps each text directly after the prompt.
+        enc = self.tokenizer([e.text for e in examples], padding=True, padding_side="right",
+                             return_tensors="pt").to(self.device)
+        logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits  # (B, n+T, V)
+        last = len(self.weight) + enc["attention_mask"].sum(1) - 1
+        logprobs = logits[torch.arange(len(examples), device=self.device), last].float().log_softmax(-1)
+        labels = torch.tensor([e.label for e in examples], device=self.device)
+        return F.cross_entropy(logprobs[:, self.verbalizer_ids], labels)
+
+    def train_step(self, optimizer: torch.optim.Optimizer, examples: Sequence[TaskExample]) -> float:
+        loss = self.loss(examples)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+
+def check_same_prefix_training(objective: ChoiceObjective, peft_prefix: PeftPrefix,
+                               examples: Sequence[TaskExample], idx: list[int]) -> tuple[float, float, float]:
+    """softprompt's and PEFT's loss and prompt gradient on one mixed-length batch must agree (exits if not).
+
+    Both prompts must still hold their (equal) initial vectors. Returns the loss, its relative difference,
+    and the largest gradient difference relative to the largest gradient entry; the gradients are cleared.
+    """
+    softprompt_weight = objective.module.weight
+    torch.testing.assert_close(softprompt_weight, peft_prefix.weight, rtol=0, atol=0)
+    loss_s = objective.backward(idx)
+    loss_p = peft_prefix.loss([examples[i] for i in idx])
+    loss_p.backward()
+    grad_s, grad_p = softprompt_weight.grad, peft_prefix.weight.grad
+    loss_diff = abs(loss_s - loss_p.item()) / abs(loss_p.item())
+    grad_diff = float((grad_s - grad_p).abs().max() / grad_p.abs().max())
+    softprompt_weight.grad = peft_prefix.weight.grad = None
+    if max(loss_diff, grad_diff) > CHECK_TOLERANCE:
+        sys.exit(f"softprompt and PEFT disagree on the check batch: loss {loss_s:.6f} vs {loss_p.item():.6f} "
+                 f"(relative difference {loss_diff:.1e}), prompt gradients differ by {grad_diff:.1e} of the largest "
+                 f"entry (tolerance {CHECK_TOLERANCE:.0e}); the timings would not compare the same computation")
+    return loss_s, loss_diff, grad_diff
 
 
 # --------------------------------------------------------------------------- FLOP counting
@@ -249,7 +359,19 @@ def interleaved(
     return {name: statistics.median(ts) for name, ts in passes.items()}
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- the phases
+
+
+@dataclass
+class Phase:
+    """One phase's table rows, and the text around its table in the written doc."""
+
+    title: str
+    baseline: str  # the method that the speed-up column compares with
+    rows: list[dict]
+    conditions: str  # data and batching, above the table
+    note: str  # under the table, printed too
+    compared: str  # what each method computes, and the correctness checks
 
 
 def load_examples(lm: LanguageModel) -> tuple[str, object, list[Example], list[Example]]:
@@ -269,29 +391,8 @@ def load_examples(lm: LanguageModel) -> tuple[str, object, list[Example], list[E
     return source, data.encoder, data.splits["train"], evaluation
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--train-batches", type=int, default=8, help="training batches per timed pass")
-    parser.add_argument("--eval-examples", type=int, default=512, help="examples per timed evaluation pass")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes per method (median reported)")
-    parser.add_argument("--matmul-size", type=int, default=None, help="default 2048 (cpu) or 8192 (cuda)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as torch)")
-    parser.add_argument("--write", action="store_true", help="also write docs/results/throughput.md")
-    parser.add_argument("--note", default="", help="a remark on the run's conditions for the written file")
-    args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device is available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-
-    lm = load_model(args.model)
+def lama_phase(lm: LanguageModel, args: argparse.Namespace, device: torch.device) -> Phase:
+    """Soft-prompt training and evaluation on LAMA facts: softprompt's engine vs plain HF."""
     source, encoder, train, evaluation = load_examples(lm)
     bs = args.batch_size
     n_batches = min(args.train_batches, len(train) // bs)
@@ -316,16 +417,16 @@ def main() -> None:
     engine = Engine(lm)
     hf = PlainHF(lm, device)
     lengths = [len(e) for e in pool]
-    print(f"model {args.model} on {device}, {torch.get_num_threads()} threads; data: {source}")
+    print(f"lama: {source}")
     print(f"train: the first {len(pool)} of {len(train)} examples, {n_batches} batches of {bs} (lengths "
           f"{min(lengths)}-{max(lengths)} tokens); eval: {len(evaluation)} examples", flush=True)
 
-    check_batch = batches["train"]["hf"][0][:16]
+    check_batch = batches["train"]["hf"][0][:CHECK_EXAMPLES]
     loss, grad_diff = check_same_computation(engine, hf, prompts["eval"].weight, check_batch, device)
     print(f"check: same loss on a mixed-length batch ({loss:.5f}); max relative gradient difference "
           f"{grad_diff:.1e}", flush=True)
 
-    optimizers = {name: torch.optim.Adam(prompts[name].parameters(), lr=3e-3) for name in ("engine", "hf")}
+    optimizers = {name: torch.optim.Adam(prompts[name].parameters(), lr=LR) for name in ("engine", "hf")}
     ranks = {name: torch.zeros(len(evaluation), dtype=torch.long) for name in ("engine", "hf")}
 
     def engine_train(b: list[Example]) -> Callable[[], object]:
@@ -344,8 +445,6 @@ def main() -> None:
                    "hf": [hf_train(b) for b in batches["train"]["hf"]]}
     eval_units = {"engine": [engine_eval(idx) for idx in batches["eval"]["engine"]],
                   "hf": [hf_eval(idx) for idx in batches["eval"]["hf"]]}
-    matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
-    peak = matmul_peak(device, matmul_size)
     # Warm-up: one (small) training step and evaluation batch each.
     engine_train_step(engine, prompts["engine"], optimizers["engine"], pool[:8], device)
     hf.train_step(prompts["hf"], optimizers["hf"], pool[:8])
@@ -355,7 +454,6 @@ def main() -> None:
     start = time.perf_counter()
     train_s = interleaved(train_units, args.repeats, device)
     eval_s = interleaved(eval_units, args.repeats, device)
-    peak = max(peak, matmul_peak(device, matmul_size))
     agree = float((ranks["engine"] == ranks["hf"]).float().mean())
     print(f"check: evaluation ranks agree on {100 * agree:.1f}% of examples; timed in "
           f"{time.perf_counter() - start:.0f}s", flush=True)
@@ -387,59 +485,13 @@ def main() -> None:
                 "gflop_ex": flops / n / 1e9,
                 "flop_s": flops / seconds[method],
             })
-    table = render(rows, peak)
+    conditions = f"""Data: {source}.
+Training: the first {len(pool)} examples of the training split ({n_batches} batches) per timed pass;
+evaluation: {len(evaluation)} test (then dev) examples."""
     note = (f"Padding over a full epoch of all {len(train)} training examples: engine "
             f"{epoch_pad['engine']:.2f}, consecutive batches {epoch_pad['hf']:.2f} tokens computed "
             "per real token.")
-    print()
-    print(table)
-    print(note)
-    if args.write:
-        command = shlex.join(["benchmarks/throughput.py", *sys.argv[1:]])
-        write_doc(ROOT / "docs" / "results" / "throughput.md", table, note, args, source, len(pool),
-                  n_batches, len(evaluation), agree, loss, command.strip())
-
-
-def render(rows: list[dict], peak: float) -> str:
-    lines = [
-        "| phase | method | examples/s | speed-up vs plain HF | tokens computed / real tokens "
-        "| GFLOP / example | achieved GFLOP/s | % of fp32 matmul peak |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['phase']} | {r['method']} | {r['ex_s']:.1f} | {r['ratio']:.2f}x | {r['pad']:.2f} "
-                     f"| {r['gflop_ex']:.2f} | {r['flop_s'] / 1e9:.1f} | {100 * r['flop_s'] / peak:.0f}% |")
-    lines.append("")
-    lines.append(f"Measured dense fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s.")
-    return "\n".join(lines)
-
-
-def write_doc(path: Path, table: str, note: str, args: argparse.Namespace, source: str, n_train: int,
-              n_batches: int, n_eval: int, agree: float, loss: float, command: str) -> None:
-    today = datetime.date.today().isoformat()
-    matmul_size = args.matmul_size or (8192 if args.device == "cuda" else 2048)
-    text = f"""# Throughput: softprompt engine vs a plain Hugging Face soft-prompt loop
-
-Command: `.venv/bin/python {command}`
-
-Date: {today}. Machine: {platform.machine()} {platform.system()}, device `{args.device}`,
-`torch.get_num_threads()` = {torch.get_num_threads()} ({os.cpu_count()} CPUs visible), torch
-{torch.__version__}. **These numbers come from a 2-core CPU machine**; absolute rates on it are low, the
-ratios within the run are the meaningful part.{(" " + args.note) if args.note else ""}
-
-Model `{args.model}` (fp32, frozen). Data: {source}. Batch size {args.batch_size} for both methods.
-Training: the first {n_train} examples of the training split ({n_batches} batches) per timed pass;
-evaluation: {n_eval} test (then dev) examples. Each figure is the median of {args.repeats} timed passes
-after a warm-up; within a pass the two methods run batch by batch in alternating order, so that the
-varying load from other processes hits both alike.
-
-{table}
-
-{note}
-
-What is compared:
-
-- **softprompt engine**: the training step of `softprompt.train.train_prompt` (batches from
+    compared = f"""- **softprompt engine**: the training step of `softprompt.train.train_prompt` (batches from
   `length_batches`, left padding, `Engine.answer_logits` computing the vocabulary projection at the
   answer position only, cross-entropy, backward, Adam on the prompt vectors) and the evaluation of
   `softprompt.probe.predict` (batches sorted by length, log-softmax over the full vocabulary, gold rank,
@@ -451,17 +503,208 @@ What is compared:
 - Before timing, the two were checked to give the same loss ({loss:.5f}), logits and prompt gradient on
   one mixed-length batch, and their evaluation ranks agreed on {100 * agree:.1f}% of the examples.
 - The engine buckets within the timed pool only (to keep the run short); in real training it buckets
-  over windows of 50 batches, with the padding given under the table.
+  over windows of 50 batches, with the padding given under the table."""
+    return Phase("LAMA soft prompts: softprompt engine vs a plain Hugging Face loop", "plain HF", rows,
+                 conditions, note, compared)
+
+
+def peft_phase(lm: LanguageModel, args: argparse.Namespace, device: torch.device) -> Phase:
+    """Prefix prompt-tuning training on SST-2: softprompt's task prompts vs PEFT's PromptTuningConfig."""
+    task = load_task("sst2")
+    try:
+        train = task.load("train")
+    except SoftpromptError as err:
+        sys.exit(f"the peft phase trains on SST-2: {err}")
+    bs = args.batch_size
+    n_batches = min(args.train_batches, len(train) // bs)
+    # The first n_batches * bs training examples (dataset order, a representative mix of lengths) for both.
+    pool = train[: n_batches * bs]
+    lm.model.to(device)
+    engine = Engine(lm)
+    prompt = TaskPrompt(lm, "prefix", PREFIX_LENGTH, init="text", init_text=task.description)
+    encoded = TaskEncoder(lm, task, prompt).encode(pool)
+    # The dev set is only read for early stopping, which a timing run does not do.
+    objective = ChoiceObjective(engine, prompt, encoded, encoded, normalise=False, eval_batch_size=bs)
+    peft_prefix = PeftPrefix(lm, task, prompt.weight.detach())
+    lengths = [len(r) for r in encoded.rows]  # prompt + text tokens: also the length of each PEFT sequence
+    print(f"peft: SST-2 train, the first {len(pool)} of {len(train)} examples, {n_batches} batches of {bs} "
+          f"(lengths with the {PREFIX_LENGTH}-vector prefix {min(lengths)}-{max(lengths)} tokens)", flush=True)
+
+    check_idx = list(range(CHECK_EXAMPLES))
+    check_lengths = [lengths[i] for i in check_idx]
+    loss, loss_diff, grad_diff = check_same_prefix_training(objective, peft_prefix, pool, check_idx)
+    check = (f"same loss on a mixed-length batch of {len(check_idx)} ({min(check_lengths)}-{max(check_lengths)} "
+             f"tokens): {loss:.5f}, relative difference {loss_diff:.1e}; max relative prompt-gradient "
+             f"difference {grad_diff:.1e}")
+    print(f"check: {check}", flush=True)
+
+    optimizers = {"softprompt": torch.optim.Adam(objective.param_groups(LR), lr=LR),
+                  "peft": torch.optim.Adam([peft_prefix.weight], lr=LR)}
+    # softprompt batches as fit does for an epoch (bucketing by length within this pool); PEFT's are
+    # consecutive, as a DataLoader without a sampler gives them.
+    batches = {"softprompt": length_batches(objective.items, bs, shuffle_seed=1),
+               "peft": [list(range(i, i + bs)) for i in range(0, len(pool), bs)]}
+
+    def softprompt_train(idx: list[int]) -> Callable[[], object]:
+        return lambda: softprompt_task_step(objective, optimizers["softprompt"], idx)
+
+    def peft_train(idx: list[int]) -> Callable[[], object]:
+        examples = [pool[i] for i in idx]
+        return lambda: peft_prefix.train_step(optimizers["peft"], examples)
+
+    units = {"softprompt": [softprompt_train(idx) for idx in batches["softprompt"]],
+             "peft": [peft_train(idx) for idx in batches["peft"]]}
+    # Warm-up: one small training step each.
+    softprompt_task_step(objective, optimizers["softprompt"], list(range(8)))
+    peft_prefix.train_step(optimizers["peft"], pool[:8])
+
+    start = time.perf_counter()
+    seconds = interleaved(units, args.repeats, device)
+    print(f"prefix training: softprompt {len(pool) / seconds['softprompt']:.1f}, PEFT "
+          f"{len(pool) / seconds['peft']:.1f} examples/s ({seconds['peft'] / seconds['softprompt']:.2f}x); "
+          f"timed in {time.perf_counter() - start:.0f}s", flush=True)
+
+    counter = FlopModel.of(engine)
+    rows = []
+    for method in ("softprompt", "peft"):
+        shapes = [(len(idx), max(lengths[i] for i in idx)) for idx in batches[method]]
+        flops = sum(counter.flops(s, train=True, full_head=method == "peft") for s in shapes)
+        rows.append({
+            "phase": "prefix train",
+            "method": PEFT_METHODS[method],
+            "ex_s": len(pool) / seconds[method],
+            "ratio": seconds["peft"] / seconds[method],
+            "pad": sum(r * w for r, w in shapes) / sum(lengths),
+            "gflop_ex": flops / len(pool) / 1e9,
+            "flop_s": flops / seconds[method],
+        })
+    conditions = f"""Data: SST-2 (GLUE, ../shared/data), the first {len(pool)} examples of the training split
+({n_batches} batches) per timed pass; the built-in task's template {task.template!r} and single-token
+verbalizers {" / ".join(repr(task.target_delimiter + v) for v in task.verbalizers or [])}. Prompt: {PREFIX_LENGTH}
+vectors in front of the input (layout `{prompt.layout}`), initialised from the embeddings of the task
+description's tokens, the same initial vectors for both; PEFT {peft.__version__}."""
+    note = f"Check before timing: {check} (tolerance {CHECK_TOLERANCE:.0e})."
+    compared = f"""- **softprompt TaskPrompt**: the training step of `softprompt.tasks.fit`
+  (`ChoiceObjective.backward` as `softprompt.train.optimise` runs it): examples encoded by `TaskEncoder`,
+  batches from `length_batches`, left padding with position ids taken from the attention mask, the final
+  hidden states projected to the vocabulary at the answer position only, log-softmax over the vocabulary,
+  the two verbalizers' log-probabilities, cross-entropy over them, backward, Adam on the prompt vectors.
+- **PEFT PromptTuningConfig**: written in the benchmark as a PEFT user writes it: `get_peft_model(model,
+  PromptTuningConfig(task_type=CAUSAL_LM, num_virtual_tokens={PREFIX_LENGTH}, prompt_tuning_init=RANDOM))` on a
+  copy of the same frozen model, its prompt embedding overwritten with the same initial vectors; batches in
+  dataset order padded on the right by the tokenizer (PEFT drops position ids, so right padding is what
+  keeps each text directly after the prompt); `model(input_ids=..., attention_mask=...)` returning logits
+  for all {PREFIX_LENGTH} + T positions (B, {PREFIX_LENGTH} + T, V), the row at each example's last real token,
+  the same log-softmax, verbalizer scores, cross-entropy and Adam step on PEFT's prompt embedding.
+- Before timing, the two were checked to give the same loss and prompt gradient on one mixed-length
+  batch (figures under the table); training then starts from the same vectors on both sides.
+- softprompt buckets within the timed pool only (to keep the run short); in real training it buckets
+  over windows of 50 batches. "Tokens computed / real tokens" counts the {PREFIX_LENGTH} prompt positions as
+  real tokens."""
+    return Phase("Prefix prompt tuning: softprompt vs PEFT PromptTuningConfig", "PEFT", rows, conditions, note,
+                 compared)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES),
+                        help="the comparisons to run (default: all)")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--train-batches", type=int, default=8, help="training batches per timed pass")
+    parser.add_argument("--eval-examples", type=int, default=512, help="examples per timed evaluation pass")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per method (median reported)")
+    parser.add_argument("--matmul-size", type=int, default=None, help="default 2048 (cpu) or 8192 (cuda)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as torch)")
+    parser.add_argument("--write", action="store_true", help="also write docs/results/throughput.md")
+    parser.add_argument("--note", default="", help="a remark on the run's conditions for the written file")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    lm = load_model(args.model)
+    print(f"model {args.model} on {device}, {torch.get_num_threads()} threads", flush=True)
+    matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
+    peak = matmul_peak(device, matmul_size)
+    run = {"lama": lama_phase, "peft": peft_phase}
+    phases = [run[name](lm, args, device) for name in PHASES if name in args.phases]
+    peak = max(peak, matmul_peak(device, matmul_size))
+
+    tables = [render(phase.rows, peak, phase.baseline) for phase in phases]
+    for phase, table in zip(phases, tables, strict=True):
+        print(f"\n{phase.title}\n\n{table}\n\n{phase.note}")
+    print(f"\nMeasured dense fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s.")
+    if args.write:
+        command = shlex.join(["benchmarks/throughput.py", *sys.argv[1:]])
+        write_doc(ROOT / "docs" / "results" / "throughput.md", phases, tables, peak, args, command.strip())
+
+
+def render(rows: list[dict], peak: float, baseline: str) -> str:
+    lines = [
+        f"| phase | method | examples/s | speed-up vs {baseline} | tokens computed / real tokens "
+        "| GFLOP / example | achieved GFLOP/s | % of fp32 matmul peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['phase']} | {r['method']} | {r['ex_s']:.1f} | {r['ratio']:.2f}x | {r['pad']:.2f} "
+                     f"| {r['gflop_ex']:.2f} | {r['flop_s'] / 1e9:.1f} | {100 * r['flop_s'] / peak:.0f}% |")
+    return "\n".join(lines)
+
+
+def write_doc(path: Path, phases: Sequence[Phase], tables: Sequence[str], peak: float, args: argparse.Namespace,
+              command: str) -> None:
+    today = datetime.date.today().isoformat()
+    matmul_size = args.matmul_size or (8192 if args.device == "cuda" else 2048)
+    sections = "\n".join(f"""## {phase.title}
+
+{phase.conditions}
+
+{table}
+
+{phase.note}
+
+What is compared:
+
+{phase.compared}
+""" for phase, table in zip(phases, tables, strict=True))
+    text = f"""# Throughput: softprompt vs a plain Hugging Face soft-prompt loop and vs PEFT prompt tuning
+
+Command: `.venv/bin/python {command}`
+
+Date: {today}. Machine: {platform.machine()} {platform.system()}, device `{args.device}`,
+`torch.get_num_threads()` = {torch.get_num_threads()} ({os.cpu_count()} CPUs visible), torch
+{torch.__version__}. **These numbers come from a 2-core CPU machine**; absolute rates on it are low, the
+ratios within the run are the meaningful part.{(" " + args.note) if args.note else ""}
+
+Model `{args.model}` (fp32, frozen). Batch size {args.batch_size} for every method. Each figure is the
+median of {args.repeats} timed passes after a warm-up; within a pass the methods of a phase run batch by
+batch in alternating order, so that the varying load from other processes hits them alike.
+
+{sections}
+## FLOPs
+
+Measured dense fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s.
 
 FLOPs are counted analytically, matrix products only (multiply-add = 2): per token and forward,
 2 x the weights of the transformer layers' matrices, plus 4 x T x (heads x head dim) per layer for the
 attention scores and mixing at padded length T (padding is computed, so it is counted); the vocabulary
-head, 2 x its weights, at the answer position only (engine) or at every position (plain HF). With the
-LM frozen, backward computes input gradients only: 1x the forward for each weight matrix and the head,
-2x for the attention products. Norms, softmax, rotary embeddings, the loss and Adam are not counted.
-"tokens computed / real tokens" is the padding overhead of each batching. The fp32 peak is the best of
-several timed runs of back-to-back {matmul_size}-square float32 `torch.matmul`s, measured before and
-after the benchmark in the same run, with the same threads and under the same background load.
+head, 2 x its weights, at the answer position only (softprompt) or at every position (plain HF, and PEFT,
+whose positions include the virtual tokens). With the LM frozen, backward computes input gradients only:
+1x the forward for each weight matrix and the head, 2x for the attention products. Norms, softmax, rotary
+embeddings, the loss and Adam are not counted. "tokens computed / real tokens" is the padding overhead of
+each batching. The fp32 peak is the best of several timed runs of back-to-back {matmul_size}-square float32
+`torch.matmul`s, measured before and after the benchmark in the same run, with the same threads and under
+the same background load.
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
