@@ -102,3 +102,19 @@ def test_one_template_mixture_reproduces_the_hard_probe(smollm, tmp_path):
     ranks = [[json.loads(line)["rank"] for line in (tmp_path / run / "predictions.jsonl").open()]
              for run in ("hard", "mixture")]
     assert ranks[0] == ranks[1]
+
+
+@pytest.mark.slow
+def test_zero_shot_sentiment_with_the_builtin_task(smollm):
+    """The manual SST-2 template classifies unambiguous reviews, and calibration keeps them right."""
+    from softprompt.tasks import load_task
+    from softprompt.tasks.inference import PromptedClassifier
+
+    reviews = [("a wonderful , moving and beautifully acted film", "1"), ("dull , tedious and badly written", "0"),
+               ("one of the best movies of the year", "1"), ("a boring mess from start to finish", "0"),
+               ("delightful and funny", "1"), ("awful , i hated every minute", "0")]
+    task = load_task("sst2")
+    rows = [{"sentence": text} for text, _ in reviews]
+    for calibrated in (False, True):
+        predicted = PromptedClassifier(smollm, task, None, calibrated=calibrated).predict(rows)
+        assert predicted == [label for _, label in reviews]
