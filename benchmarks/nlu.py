@@ -34,6 +34,7 @@ from typing import Any
 from softprompt.data import shared_data_dir
 from softprompt.engine import Engine
 from softprompt.io import write_text
+from softprompt.metrics import accuracy, macro_f1
 from softprompt.models import load_model
 from softprompt.tasks import TaskSettings, load_task, run_task
 from softprompt.train import TrainConfig
@@ -148,8 +149,10 @@ def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
         "Data: SuperGLUE validation sets; BoolQ trains on FewGLUE's 32 examples (the official train set is "
         "not staged), so BoolQ is a few-shot result.",
         "",
-        "| task | metric | " + " | ".join(args.methods) + " |",
-        "|---|---|" + "---|" * len(args.methods),
+        "\"majority\" always predicts the evaluation set's most frequent label (the floor to beat).",
+        "",
+        "| task | metric | majority | " + " | ".join(args.methods) + " |",
+        "|---|---|---|" + "---|" * len(args.methods),
     ]
     missing, times = [], []
     for name in args.tasks:
@@ -159,9 +162,13 @@ def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
             expected = len(seeds_of(m, args.seeds))
             if len(docs[m]) < expected:
                 missing.append(f"{name} {m} ({len(docs[m])}/{expected} seeds)")
+        labels = [e.label for e in task.load("validation")[: profile.eval_limit]]
+        majority = max(set(labels), key=labels.count)
+        floor = {"accuracy": accuracy([majority] * len(labels), labels),
+                 "macro_f1": macro_f1([majority] * len(labels), labels, task.num_choices), "roc_auc": 0.5}
         for metric in task.metrics:
-            lines.append(f"| {name} | {metric} | " + " | ".join(cell([d["metrics"][metric] for d in docs[m]])
-                                                               for m in args.methods) + " |")
+            cells = [cell([d["metrics"][metric] for d in docs[m]]) for m in args.methods]
+            lines.append(f"| {name} | {metric} | {100 * floor[metric]:.1f} | " + " | ".join(cells) + " |")
         for m in args.methods:
             if docs[m]:
                 d = docs[m][0]
