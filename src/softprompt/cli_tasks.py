@@ -128,7 +128,8 @@ def task_train(
     evaluation = task.load("validation", data_dir, eval_file)
     lm = _load_model(model)
     engine = Engine(lm)
-    table = Table(title=f"{task.name}: {kind} {layout} prompt, {len(evaluation)} evaluation examples (×100)")
+    n_eval = len(evaluation[:eval_limit])
+    table = Table(title=f"{task.name}: {kind} {layout} prompt, {n_eval} evaluation examples (×100)")
     for col in ("seed", *task.metrics, "train s"):
         table.add_column(col, justify="right")
     docs = []
