@@ -130,6 +130,19 @@ def cell(values: list[float]) -> str:
     return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
+def findings(means: dict[str, dict[str, float]]) -> list[str]:
+    """Which method beats which, task by task, as generated sentences (they follow the cache)."""
+    out = []
+    for a, b in (("prefix", "manual"), ("hybrid", "manual"), ("hybrid", "prefix"), ("hybrid-hard", "manual")):
+        pairs = {t: (m[a], m[b]) for t, m in means.items() if a in m and b in m}
+        if not pairs:
+            continue
+        wins = [t for t, (x, y) in pairs.items() if x > y]
+        detail = "; ".join(f"{t} {100 * x:.1f} vs {100 * y:.1f}" for t, (x, y) in pairs.items())
+        out.append(f"- {a} beats {b} on {len(wins)} of {len(pairs)} tasks ({detail}).")
+    return out
+
+
 def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
     c = profile.config
     lines = [
@@ -155,9 +168,12 @@ def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
         "|---|---|---|" + "---|" * len(args.methods),
     ]
     missing, times = [], []
+    accuracy_means: dict[str, dict[str, float]] = {}
     for name in args.tasks:
         task = load_task(name)
         docs = {m: load_docs(cache, name, m, args.seeds) for m in args.methods}
+        accuracy_means[name] = {m: statistics.fmean(d["metrics"]["accuracy"] for d in docs[m])
+                                for m in args.methods if docs[m]}
         for m in args.methods:
             expected = len(seeds_of(m, args.seeds))
             if len(docs[m]) < expected:
@@ -176,6 +192,7 @@ def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
                              f"{statistics.fmean(x['train_seconds'] for x in docs[m]):.0f} | "
                              f"{statistics.fmean(x['eval_seconds'] for x in docs[m]):.0f} | "
                              f"{statistics.fmean(x.get('best_epoch', 0) for x in docs[m]):.1f} |")
+    lines += ["", "## Findings (mean accuracy over the seeds run so far)", "", *findings(accuracy_means)]
     lines += ["", "## Time per run (seconds, mean over seeds)", "",
               "| task | method | train examples | eval examples | train s | eval s | best epoch |",
               "|---|---|---|---|---|---|---|", *times]
