@@ -12,7 +12,16 @@ from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
 from softprompt.prompts.task import TaskPrompt
-from softprompt.tasks.scoring import Encoded, TaskEncoder, calibrate, choice_scores, layout_tokens, special_affixes
+from softprompt.tasks.scoring import (
+    Encoded,
+    Row,
+    TaskEncoder,
+    calibrate,
+    choice_scores,
+    collate_rows,
+    layout_tokens,
+    special_affixes,
+)
 from softprompt.tasks.task import Task, TaskExample
 
 
@@ -96,8 +105,7 @@ def generate(lm: LanguageModel, prompt: TaskPrompt | None, text: str, max_new_to
     engine = Engine(lm)
     ids, slots = layout_tokens(lm, prompt.layout, {"input": text, "description": description, "options": ""},
                                prompt.length, special_affixes(lm.tokenizer)[0])
-    batch = _Tokens(torch.tensor([ids], device=lm.device), torch.ones(1, len(ids), dtype=torch.long, device=lm.device),
-                    torch.tensor([slots], device=lm.device))
+    batch = collate_rows([Row(tuple(ids), tuple(slots), (), ())], lm.tokenizer.pad_token_id, True, lm.device)
     generate_kwargs.setdefault("do_sample", False)
     generate_kwargs.setdefault("pad_token_id", lm.tokenizer.pad_token_id)
     with torch.inference_mode(), engine.perturb_layers(prompt.deltas(), batch.prompt_slots):
@@ -105,7 +113,3 @@ def generate(lm: LanguageModel, prompt: TaskPrompt | None, text: str, max_new_to
                                 attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens, **generate_kwargs)
     return lm.tokenizer.decode(out[0], skip_special_tokens=True)
 
-
-class _Tokens:
-    def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_slots: torch.Tensor) -> None:
-        self.input_ids, self.attention_mask, self.prompt_slots = input_ids, attention_mask, prompt_slots

@@ -3,7 +3,6 @@ and run directories that can be resumed."""
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Sequence
@@ -166,9 +165,10 @@ def predict(engine: Engine, prompt: TaskPrompt | None, task: Task, examples: Seq
     if settings.normalise:
         scores = scores / encoded.choice_lengths
     if settings.calibrate:
-        free = choice_scores(engine, encoder.encode([task.content_free()]), vectors, deltas, batch_size)
+        content_free = encoder.encode([task.content_free()])
+        free = choice_scores(engine, content_free, vectors, deltas, batch_size)
         if settings.normalise:
-            free = free / encoder.encode([task.content_free()]).choice_lengths
+            free = free / content_free.choice_lengths
         scores = calibrate(scores, free[0])
     return scores
 
@@ -235,6 +235,3 @@ def summarise(docs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
                      "seeds": len(values)}
     return out
 
-
-def read_metrics(path: Path) -> dict[str, Any]:
-    return json.loads((path / "metrics.json").read_text())
