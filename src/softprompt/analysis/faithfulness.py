@@ -1,0 +1,150 @@
+"""Faithfulness and scrutability of a soft prompt (Patel et al. §3).
+
+A soft prompt P̄ is *faithful* to its unembedded hard prompt f_U(P̄) when the two are close:
+- distance differential Δ_D = mean over vectors of the squared distance to the nearest token;
+- output differential Δ_Output = mean over the scored positions of the mean squared difference of the
+  vocabulary logits under P̄ and under f_U(P̄), with the rate at which their top-1 tokens agree;
+- performance differential Δ_L = |metric(P̄) − metric(f_U(P̄))| on the task.
+It is *scrutable* when f_U(P̄) reads as language: low perplexity under a reference LM.
+
+The unembedded prompt is fed as token ids (their input embeddings at the same positions), exactly as
+f_U defines it; decoding to text and re-tokenising could merge or split tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from softprompt.analysis.readings import prompt_vectors, unembed, vocabulary
+from softprompt.engine import Engine, length_batches
+from softprompt.errors import SoftpromptError
+from softprompt.models import LanguageModel
+from softprompt.prompts.task import TaskPrompt
+from softprompt.tasks.run import TaskSettings, predict, task_metrics
+from softprompt.tasks.scoring import TaskEncoder, collate_rows, query_logits
+from softprompt.tasks.task import Task, TaskExample
+
+
+def distance_differential(lm: LanguageModel, vectors: torch.Tensor, metric: str = "euclidean") -> float:
+    """Δ_D: mean squared distance (Euclidean, or cosine distance 1 − cos) from each vector to its nearest token."""
+    emb = vocabulary(lm)
+    vectors = vectors.detach().float().to(emb.device)
+    ids = torch.tensor(unembed(lm, vectors, metric), device=emb.device)
+    if metric == "euclidean":
+        d = (emb[ids] - vectors).norm(dim=-1)
+    elif metric == "cosine":
+        d = 1 - F.cosine_similarity(emb[ids], vectors, dim=-1)
+    else:
+        raise SoftpromptError(f"the distance differential needs a distance: euclidean or cosine, not {metric!r}")
+    return float((d**2).mean())
+
+
+def projected_prompt(prompt: TaskPrompt, lm: LanguageModel, ids: Sequence[int]) -> TaskPrompt:
+    """A soft prompt with the same layout whose vectors are the embeddings of ``ids`` (no deep deltas)."""
+    meta = {**prompt.metadata(), "kind": "soft"}
+    weight = vocabulary(lm)[torch.tensor(list(ids), device=lm.device)].clone()
+    projected = TaskPrompt.from_saved(meta, {"weight": weight}, lm)
+    projected.requires_grad_(False)
+    return projected
+
+
+@torch.inference_mode()
+def output_differential(engine: Engine, prompt: TaskPrompt, other: TaskPrompt, task: Task,
+                        examples: Sequence[TaskExample], batch_size: int = 32) -> tuple[float, float]:
+    """(mean squared logit difference, top-1 agreement rate) over every position where the task reads an
+    answer token, under ``prompt`` and ``other`` (same layout)."""
+    if prompt.layout != other.layout or prompt.length != other.length:
+        raise SoftpromptError("the output differential compares two prompts of the same layout")
+    encoded = TaskEncoder(engine.lm, task, prompt).encode(examples)
+    squared, agree, count = 0.0, 0, 0
+    for idx in length_batches(encoded.rows, batch_size):
+        batch = collate_rows([encoded.rows[i] for i in idx], engine.lm.tokenizer.pad_token_id,
+                             engine.padding_side == "left", engine.lm.device)
+        a = query_logits(engine, batch, prompt.vectors(), prompt.deltas())
+        b = query_logits(engine, batch, other.vectors(), other.deltas())
+        squared += float(((a - b) ** 2).mean(-1).sum())
+        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        count += len(a)
+    return squared / count, agree / count
+
+
+@dataclass
+class Faithfulness:
+    tokens: list[int]  # f_U(P̄) (nearest by Euclidean distance)
+    text: str
+    distance: float  # Δ_D, squared Euclidean
+    cosine_distance: float  # Δ_D with the cosine distance (nearest by cosine)
+    output: float  # Δ_Output
+    top1_agreement: float
+    metric: str  # the task metric Δ_L is measured with
+    soft_score: float
+    hard_score: float
+    performance: float  # Δ_L = |soft_score − hard_score|
+    prediction_agreement: float  # how often the two prompts pick the same choice
+    perplexity: float | None = None  # scrutability of f_U(P̄), when a reference LM was given
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def faithfulness(engine: Engine, prompt: TaskPrompt, task: Task, examples: Sequence[TaskExample],
+                 settings: TaskSettings | None = None, reference: LanguageModel | None = None,
+                 batch_size: int = 32) -> Faithfulness:
+    """All three faithfulness differentials of ``prompt`` on ``examples``, and the perplexity of its
+    unembedding under ``reference`` (if given)."""
+    lm = engine.lm
+    settings = settings or TaskSettings()
+    vectors = prompt_vectors(prompt)
+    ids = unembed(lm, vectors, "euclidean")
+    hard = projected_prompt(prompt, lm, ids)
+    output, top1 = output_differential(engine, prompt, hard, task, examples, batch_size)
+    labels = [e.label for e in examples]
+    soft_scores = predict(engine, prompt, task, examples, settings, batch_size)
+    hard_scores = predict(engine, hard, task, examples, settings, batch_size)
+    metric = task.metrics[0]
+    soft = task_metrics(task, soft_scores, labels)[metric]
+    hard_score = task_metrics(task, hard_scores, labels)[metric]
+    agreement = float((soft_scores.argmax(-1) == hard_scores.argmax(-1)).float().mean())
+    return Faithfulness(
+        tokens=ids, text=lm.tokenizer.decode(ids), distance=distance_differential(lm, vectors, "euclidean"),
+        cosine_distance=distance_differential(lm, vectors, "cosine"), output=output, top1_agreement=top1,
+        metric=metric, soft_score=soft, hard_score=hard_score, performance=abs(soft - hard_score),
+        prediction_agreement=agreement,
+        perplexity=None if reference is None else token_perplexity(reference, ids, lm),
+    )
+
+
+def context_token(lm: LanguageModel) -> int | None:
+    """The token a text starts after: BOS if the tokenizer has one, else EOS (GPT-2's document separator)."""
+    tok = lm.tokenizer
+    return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+
+@torch.inference_mode()
+def token_perplexity(reference: LanguageModel, ids: Sequence[int], source: LanguageModel | None = None) -> float:
+    """Perplexity exp(−(1/L) Σ log p(P_i | P_<i)) of a token sequence under a causal ``reference`` LM.
+
+    ``ids`` are tokens of ``source`` (default: the reference itself); another model's tokens are decoded
+    to text and re-tokenised. Every token is predicted: the sequence starts after the reference's BOS (or
+    EOS) token; a tokenizer with neither leaves the first token unscored.
+    """
+    if reference.kind != "causal":
+        raise SoftpromptError(f"perplexity needs a causal reference LM; {reference.name!r} is {reference.kind}")
+    ids = list(ids)
+    foreign = source is not None and source is not reference
+    if foreign and source.tokenizer.get_vocab() != reference.tokenizer.get_vocab():
+        ids = reference.tokenizer(source.tokenizer.decode(ids), add_special_tokens=False)["input_ids"]
+    start = context_token(reference)
+    context = ([start] if start is not None else []) + ids
+    scored = len(context) - 1
+    if scored < 1 or not ids:
+        raise SoftpromptError("perplexity needs at least one token to predict")
+    inputs = torch.tensor([context], device=reference.device)
+    logp = reference.model(input_ids=inputs, use_cache=False).logits[0, :-1].float().log_softmax(-1)
+    token_logp = logp.gather(1, inputs[0, 1:, None])[:, 0]
+    return math.exp(-float(token_logp.mean()))
