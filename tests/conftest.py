@@ -181,3 +181,26 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     return cache
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium for the report's browser test, installed from Debian's packages when missing."""
+    import os
+    import shutil
+    import subprocess
+
+    from softprompt.report import find_chromium
+
+    found = find_chromium()
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
+        for command in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
+                        ["apt-get", "install", "-y", "-q", "chromium"]):
+            done = subprocess.run(command, capture_output=True, timeout=1200, env={**os.environ,
+                                  "DEBIAN_FRONTEND": "noninteractive"})
+            if command[1] == "install" and done.returncode == 0:
+                break
+        found = find_chromium()
+    if found is None:
+        pytest.skip("headless Chromium is not installed and could not be (Debian package chromium)")
+    return found

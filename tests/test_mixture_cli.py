@@ -112,6 +112,12 @@ def test_train_show_and_compare(relation_dir, prompt_root, model_dirs, tmp_path,
     assert fragment.count("<table>") == 2 and "[Y] native [X] ." in fragment and "native [X] . [Y]" in fragment
     assert "<td>[X]</td>" in fragment and "<td>[Y]</td>" in fragment
 
+    # The report shows the mixture's weights and readings; the model comes from the prompt file by default.
+    reported = invoke("report", tmp_path / "soft", "--model", model_dirs["causal"], "-o", tmp_path / "r.html")
+    assert reported.exit_code == 0, reported.output
+    page = (tmp_path / "r.html").read_text()
+    assert "mixture weights" in page and "[Y] native [X] ." in page and page.count("<img src='data:image/png") == 1
+
     compared = invoke("compare", tmp_path / "init", tmp_path / "soft", "--permutations", 200,
                       "--json", tmp_path / "cmp.json")
     assert compared.exit_code == 0, compared.output

@@ -549,6 +549,11 @@ from softprompt.cli_tasks import task_app  # noqa: E402
 
 app.add_typer(task_app, name="task")
 
+from softprompt.cli_analysis import analyze_app, report  # noqa: E402
+
+app.add_typer(analyze_app, name="analyze")
+app.command()(report)
+
 
 def main() -> None:
     """Entry point of the ``softprompt`` console script."""

@@ -1,0 +1,177 @@
+"""``softprompt analyze ...`` and ``softprompt report``: interpreting trained prompts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from softprompt.analysis import Analysis, AnalysisConfig, analyse, load_runs, nearest_tokens, prompt_vectors
+from softprompt.analysis.pipeline import PARTS
+from softprompt.analysis.readings import METRICS
+from softprompt.cli import Model, Quiet, _load_model, console
+from softprompt.errors import SoftpromptError
+from softprompt.io import write_text
+from softprompt.models import DEFAULT_MODEL
+from softprompt.prompts import load_prompt
+from softprompt.prompts.base import read_prompt_file
+from softprompt.report import render, screenshot, token_text
+from softprompt.tasks import load_task
+from softprompt.tasks.task import Task
+from softprompt.visualise import html_fragment, read_mixture
+
+analyze_app = typer.Typer(help="Interpret trained prompts: nearest tokens, faithfulness, scrutability, "
+                          "stochasticity, similarity and zero-shot transfer.", no_args_is_help=True)
+
+Runs = Annotated[list[Path], typer.Argument(help="Task prompt run directories (or folders holding them).",
+                                            show_default=False)]
+
+
+def _tasks(names: set[str], specs: list[str], data_dir: Path | None) -> dict[str, Task]:
+    given = {t.name: t for t in (load_task(s) for s in specs)}
+    out = {}
+    for name in sorted(names):
+        if name in given:
+            out[name] = given[name]
+        else:
+            try:
+                out[name] = load_task(name)
+            except SoftpromptError as err:
+                raise SoftpromptError(f"runs were trained on task {name!r}, which is not built in; give its YAML "
+                                      "file with --task FILE") from err
+    if data_dir is not None and not data_dir.is_dir():
+        raise SoftpromptError(f"--data-dir {data_dir} is not a directory")
+    return out
+
+
+@analyze_app.command("run")
+def analyze_run(
+    runs: Runs,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for analysis.json and its cache.",
+                                      show_default=False)],
+    model: Model = DEFAULT_MODEL,
+    reference_model: Annotated[str | None, typer.Option(
+        help="Causal LM that scores the unembedded prompts' perplexity (default: --model if it is causal).",
+        show_default=False)] = None,
+    parts: Annotated[str, typer.Option(help=f"Comma-separated parts: {', '.join(PARTS)}.")] = ",".join(PARTS),
+    task: Annotated[list[str] | None, typer.Option(
+        "--task", help="A task YAML file for runs of a task that is not built in; repeatable.",
+        show_default=False)] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the tasks' relative data paths are read from.",
+                                                  show_default=False)] = None,
+    eval_limit: Annotated[int, typer.Option(min=1, help="Evaluation examples per task (faithfulness, transfer).")
+                          ] = 100,
+    probe_size: Annotated[int, typer.Option(min=1, help="Probe inputs per task for neuron overlap.")] = 8,
+    top_k: Annotated[int, typer.Option(min=1, help="Nearest tokens shown per vector.")] = 3,
+    quiet: Quiet = False,
+) -> None:
+    """Analyse trained task prompts and write OUT/analysis.json (resumable; render it with softprompt report)."""
+    if out.exists() and not out.is_dir():
+        raise SoftpromptError(f"--out {out} is a file; give a folder")
+    config = AnalysisConfig(parts=tuple(p.strip() for p in parts.split(",") if p.strip()), top_k=top_k,
+                            eval_limit=eval_limit, probe_size=probe_size)
+    lm = _load_model(model)
+    found = load_runs(runs, lm)
+    tasks = _tasks({r.task for r in found}, task or [], data_dir)
+    needs_data = {"faithfulness", "similarity", "transfer"} & set(config.parts)
+    examples = {name: t.load("validation", data_dir) for name, t in tasks.items()} if needs_data else {}
+    reference = None
+    if "faithfulness" in config.parts:
+        reference = _load_model(reference_model) if reference_model else (lm if lm.kind == "causal" else None)
+    analysis = Analysis(lm, found, tasks, examples, config, reference)
+    result = analyse(analysis, out, progress=(lambda _: None) if quiet else (lambda s: console.print(s, style="dim")))
+    _print_summary(result)
+    console.print(f"written: {out / 'analysis.json'}  (render it: softprompt report {out} -o report.html)")
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    if "faithfulness" in result:
+        table = Table(title="faithfulness and scrutability")
+        for col in ("run", "Δ_D", "Δ_Output", "top-1 agree", "soft", "unembedded", "Δ_L", "perplexity"):
+            table.add_column(col, justify="right")
+        for label, f in result["faithfulness"].items():
+            ppl = "–" if f["perplexity"] is None else f"{f['perplexity']:.1f}"
+            table.add_row(label, f"{f['distance']:.3f}", f"{f['output']:.3f}", f"{100 * f['top1_agreement']:.0f}%",
+                          f"{100 * f['soft_score']:.1f}", f"{100 * f['hard_score']:.1f}",
+                          f"{100 * f['performance']:.1f}", ppl)
+        console.print(table)
+    if "transfer" in result:
+        t = result["transfer"]
+        table = Table(title="zero-shot transfer (×100; change vs no prompt)")
+        table.add_column("source \\ target")
+        for target in t["targets"]:
+            table.add_column(target, justify="right")
+        for source, row in t["task_scores"].items():
+            table.add_row(source, *[f"{100 * row[c]:.1f} ({100 * t['change_vs_no_prompt'][source][c]:+.1f})"
+                                    for c in t["targets"]])
+        table.add_row("no prompt", *[f"{100 * t['no_prompt'][c]:.1f}" for c in t["targets"]])
+        console.print(table)
+        for c in t.get("correlations", []):
+            console.print(f"Spearman({c['indicator']}, transfer gain) = {c['rho']:.3f} (p = {c['p_value']:.3g}, "
+                          f"{c['points']} points)")
+
+
+@analyze_app.command("nearest")
+def analyze_nearest(
+    prompt_file: Annotated[Path, typer.Argument(help="A prompt file or run directory.", show_default=False)],
+    model: Model = DEFAULT_MODEL,
+    top_k: Annotated[int, typer.Option(min=1, help="Tokens per vector.")] = 3,
+    metric: Annotated[str, typer.Option(help=f"One of: {', '.join(METRICS)}.")] = "cosine",
+) -> None:
+    """The nearest vocabulary tokens of every vector of a soft, deep or task prompt."""
+    lm = _load_model(model)
+    prompt = load_prompt(prompt_file, lm)
+    if prompt.mode == "mixture":
+        raise SoftpromptError(f"{prompt_file} holds a mixture; read it with softprompt mixture show")
+    found = nearest_tokens(lm, prompt_vectors(prompt), top_k, metric)
+    console.print(str(prompt_file))
+    table = Table(title=f"nearest tokens by {metric}")
+    table.add_column("#", justify="right")
+    for i in range(top_k):
+        table.add_column(f"{i + 1}")
+    for i, (tokens, scores) in enumerate(zip(found.tokens(lm), found.scores.tolist(), strict=True)):
+        table.add_row(str(i), *[f"{token_text(t)} ({s:.2f})" for t, s in zip(tokens, scores, strict=True)])
+    console.print(table)
+
+
+def report(
+    inputs: Annotated[list[Path], typer.Argument(
+        metavar="DIR...", help="Analysis folders (from softprompt analyze run) and mixture run directories.",
+        show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.", show_default=False)],
+    model: Annotated[str | None, typer.Option(
+        help="Model for mixture runs (default: the one each was trained with).", show_default=False)] = None,
+    title: Annotated[str, typer.Option(help="The page title.")] = "softprompt report",
+    png: Annotated[Path | None, typer.Option("--screenshot", help="Also render the page to this PNG with headless "
+                                             "Chromium.", show_default=False)] = None,
+) -> None:
+    """Render analyses and mixtures as one self-contained HTML page (no network needed to open it)."""
+    analyses, mixtures = [], []
+    for path in inputs:
+        if (path / "analysis.json").is_file():
+            try:
+                analyses.append(json.loads((path / "analysis.json").read_text()))
+            except json.JSONDecodeError as err:
+                raise SoftpromptError(f"{path / 'analysis.json'}:{err.lineno}: not valid JSON ({err.msg}); "
+                                      "rerun softprompt analyze run") from err
+            continue
+        prompt_path = path / "prompt.safetensors" if path.is_dir() else path
+        if not prompt_path.is_file():
+            raise SoftpromptError(f"{path} is neither an analysis folder (analysis.json) nor a mixture run; "
+                                  f"analyse task runs first: softprompt analyze run {path} --out ANALYSIS")
+        meta = read_prompt_file(prompt_path)[0]
+        if meta["mode"] != "mixture":
+            raise SoftpromptError(f"{path} holds a {meta['mode']} prompt; analyse it first: "
+                                  f"softprompt analyze run {path} --out ANALYSIS")
+        lm = _load_model(model or meta["model"])
+        readings = read_mixture(load_prompt(prompt_path, lm))
+        name = f"{meta.get('relation', path.name)} ({meta['component_mode']}, 2^H = {meta['effective_prompts']:.2f})"
+        mixtures.append((name, readings, html_fragment(readings)))
+    write_text(out, render(analyses, mixtures, title))
+    console.print(f"written: {out}")
+    if png is not None:
+        screenshot(out, png)
+        console.print(f"written: {png}")

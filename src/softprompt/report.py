@@ -1,0 +1,349 @@
+"""A self-contained HTML report of prompt analyses and mixtures: one file, no network, images inline.
+
+Sections: runs, nearest-token grids (as the figures of Dayton et al. and Qin & Eisner), faithfulness
+and scrutability (Patel et al.), stochasticity with a t-SNE map, similarity heatmaps, the zero-shot
+transfer matrix, similarity versus transfer, and mixture weights. A section whose analysis part was
+not run says so. The page checks on load that every image decoded (``data-images-loaded`` on <body>).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from softprompt.errors import SoftpromptError
+from softprompt.io import atomic_write
+
+SECTIONS = {
+    "runs": "Runs",
+    "readings": "Nearest tokens",
+    "faithfulness": "Faithfulness and scrutability",
+    "stochasticity": "Stochasticity",
+    "similarity": "Similarity between prompts",
+    "transfer": "Zero-shot transfer",
+    "correlation": "Similarity versus transfer",
+    "mixtures": "Mixture weights",
+}
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
+th{background:#f4f4f4}td.tok{font-family:ui-monospace,monospace;text-align:left;white-space:pre}
+.grids{display:flex;flex-wrap:wrap;gap:1.2em}.grid caption{font-weight:600;text-align:left}
+.note{color:#666}img{max-width:100%;border:1px solid #eee}nav a{margin-right:1em}
+"""
+CHECK_IMAGES = """
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var ok = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute("data-images-loaded", ok + "/" + images.length);
+});
+"""
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value))
+
+
+def token_text(token: str) -> str:
+    """A token with its whitespace and control characters visible."""
+    shown = token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in shown) or "∅"
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}g}" if abs(value) >= 1e4 or (value and abs(value) < 1e-3) else f"{value:.{digits}f}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]], token_columns: Sequence[int] = (),
+          caption: str = "") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td class='tok'>{esc(c)}</td>" if j in token_columns else f"<td>{esc(c)}</td>"
+                                    for j, c in enumerate(row)) + "</tr>" for row in rows)
+    caption = f"<caption>{esc(caption)}</caption>" if caption else ""
+    return f"<table>{caption}<tr>{head}</tr>{body}</table>"
+
+
+def figure_uri(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image(fig: Any, alt: str) -> str:
+    return f"<p><img src='{figure_uri(fig)}' alt='{esc(alt)}'></p>"
+
+
+def pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise SoftpromptError("the report draws its figures with matplotlib: pip install 'softprompt[plot]'") from err
+    return plt
+
+
+def missing(part: str) -> str:
+    return (f"<p class='note'>Not computed: run <code>softprompt analyze run</code> with "
+            f"<code>--parts {part}</code>.</p>")
+
+
+# --- sections -----------------------------------------------------------------------------------------------
+
+
+def runs_section(analyses: Sequence[dict[str, Any]]) -> str:
+    rows = []
+    for a in analyses:
+        for r in a["runs"]:
+            metrics = ", ".join(f"{k} {100 * v:.1f}" for k, v in r["metrics"].items() if k != "n")
+            rows.append([r["label"], r["task"], a["model"], r["kind"], r["length"], r["init"], f"{r['norm']:.1f}",
+                         metrics])
+    if not rows:
+        return "<p class='note'>No prompt analyses were given.</p>"
+    return table(["run", "task", "model", "kind", "vectors", "init", "‖P‖_F", "metrics (×100, own eval)"], rows)
+
+
+def readings_section(analyses: Sequence[dict[str, Any]]) -> str:
+    parts = []
+    for a in analyses:
+        if "readings" not in a:
+            parts.append(missing("readings"))
+            continue
+        grids = []
+        for label, r in a["readings"].items():
+            k = len(r["cosine"]["tokens"][0])
+            header = ["#", *(["initial"] if "initial" in r else []), *[f"cosine {i + 1}" for i in range(k)],
+                      "p(w|v)", "euclidean"]
+            rows = []
+            for i, cos_tokens in enumerate(r["cosine"]["tokens"]):
+                rows.append([i, *([token_text(r["initial"][i])] if "initial" in r else []),
+                             *[f"{token_text(t)} ({s:.2f})" for t, s in zip(cos_tokens, r["cosine"]["scores"][i],
+                                                                             strict=True)],
+                             f"{token_text(r['dot']['tokens'][i][0])} ({r['dot']['scores'][i][0]:.2f})",
+                             f"{token_text(r['euclidean']['tokens'][i][0])} ({r['euclidean']['scores'][i][0]:.2f})"])
+            tok_cols = list(range(1, len(header)))
+            grids.append(f"<div class='grid'>{table(header, rows, tok_cols, label)}</div>")
+        parts.append("<p class='note'>Each row is one prompt vector, read from top to bottom; the nearest "
+                     "tokens by cosine (best first), by the model's p(w | v) and by Euclidean distance.</p>"
+                     f"<div class='grids'>{''.join(grids)}</div>")
+    return "".join(parts)
+
+
+def faithfulness_section(analyses: Sequence[dict[str, Any]]) -> str:
+    parts = []
+    for a in analyses:
+        if "faithfulness" not in a:
+            parts.append(missing("faithfulness"))
+            continue
+        lengths = {r["label"]: r["length"] for r in a["runs"]}
+        rows = [[label, lengths[label], fmt(f["distance"]), fmt(f["cosine_distance"]), fmt(f["output"]),
+                 f"{100 * f['top1_agreement']:.0f}%", f"{100 * f['soft_score']:.1f}", f"{100 * f['hard_score']:.1f}",
+                 f"{100 * f['performance']:.1f}", fmt(f["perplexity"], 1), token_text(f["text"])[:120]]
+                for label, f in a["faithfulness"].items()]
+        parts.append(
+            "<p class='note'>Δ_D: mean squared Euclidean (and cosine) distance from each vector to its nearest "
+            "token; Δ_Output: mean squared logit difference where answers are read, soft vs unembedded prompt, "
+            "and how often their top tokens agree; Δ_L: |metric(soft) − metric(unembedded)|; perplexity of the "
+            f"unembedded prompt under {esc(a.get('reference') or 'no reference model')} (scrutability).</p>"
+            + table(["run", "vectors", "Δ_D", "Δ_D cos", "Δ_Output", "top-1 agree", "soft", "unembedded", "Δ_L",
+                     "perplexity", "f_U(P)"], rows, [10]))
+    return "".join(parts)
+
+
+def stochasticity_section(analyses: Sequence[dict[str, Any]]) -> str:
+    plt = pyplot()
+    parts = []
+    for a in analyses:
+        s = a.get("stochasticity")
+        if s is None:
+            parts.append(missing("stochasticity"))
+            continue
+        rows = [[task, v["prompts"], fmt(v["mean_norm"], 2), fmt(v["norm_variance"], 3), fmt(v["total_variance"], 2),
+                 fmt(v["within_distance"], 2), fmt(v["between_distance"], 2)] for task, v in s["tasks"].items()]
+        parts.append(table(["task", "prompts", "mean ‖P‖_F", "var ‖P‖_F", "Σ var (to mean prompt)",
+                            "mean dist. within", "mean dist. to other tasks"], rows))
+        if "tsne" in s:
+            t = s["tsne"]
+            fig, ax = plt.subplots(figsize=(6, 4.5))
+            for k, task in enumerate(dict.fromkeys(t["tasks"])):
+                pts = [p for p, tk in zip(t["points"], t["tasks"], strict=True) if tk == task]
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, "o-", color=f"C{k}", label=task, alpha=0.8)
+            ax.legend(fontsize=8)
+            ax.set_title(f"t-SNE of {len(t['points'])} prompts ({t['length']} vectors each)")
+            parts.append(image(fig, "t-SNE map of prompts coloured by task"))
+    return "".join(parts)
+
+
+def heatmap(plt: Any, matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[str], title: str,
+            ax: Any, scale: float = 1.0, digits: int = 2) -> None:
+    values = [[v * scale for v in row] for row in matrix]
+    finite = [v for row in values for v in row if not math.isnan(v)]
+    im = ax.imshow(values, cmap="viridis", vmin=min(finite, default=0), vmax=max(finite, default=1))
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            if not math.isnan(v):
+                ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=7, color="w")
+    ax.set_title(title, fontsize=9)
+    plt.colorbar(im, ax=ax, fraction=0.046)
+
+
+def similarity_section(analyses: Sequence[dict[str, Any]]) -> str:
+    plt = pyplot()
+    parts = []
+    for a in analyses:
+        s = a.get("similarity")
+        if s is None:
+            parts.append(missing("similarity"))
+            continue
+        names = list(s["task_level"])
+        tasks = list(next(iter(s["task_level"].values())))
+        fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
+        for ax, name in zip(axes[0], names, strict=True):
+            m = s["task_level"][name]
+            heatmap(plt, [[m[r][c] for c in tasks] for r in tasks], tasks, tasks, name, ax)
+        fig.tight_layout()
+        parts.append("<p class='note'>Task level: the mean over pairs of distinct prompts of the two tasks (the "
+                     "diagonal compares a task's seeds with each other). Frobenius distance: lower is more similar; "
+                     "cosines and neuron overlap: higher is more similar. Neuron overlap is measured on "
+                     f"{s['probe_size']} probe inputs per task, at the prompt positions and at the answer "
+                     "position.</p>" + image(fig, "similarity heatmaps"))
+    return "".join(parts)
+
+
+def transfer_section(analyses: Sequence[dict[str, Any]]) -> str:
+    plt = pyplot()
+    parts = []
+    for a in analyses:
+        t = a.get("transfer")
+        if t is None:
+            parts.append(missing("transfer"))
+            continue
+        targets = t["targets"]
+        sources = list(t["task_scores"])
+        rows = [[f"{s} prompt", *[f"{100 * t['task_scores'][s][c]:.1f} ({100 * t['change_vs_no_prompt'][s][c]:+.1f})"
+                                  for c in targets]] for s in sources]
+        rows.append(["no prompt", *[f"{100 * t['no_prompt'][c]:.1f}" for c in targets]])
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), squeeze=False)
+        heatmap(plt, [[t["change_vs_no_prompt"][s][c] for c in targets] for s in sources], sources, targets,
+                "change vs no prompt (×100)", axes[0][0], 100, 1)
+        heatmap(plt, [[t["change_vs_own"][s].get(c, math.nan) for c in targets] for s in sources], sources, targets,
+                "change vs the task's own prompt (×100)", axes[0][1], 100, 1)
+        fig.tight_layout()
+        parts.append("<p class='note'>Rows: the task a prompt was trained on (mean over its seeds); columns: the "
+                     "task it is evaluated on (its first metric ×100; in brackets the change against no prompt).</p>"
+                     + table(["source \\ target", *targets], rows) + image(fig, "transfer heatmaps"))
+    return "".join(parts)
+
+
+def correlation_section(analyses: Sequence[dict[str, Any]]) -> str:
+    plt = pyplot()
+    parts = []
+    for a in analyses:
+        t = a.get("transfer", {})
+        if "correlations" not in t:
+            parts.append(missing("similarity,transfer"))
+            continue
+        rows = [[c["indicator"], fmt(c["rho"]), fmt(c["p_value"]), c["points"],
+                 "yes" if not math.isnan(c["rho"]) and c["rho"] * c["expected_sign"] > 0 else "no"]
+                for c in t["correlations"]]
+        n = len(t["correlations"])
+        fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3), squeeze=False)
+        for ax, c in zip(axes[0], t["correlations"], strict=True):
+            xs, ys = t["points"][c["indicator"]]
+            ax.scatter(xs, [100 * y for y in ys], s=14)
+            ax.set_xlabel(c["indicator"], fontsize=8)
+            ax.set_ylabel("transfer gain vs no prompt (×100)", fontsize=8)
+            ax.set_title(f"ρ = {fmt(c['rho'], 2)}, p = {fmt(c['p_value'], 2)}", fontsize=9)
+        fig.tight_layout()
+        parts.append("<p class='note'>Each point: one source prompt on another task; x: its mean similarity to "
+                     "that task's own prompts; y: its score there minus no prompt. Spearman's ρ; 'expected sign' "
+                     "says whether more similar went with better transfer.</p>"
+                     + table(["indicator", "Spearman ρ", "p", "points", "expected sign"], rows)
+                     + image(fig, "similarity versus transfer"))
+    return "".join(parts)
+
+
+def mixtures_section(mixtures: Sequence[tuple[str, list[Any], str]]) -> str:
+    """``mixtures``: (title, readings, HTML fragment) per mixture run."""
+    if not mixtures:
+        return "<p class='note'>No mixture runs were given.</p>"
+    plt = pyplot()
+    parts = []
+    for title, readings, fragment in mixtures:
+        shown = readings[:20]
+        fig, ax = plt.subplots(figsize=(7, 0.3 * len(shown) + 1))
+        ax.barh(range(len(shown)), [r.weight for r in shown], color="C0")
+        ax.set_yticks(range(len(shown)), [r.source[:60] for r in shown], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("mixture weight")
+        ax.set_title(title, fontsize=9)
+        parts.append(image(fig, f"mixture weights {title}") + fragment)
+    return "".join(parts)
+
+
+def render(analyses: Sequence[dict[str, Any]], mixtures: Sequence[tuple[str, list[Any], str]] = (),
+           title: str = "softprompt report") -> str:
+    body = {
+        "runs": runs_section(analyses),
+        "readings": readings_section(analyses),
+        "faithfulness": faithfulness_section(analyses),
+        "stochasticity": stochasticity_section(analyses),
+        "similarity": similarity_section(analyses),
+        "transfer": transfer_section(analyses),
+        "correlation": correlation_section(analyses),
+        "mixtures": mixtures_section(mixtures),
+    }
+    nav = "".join(f"<a href='#{key}'>{esc(name)}</a>" for key, name in SECTIONS.items())
+    sections = "".join(f"<section id='{key}'><h2>{esc(SECTIONS[key])}</h2>{content}</section>"
+                       for key, content in body.items())
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+            f"<style>{STYLE}</style><script>{CHECK_IMAGES}</script></head>"
+            f"<body><h1>{esc(title)}</h1><nav>{nav}</nav>{sections}</body></html>\n")
+
+
+def find_chromium() -> str | None:
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def headless_command(browser: str, profile: str) -> list[str]:
+    """Headless Chromium that stays off the network (the report needs none) and off any user profile."""
+    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--hide-scrollbars", f"--user-data-dir={profile}"]
+
+
+def screenshot(page: str | Path, png: str | Path, width: int = 1280, height: int = 2400) -> None:
+    """Render an HTML file to a PNG with headless Chromium (the Debian package ``chromium``)."""
+    browser = find_chromium()
+    if browser is None:
+        raise SoftpromptError("a screenshot needs headless Chromium: apt-get install chromium")
+
+    def shoot(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory() as work:
+            shot = Path(work) / "page.png"  # Chromium picks the format from the file name
+            done = subprocess.run([*headless_command(browser, str(Path(work) / "profile")), f"--screenshot={shot}",
+                                   f"--window-size={width},{height}", "--virtual-time-budget=5000",
+                                   Path(page).resolve().as_uri()], capture_output=True, text=True, timeout=120)
+            if done.returncode != 0 or not shot.is_file():
+                raise SoftpromptError(f"Chromium could not render {page}: {done.stderr.strip()[-300:]}")
+            shutil.move(shot, tmp)
+
+    atomic_write(png, shoot)
