@@ -90,7 +90,7 @@ def find_runs(paths: Sequence[Path]) -> list[Path]:
 
 
 def load_runs(paths: Sequence[Path], lm: LanguageModel) -> list[Run]:
-    dirs = find_runs(paths)
+    dirs = [d.resolve() for d in find_runs(paths)]
     root = Path(*_common_parts(dirs)) if len(dirs) > 1 else dirs[0].parent
     runs = []
     for d in dirs:
@@ -109,7 +109,7 @@ def load_runs(paths: Sequence[Path], lm: LanguageModel) -> list[Run]:
 
 
 def _common_parts(dirs: Sequence[Path]) -> list[str]:
-    parts = [d.resolve().parts for d in dirs]
+    parts = [d.parts for d in dirs]
     common = []
     for level in zip(*parts, strict=False):
         if len(set(level)) > 1:
