@@ -24,6 +24,7 @@ from softprompt.analysis import (
     nearest_tokens,
     neuron_overlap,
     output_differential,
+    prompt_vectors,
     spearman,
     stochasticity,
     token_perplexity,
@@ -116,6 +117,27 @@ def test_a_prompt_of_token_embeddings_is_perfectly_faithful(causal_lm: LanguageM
     assert f.cosine_distance == pytest.approx(0.0, abs=1e-12)  # 1 − cos rounds
     assert f.top1_agreement == 1.0 and f.prediction_agreement == 1.0
     assert f.perplexity == pytest.approx(token_perplexity(causal_lm, [12, 30, 7]))
+
+
+def test_deep_prompts_are_read_at_layer_0_and_lose_their_deeper_deltas(causal_lm: LanguageModel) -> None:
+    task, engine = capital_task(), Engine(causal_lm)
+    deep = TaskPrompt(causal_lm, "prefix", 3, kind="deep", init="random", task="capital").requires_grad_(False)
+    with torch.no_grad():
+        deep.weight.copy_(vocabulary(causal_lm)[torch.tensor([12, 30, 7])])
+        deep.delta[1:].normal_(0, 0.5)  # layer 0 untouched: the vectors still are token embeddings
+    f = faithfulness(engine, deep, task, examples(task))
+    assert f.tokens == [12, 30, 7] and f.distance == 0.0
+    assert f.output > 0  # the unembedded (hard) prompt has no deep perturbations
+    with torch.no_grad():
+        deep.delta[0, 0].fill_(1.0)
+    assert nearest_tokens(causal_lm, prompt_vectors(deep), 1, "euclidean").scores[0, 0] > 0
+
+
+def test_masked_lm_faithfulness_of_token_embeddings_is_zero(masked_lm: LanguageModel) -> None:
+    task = capital_task()
+    prompt = token_prompt(masked_lm, [12, 30])
+    f = faithfulness(Engine(masked_lm), prompt, task, examples(task, 6))
+    assert (f.distance, f.output, f.performance, f.top1_agreement, f.perplexity) == (0.0, 0.0, 0.0, 1.0, None)
 
 
 def test_output_differential_equals_full_forward_by_hand(causal_lm: LanguageModel) -> None:
@@ -250,6 +272,8 @@ def test_analysis_writes_every_part_and_transfer_is_consistent(trained_runs, tmp
         json.dumps(result["runs"]))
     assert set(result) >= {"readings", "faithfulness", "stochasticity", "similarity", "transfer"}
     assert len(result["readings"]["capital/seed-0"]["cosine"]["tokens"]) == 3
+    for r in runs:
+        assert result["readings"][r.label]["unembedded"] == result["faithfulness"][r.label]["text"]
     transfer = result["transfer"]
     assert len(transfer["scores"]) == 4 and all(len(row) == 2 for row in transfer["scores"])
     for task in tasks:

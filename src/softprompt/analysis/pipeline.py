@@ -197,6 +197,8 @@ def readings(lm: LanguageModel, prompt: TaskPrompt, k: int) -> dict[str, Any]:
     for metric in METRICS:
         n = nearest_tokens(lm, vectors, k, metric)
         out[metric] = {"tokens": n.tokens(lm), "scores": [[round(s, 4) for s in row] for row in n.scores.tolist()]}
+        if metric == "euclidean":
+            out["unembedded"] = lm.tokenizer.decode(n.ids[:, 0].tolist())  # f_U(P) as text
     if prompt.init == "text":
         ids = lm.tokenizer(prompt.init_text, add_special_tokens=False)["input_ids"]
         ids = (ids * (prompt.length // max(len(ids), 1) + 1))[: prompt.length]
