@@ -15,7 +15,7 @@ import math
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,80 +118,59 @@ def runs_section(analyses: Sequence[dict[str, Any]]) -> str:
     return table(["run", "task", "model", "kind", "vectors", "init", "‖P‖_F", "metrics (×100, own eval)"], rows)
 
 
-def readings_section(analyses: Sequence[dict[str, Any]]) -> str:
-    parts = []
-    for a in analyses:
-        if "readings" not in a:
-            parts.append(missing("readings"))
-            continue
-        grids = []
-        for label, r in a["readings"].items():
-            k = len(r["cosine"]["tokens"][0])
-            header = ["#", *(["initial"] if "initial" in r else []), *[f"cosine {i + 1}" for i in range(k)],
-                      "p(w|v)", "euclidean"]
-            rows = []
-            for i, cos_tokens in enumerate(r["cosine"]["tokens"]):
-                rows.append([i, *([token_text(r["initial"][i])] if "initial" in r else []),
-                             *[f"{token_text(t)} ({s:.2f})" for t, s in zip(cos_tokens, r["cosine"]["scores"][i],
-                                                                             strict=True)],
-                             f"{token_text(r['dot']['tokens'][i][0])} ({r['dot']['scores'][i][0]:.2f})",
-                             f"{token_text(r['euclidean']['tokens'][i][0])} ({r['euclidean']['scores'][i][0]:.2f})"])
-            tok_cols = list(range(1, len(header)))
-            grids.append(f"<div class='grid'>{table(header, rows, tok_cols, label)}</div>")
-        parts.append("<p class='note'>Each row is one prompt vector, read from top to bottom; the nearest "
-                     "tokens by cosine (best first), by the model's p(w | v) and by Euclidean distance.</p>"
-                     f"<div class='grids'>{''.join(grids)}</div>")
-    return "".join(parts)
+def readings_section(a: dict[str, Any]) -> str:
+    grids = []
+    for label, r in a["readings"].items():
+        k = len(r["cosine"]["tokens"][0])
+        initial = "initial" in r
+        header = ["#", *(["initial"] if initial else []), *[f"cosine {i + 1}" for i in range(k)], "p(w|v)",
+                  "euclidean"]
+        rows = []
+        for i, cos_tokens in enumerate(r["cosine"]["tokens"]):
+            cosine = [f"{token_text(t)} ({s:.2f})" for t, s in zip(cos_tokens, r["cosine"]["scores"][i], strict=True)]
+            rows.append([i, *([token_text(r["initial"][i])] if initial else []), *cosine,
+                         f"{token_text(r['dot']['tokens'][i][0])} ({r['dot']['scores'][i][0]:.2f})",
+                         f"{token_text(r['euclidean']['tokens'][i][0])} ({r['euclidean']['scores'][i][0]:.2f})"])
+        grids.append(f"<div class='grid'>{table(header, rows, range(1, len(header)), label)}</div>")
+    return ("<p class='note'>Each row is one prompt vector, read from top to bottom; the nearest tokens by cosine "
+            "(best first), by the model's p(w | v) and by Euclidean distance.</p>"
+            f"<div class='grids'>{''.join(grids)}</div>")
 
 
-def faithfulness_section(analyses: Sequence[dict[str, Any]]) -> str:
-    parts = []
-    for a in analyses:
-        if "faithfulness" not in a:
-            parts.append(missing("faithfulness"))
-            continue
-        lengths = {r["label"]: r["length"] for r in a["runs"]}
-        rows = [[label, lengths[label], fmt(f["distance"]), fmt(f["cosine_distance"]), fmt(f["output"]),
-                 f"{100 * f['top1_agreement']:.0f}%", f"{100 * f['soft_score']:.1f}", f"{100 * f['hard_score']:.1f}",
-                 f"{100 * f['performance']:.1f}", fmt(f["perplexity"], 1), token_text(f["text"])[:120]]
-                for label, f in a["faithfulness"].items()]
-        parts.append(
-            "<p class='note'>Δ_D: mean squared Euclidean (and cosine) distance from each vector to its nearest "
-            "token; Δ_Output: mean squared logit difference where answers are read, soft vs unembedded prompt, "
-            "and how often their top tokens agree; Δ_L: |metric(soft) − metric(unembedded)|; perplexity of the "
+def faithfulness_section(a: dict[str, Any]) -> str:
+    lengths = {r["label"]: r["length"] for r in a["runs"]}
+    rows = [[label, lengths[label], fmt(f["distance"]), fmt(f["cosine_distance"]), fmt(f["output"]),
+             f"{100 * f['top1_agreement']:.0f}%", f"{100 * f['soft_score']:.1f}", f"{100 * f['hard_score']:.1f}",
+             f"{100 * f['performance']:.1f}", fmt(f["perplexity"], 1), token_text(f["text"])[:120]]
+            for label, f in a["faithfulness"].items()]
+    return ("<p class='note'>Δ_D: mean squared Euclidean (and cosine) distance from each vector to its nearest "
+            "token; Δ_Output: mean squared logit difference where answers are read, soft vs unembedded prompt, and "
+            "how often their top tokens agree; Δ_L: |metric(soft) − metric(unembedded)|; perplexity of the "
             f"unembedded prompt under {esc(a.get('reference') or 'no reference model')} (scrutability).</p>"
             + table(["run", "vectors", "Δ_D", "Δ_D cos", "Δ_Output", "top-1 agree", "soft", "unembedded", "Δ_L",
                      "perplexity", "f_U(P)"], rows, [10]))
-    return "".join(parts)
 
 
-def stochasticity_section(analyses: Sequence[dict[str, Any]]) -> str:
-    plt = pyplot()
-    parts = []
-    for a in analyses:
-        s = a.get("stochasticity")
-        if s is None:
-            parts.append(missing("stochasticity"))
-            continue
-        rows = [[task, v["prompts"], fmt(v["mean_norm"], 2), fmt(v["norm_variance"], 3), fmt(v["total_variance"], 2),
-                 fmt(v["within_distance"], 2), fmt(v["between_distance"], 2)] for task, v in s["tasks"].items()]
-        parts.append(table(["task", "prompts", "mean ‖P‖_F", "var ‖P‖_F", "Σ var (to mean prompt)",
-                            "mean dist. within", "mean dist. to other tasks"], rows))
-        if "tsne" in s:
-            t = s["tsne"]
-            fig, ax = plt.subplots(figsize=(6, 4.5))
-            for k, task in enumerate(dict.fromkeys(t["tasks"])):
-                pts = [p for p, tk in zip(t["points"], t["tasks"], strict=True) if tk == task]
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, "o-", color=f"C{k}", label=task, alpha=0.8)
-            ax.legend(fontsize=8)
-            ax.set_title(f"t-SNE of {len(t['points'])} prompts ({t['length']} vectors each)")
-            parts.append(image(fig, "t-SNE map of prompts coloured by task"))
-    return "".join(parts)
+def stochasticity_section(a: dict[str, Any]) -> str:
+    s = a["stochasticity"]
+    rows = [[task, v["prompts"], fmt(v["mean_norm"], 2), fmt(v["norm_variance"], 3), fmt(v["total_variance"], 2),
+             fmt(v["within_distance"], 2), fmt(v["between_distance"], 2)] for task, v in s["tasks"].items()]
+    out = table(["task", "prompts", "mean ‖P‖_F", "var ‖P‖_F", "Σ var (to mean prompt)", "mean dist. within",
+                 "mean dist. to other tasks"], rows)
+    if "tsne" in s:
+        t = s["tsne"]
+        fig, ax = pyplot().subplots(figsize=(6, 4.5))
+        for k, task in enumerate(dict.fromkeys(t["tasks"])):
+            xs, ys = zip(*[p for p, tk in zip(t["points"], t["tasks"], strict=True) if tk == task], strict=True)
+            ax.plot(xs, ys, "o-", color=f"C{k}", label=task, alpha=0.8)
+        ax.legend(fontsize=8)
+        ax.set_title(f"t-SNE of {len(t['points'])} prompts ({t['length']} vectors each)")
+        out += image(fig, "t-SNE map of prompts coloured by task")
+    return out
 
 
-def heatmap(plt: Any, matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[str], title: str,
-            ax: Any, scale: float = 1.0, digits: int = 2) -> None:
+def heatmap(matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[str], title: str, ax: Any,
+            scale: float = 1.0, digits: int = 2) -> None:
     values = [[v * scale for v in row] for row in matrix]
     finite = [v for row in values for v in row if not math.isnan(v)]
     im = ax.imshow(values, cmap="viridis", vmin=min(finite, default=0), vmax=max(finite, default=1))
@@ -202,84 +181,71 @@ def heatmap(plt: Any, matrix: Sequence[Sequence[float]], rows: Sequence[str], co
             if not math.isnan(v):
                 ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=7, color="w")
     ax.set_title(title, fontsize=9)
-    plt.colorbar(im, ax=ax, fraction=0.046)
+    pyplot().colorbar(im, ax=ax, fraction=0.046)
 
 
-def similarity_section(analyses: Sequence[dict[str, Any]]) -> str:
-    plt = pyplot()
-    parts = []
-    for a in analyses:
-        s = a.get("similarity")
-        if s is None:
-            parts.append(missing("similarity"))
-            continue
-        names = list(s["task_level"])
-        tasks = list(next(iter(s["task_level"].values())))
-        fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
-        for ax, name in zip(axes[0], names, strict=True):
-            m = s["task_level"][name]
-            heatmap(plt, [[m[r][c] for c in tasks] for r in tasks], tasks, tasks, name, ax)
-        fig.tight_layout()
-        parts.append("<p class='note'>Task level: the mean over pairs of distinct prompts of the two tasks (the "
-                     "diagonal compares a task's seeds with each other). Frobenius distance: lower is more similar; "
-                     "cosines and neuron overlap: higher is more similar. Neuron overlap is measured on "
-                     f"{s['probe_size']} probe inputs per task, at the prompt positions and at the answer "
-                     "position.</p>" + image(fig, "similarity heatmaps"))
-    return "".join(parts)
+def similarity_section(a: dict[str, Any]) -> str:
+    s = a["similarity"]
+    names = list(s["task_level"])
+    tasks = list(next(iter(s["task_level"].values())))
+    fig, axes = pyplot().subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        m = s["task_level"][name]
+        heatmap([[m[r][c] for c in tasks] for r in tasks], tasks, tasks, name, ax)
+    fig.tight_layout()
+    return ("<p class='note'>Task level: the mean over pairs of distinct prompts of the two tasks (the diagonal "
+            "compares a task's seeds with each other). Frobenius distance: lower is more similar; cosines and neuron "
+            f"overlap: higher is more similar. Neuron overlap is measured on {s['probe_size']} probe inputs per task, "
+            "at the prompt positions and at the answer position.</p>" + image(fig, "similarity heatmaps"))
 
 
-def transfer_section(analyses: Sequence[dict[str, Any]]) -> str:
-    plt = pyplot()
-    parts = []
-    for a in analyses:
-        t = a.get("transfer")
-        if t is None:
-            parts.append(missing("transfer"))
-            continue
-        targets = t["targets"]
-        sources = list(t["task_scores"])
-        rows = [[f"{s} prompt", *[f"{100 * t['task_scores'][s][c]:.1f} ({100 * t['change_vs_no_prompt'][s][c]:+.1f})"
-                                  for c in targets]] for s in sources]
-        rows.append(["no prompt", *[f"{100 * t['no_prompt'][c]:.1f}" for c in targets]])
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), squeeze=False)
-        heatmap(plt, [[t["change_vs_no_prompt"][s][c] for c in targets] for s in sources], sources, targets,
-                "change vs no prompt (×100)", axes[0][0], 100, 1)
-        heatmap(plt, [[t["change_vs_own"][s].get(c, math.nan) for c in targets] for s in sources], sources, targets,
-                "change vs the task's own prompt (×100)", axes[0][1], 100, 1)
-        fig.tight_layout()
-        parts.append("<p class='note'>Rows: the task a prompt was trained on (mean over its seeds); columns: the "
-                     "task it is evaluated on (its first metric ×100; in brackets the change against no prompt).</p>"
-                     + table(["source \\ target", *targets], rows) + image(fig, "transfer heatmaps"))
-    return "".join(parts)
+def transfer_section(a: dict[str, Any]) -> str:
+    t = a["transfer"]
+    targets, sources = t["targets"], list(t["task_scores"])
+    rows = [[f"{s} prompt", *[f"{100 * t['task_scores'][s][c]:.1f} ({100 * t['change_vs_no_prompt'][s][c]:+.1f})"
+                              for c in targets]] for s in sources]
+    rows.append(["no prompt", *[f"{100 * t['no_prompt'][c]:.1f}" for c in targets]])
+    fig, axes = pyplot().subplots(1, 2, figsize=(9, 3.6), squeeze=False)
+    heatmap([[t["change_vs_no_prompt"][s][c] for c in targets] for s in sources], sources, targets,
+            "change vs no prompt (×100)", axes[0][0], 100, 1)
+    heatmap([[t["change_vs_own"][s].get(c, math.nan) for c in targets] for s in sources], sources, targets,
+            "change vs the task's own prompt (×100)", axes[0][1], 100, 1)
+    fig.tight_layout()
+    return ("<p class='note'>Rows: the task a prompt was trained on (mean over its seeds); columns: the task it is "
+            "evaluated on (its first metric ×100; in brackets the change against no prompt).</p>"
+            + table(["source \\ target", *targets], rows) + image(fig, "transfer heatmaps"))
 
 
-def correlation_section(analyses: Sequence[dict[str, Any]]) -> str:
-    plt = pyplot()
-    parts = []
-    for a in analyses:
-        t = a.get("transfer", {})
-        if "correlations" not in t:
-            parts.append(missing("similarity,transfer"))
-            continue
-        rows = [[c["indicator"], fmt(c["rho"]), fmt(c["p_value"]), c["points"],
-                 "yes" if not math.isnan(c["rho"]) and c["rho"] * c["expected_sign"] > 0 else "no"]
-                for c in t["correlations"]]
-        n = len(t["correlations"])
-        fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3), squeeze=False)
-        for ax, c in zip(axes[0], t["correlations"], strict=True):
-            xs, ys = t["points"][c["indicator"]]
-            ax.scatter(xs, [100 * y for y in ys], s=14)
-            ax.set_xlabel(c["indicator"], fontsize=8)
-            ax.set_ylabel("transfer gain vs no prompt (×100)", fontsize=8)
-            ax.set_title(f"ρ = {fmt(c['rho'], 2)}, p = {fmt(c['p_value'], 2)}", fontsize=9)
-        fig.tight_layout()
-        parts.append("<p class='note'>Each point: one source prompt on another task; x: its mean similarity to "
-                     "that task's own prompts; y: its score there minus no prompt. Spearman's ρ; 'expected sign' "
-                     "says whether more similar went with better transfer.</p>"
-                     + table(["indicator", "Spearman ρ", "p", "points", "expected sign"], rows)
-                     + image(fig, "similarity versus transfer"))
-    return "".join(parts)
+def correlation_section(a: dict[str, Any]) -> str:
+    t = a["transfer"]
+    rows = [[c["indicator"], fmt(c["rho"]), fmt(c["p_value"]), c["points"],
+             "yes" if not math.isnan(c["rho"]) and c["rho"] * c["expected_sign"] > 0 else "no"]
+            for c in t["correlations"]]
+    n = len(t["correlations"])
+    fig, axes = pyplot().subplots(1, n, figsize=(3.3 * n, 3), squeeze=False)
+    for ax, c in zip(axes[0], t["correlations"], strict=True):
+        xs, ys = t["points"][c["indicator"]]
+        ax.scatter(xs, [100 * y for y in ys], s=14)
+        ax.set_xlabel(c["indicator"], fontsize=8)
+        ax.set_ylabel("transfer gain vs no prompt (×100)", fontsize=8)
+        ax.set_title(f"ρ = {fmt(c['rho'], 2)}, p = {fmt(c['p_value'], 2)}", fontsize=9)
+    fig.tight_layout()
+    return ("<p class='note'>Each point: one source prompt on another task; x: its mean similarity to that task's "
+            "own prompts; y: its score there minus no prompt. Spearman's ρ; 'expected sign' says whether more "
+            "similar went with better transfer.</p>"
+            + table(["indicator", "Spearman ρ", "p", "points", "expected sign"], rows)
+            + image(fig, "similarity versus transfer"))
 
+
+# Per section: what an analysis must hold to show it, the part that computes it, and how it is drawn.
+ANALYSIS_SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], bool], str, Callable[[dict[str, Any]], str]]] = {
+    "readings": (lambda a: "readings" in a, "readings", readings_section),
+    "faithfulness": (lambda a: "faithfulness" in a, "faithfulness", faithfulness_section),
+    "stochasticity": (lambda a: "stochasticity" in a, "stochasticity", stochasticity_section),
+    "similarity": (lambda a: "similarity" in a, "similarity", similarity_section),
+    "transfer": (lambda a: "transfer" in a, "transfer", transfer_section),
+    "correlation": (lambda a: "correlations" in a.get("transfer", {}), "similarity,transfer", correlation_section),
+}
 
 def mixtures_section(mixtures: Sequence[tuple[str, list[Any], str]]) -> str:
     """``mixtures``: (title, readings, HTML fragment) per mixture run."""
@@ -301,16 +267,10 @@ def mixtures_section(mixtures: Sequence[tuple[str, list[Any], str]]) -> str:
 
 def render(analyses: Sequence[dict[str, Any]], mixtures: Sequence[tuple[str, list[Any], str]] = (),
            title: str = "softprompt report") -> str:
-    body = {
-        "runs": runs_section(analyses),
-        "readings": readings_section(analyses),
-        "faithfulness": faithfulness_section(analyses),
-        "stochasticity": stochasticity_section(analyses),
-        "similarity": similarity_section(analyses),
-        "transfer": transfer_section(analyses),
-        "correlation": correlation_section(analyses),
-        "mixtures": mixtures_section(mixtures),
-    }
+    body = {"runs": runs_section(analyses)}
+    for key, (has, part, draw) in ANALYSIS_SECTIONS.items():
+        body[key] = "".join(draw(a) if has(a) else missing(part) for a in analyses)
+    body["mixtures"] = mixtures_section(mixtures)
     nav = "".join(f"<a href='#{key}'>{esc(name)}</a>" for key, name in SECTIONS.items())
     sections = "".join(f"<section id='{key}'><h2>{esc(SECTIONS[key])}</h2>{content}</section>"
                        for key, content in body.items())
