@@ -18,6 +18,7 @@ from softprompt.mixture import (
     encode_mixture_data,
     encode_prompt_set,
     fit_weights,
+    greedy_selection,
     log_likelihoods,
     posteriors,
     predict_mixture,
@@ -267,6 +268,24 @@ def test_subset_keeps_each_prompts_parameters_and_scores(causal_lm):
     assert chosen == [0, 1, 2] and len(weights) == 3
     chosen, weights = select_prompts(engine, mixture, items, k=1)
     assert chosen == [max(range(3), key=lambda t: weights[t])]
+    greedy, _ = select_prompts(engine, mixture, items, k=2, selection="greedy")
+    with torch.inference_mode():
+        assert greedy == greedy_selection(score(engine, mixture, items).logprobs, 2)
+
+
+def test_greedy_selection_differs_from_weight_selection():
+    # Prompt 0 is fair on every fact; prompts 1 and 2 are each excellent on one half and hopeless on the other.
+    # The full mixture's EM weights go to the two specialists, so weight selection with k=1 keeps a specialist;
+    # forward selection starts from the best single prompt, then adds the specialist that helps most.
+    fair, great, hopeless = math.log(0.3), math.log(0.9), math.log(0.001)
+    gold = torch.tensor([[fair, great, hopeless]] * 5 + [[fair, hopeless, great]] * 5)
+    weights = fit_weights(gold)
+    assert float(weights[0]) < 0.01 and float(weights[1]) == pytest.approx(float(weights[2]), abs=1e-6)
+    assert greedy_selection(gold, 1) == [0]
+    assert greedy_selection(gold, 2) in ([0, 1], [0, 2])
+    assert greedy_selection(gold, 3) == [0, 1, 2]
+    with pytest.raises(SoftpromptError, match="--select"):
+        MixtureSettings("x", ("[X] is [Y] .",), selection="best")
 
 
 def test_top_k_equal_to_k_is_the_full_mixture(causal_lm, tmp_path):

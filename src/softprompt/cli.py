@@ -384,6 +384,9 @@ def mixture_train(
     top_k: Annotated[int | None, typer.Option(
         min=1, help="Train only the K most useful prompts, chosen on dev before training (cost grows with K, "
                     "not with the set's size).", show_default=False)] = None,
+    select: Annotated[Literal["weight", "greedy"], typer.Option(
+        help="How --top-k picks prompts from their initial dev likelihoods: highest EM-fitted mixture weight, or "
+             "greedy forward selection of the prompts that most raise the mixture's likelihood.")] = "weight",
     answer_first: Annotated[Literal["reorder", "skip", "error"], typer.Option(
         help="Causal LMs: move [Y] of answer-first templates to the end, leave them out, or stop.")] = "reorder",
     max_rows: Annotated[int, typer.Option(
@@ -425,7 +428,7 @@ def mixture_train(
             pset = dataclasses.replace(pset, init=init)
     rel = _load_relation(data, pset.templates[0], None, name)
     settings = MixtureSettings(pset.name, pset.templates, pset.init, mode, method, tune, data_dependent, top_k,
-                               answer_first, max_rows, weights_lr)
+                               answer_first, max_rows, weights_lr, select)
     config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience, seed=seed)
     limits = _limits(train=max_train, dev=max_dev, test=max_test)
     _check_run_dir(out, force, resume)

@@ -247,21 +247,45 @@ def fit_weights(gold_logprobs: torch.Tensor, iterations: int = 200) -> torch.Ten
     return log_w.exp()
 
 
+SELECTIONS = ("weight", "greedy")
+
+
+def greedy_selection(gold_logprobs: torch.Tensor, k: int) -> list[int]:
+    """Forward selection: repeatedly add the prompt whose addition (weights refitted by EM) most raises the
+    mixture's mean log-likelihood of the gold answers, from an (n, K) matrix of log p(y | t, x). Prompts that
+    explain the same facts add little after the first, so the picks complement each other."""
+    lp = gold_logprobs.double()
+    chosen: list[int] = []
+    for _ in range(min(k, lp.shape[1])):
+        def gain(t: int) -> float:
+            subset = lp[:, [*chosen, t]]
+            return float((fit_weights(subset).log()[None, :] + subset).logsumexp(-1).mean())
+
+        chosen.append(max((t for t in range(lp.shape[1]) if t not in chosen), key=gain))
+    return sorted(chosen)
+
+
 def select_prompts(
-    engine: Engine, mixture: MixturePrompt, dev: Sequence[MixtureItem], k: int, max_rows: int = 512
+    engine: Engine, mixture: MixturePrompt, dev: Sequence[MixtureItem], k: int, max_rows: int = 512,
+    selection: str = "weight",
 ) -> tuple[list[int], list[float]]:
-    """The ``k`` prompts worth training: highest mixture weight when weights are fitted (by EM) to the
-    initial prompts' dev likelihoods, ties broken by each prompt's own mean dev likelihood.
+    """The ``k`` prompts worth training, judged on the initial prompts' dev likelihoods: by ``weight``, the
+    highest mixture weights when weights are fitted (by EM) to those likelihoods, ties broken by each
+    prompt's own mean dev likelihood; by ``greedy``, forward selection (``greedy_selection``).
 
     This one inference pass over dev replaces K-way training by k-way training, so the cost of a run
-    grows with k, not K. Returns the chosen indices (in mixture order) and the fitted weights.
+    grows with k, not K. Returns the chosen indices (in mixture order) and the weights fitted to all K.
     """
+    if selection not in SELECTIONS:
+        raise SoftpromptError(f"unknown prompt selection {selection!r}; choose one of: {', '.join(SELECTIONS)}")
     if k >= len(mixture):
         return list(range(len(mixture))), [1.0 / len(mixture)] * len(mixture)
     with torch.inference_mode():
         gold = torch.cat([score(engine, mixture, [dev[i] for i in chunk]).logprobs.cpu()
                           for chunk in _chunks(range(len(dev)), len(mixture), max_rows)])
     weights = fit_weights(gold)
+    if selection == "greedy":
+        return greedy_selection(gold, k), weights.tolist()
     mean = gold.mean(0)
     order = sorted(range(len(mixture)), key=lambda t: (-float(weights[t]), -float(mean[t])))
     return sorted(order[:k]), weights.tolist()
@@ -344,12 +368,15 @@ class MixtureSettings:
     answer_first: AnswerFirst = "reorder"
     max_rows: int = 512
     weights_lr: float = WEIGHTS_LR
+    selection: str = "weight"  # how select_prompts judges which top_k prompts are most useful
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise SoftpromptError(f"unknown --method {self.method!r}; choose one of: {', '.join(METHODS)}")
         if self.top_k is not None and self.top_k < 1:
             raise SoftpromptError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.selection not in SELECTIONS:
+            raise SoftpromptError(f"unknown --select {self.selection!r}; choose one of: {', '.join(SELECTIONS)}")
         if self.mode == "hard" and self.tune == "prompts":
             raise SoftpromptError("hard prompts have no vectors to tune; use --mode soft or deep, or --tune weights")
         if self.mode == "hard" and self.tune == "both":
@@ -387,7 +414,8 @@ def run_mixture(
     if settings.top_k is not None and settings.top_k < len(mixture):
         if not data.splits["dev"]:
             raise SoftpromptError(f"relation {relation.name}: --top-k chooses prompts on dev data, which is empty")
-        chosen, fitted = select_prompts(engine, mixture, data.splits["dev"], settings.top_k, settings.max_rows)
+        chosen, fitted = select_prompts(engine, mixture, data.splits["dev"], settings.top_k, settings.max_rows,
+                                        settings.selection)
         mixture = mixture.subset(chosen)
         data = encode_mixture_data(relation, mixture, limits)
     out.mkdir(parents=True, exist_ok=True)
@@ -427,6 +455,9 @@ def mixture_settings(
     limits: Mapping[str, int] | None,
 ) -> dict[str, Any]:
     """The entries of a mixture run's config.json that must be equal for it to be resumed or reused."""
-    return {"model": lm.name, "relation": relation.name, "mixture": asdict(settings) | {
-        "templates": list(settings.templates)}, "train": asdict(config), "limits": dict(limits or {})}
+    mixture = asdict(settings) | {"templates": list(settings.templates)}
+    if settings.selection == "weight":
+        del mixture["selection"]  # runs from before the option existed used this one: they stay resumable
+    return {"model": lm.name, "relation": relation.name, "mixture": mixture, "train": asdict(config),
+            "limits": dict(limits or {})}
 
