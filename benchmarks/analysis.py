@@ -276,6 +276,15 @@ def findings_md(main: dict[str, Any] | None, lengths: dict[str, Any] | None, bas
                    f"of {len(s)} tasks ({', '.join(closer) or 'none'}). All prompts start from their task "
                    "description, so this mostly measures how far training moves them (Dayton et al. saw "
                    "near-equidistant seeds too).")
+        acc: dict[str, list[float]] = {}
+        for r in main["runs"]:
+            acc.setdefault(r["task"], []).append(r["metrics"]["accuracy"])
+        if len(s) >= 3:
+            tasks = list(s)
+            rho, p = spearman([s[t]["total_variance"] for t in tasks], [statistics.fmean(acc[t]) for t in tasks])
+            out.append(f"- Dayton et al. find more seed-to-seed variance on harder tasks. Here the rank correlation "
+                       f"between a task's total variance and its mean accuracy is ρ = {rho:+.2f} (p = {p:.2f}, "
+                       f"{len(tasks)} tasks; negative would agree).")
         kept = [kept_initial(r) for r in main["readings"].values()]
         out.append(f"- On average {100 * statistics.fmean(kept):.0f} % of the vectors still read as their initial "
                    "token by cosine after training; Dayton et al. report that some of the original prompt's tokens "
