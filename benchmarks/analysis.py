@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nlu
 
-from softprompt.analysis import Analysis, AnalysisConfig, analyse, load_runs, token_perplexity
+from softprompt.analysis import Analysis, AnalysisConfig, analyse, load_runs, spearman, token_perplexity
 from softprompt.data import shared_data_dir
 from softprompt.engine import Engine
 from softprompt.io import write_json, write_text
