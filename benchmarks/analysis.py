@@ -20,6 +20,7 @@ import json
 import math
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -327,6 +328,9 @@ def main() -> None:
     parser.add_argument("--length-tasks", nargs="*", default=["sst2", "cb"])
     parser.add_argument("--stages", nargs="*", default=["train", "main", "lengths", "render"],
                         choices=["train", "main", "lengths", "render"])
+    parser.add_argument("--parts", nargs="*", default=list(CONFIG.parts), choices=list(CONFIG.parts),
+                        help="main stage: compute only these parts (units are cached, so two processes can share "
+                             "the work by parts)")
     args = parser.parse_args()
     if shared_data_dir() is None:
         sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
@@ -338,7 +342,7 @@ def main() -> None:
     length_dirs = [length_run(p, t, n) for t in args.length_tasks for n in LENGTHS]
     missing = [str(d.relative_to(ROOT)) for d in main_dirs + length_dirs if not (d / "metrics.json").is_file()]
     if "main" in args.stages:
-        run_analysis(lm, main_dirs, p["main"], CONFIG)
+        run_analysis(lm, main_dirs, p["main"], replace(CONFIG, parts=tuple(args.parts)))
     if "lengths" in args.stages:
         run_analysis(lm, length_dirs, p["lengths"], AnalysisConfig(parts=("readings", "faithfulness"),
                                                                    eval_limit=CONFIG.eval_limit))
