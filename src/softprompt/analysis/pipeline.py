@@ -232,6 +232,8 @@ def similarity_part(a: Analysis, cache: Path, progress: Callable[[str], None]) -
     vectors = [r.vectors for r in runs]
     matrices = {name: pairwise(vectors, fn) for name, fn in SIMILARITIES.items()}
     probes = {t: list(a.examples[t])[: a.config.probe_size] for t in dict.fromkeys(r.task for r in runs)}
+    # A pattern averages over every task's probes, so it is only reusable with the same set of tasks.
+    probe_key = hashlib.sha256(" ".join(sorted(probes)).encode()).hexdigest()[:8]
     for positions in POSITIONS:
         patterns = []
         for r in runs:
@@ -242,7 +244,7 @@ def similarity_part(a: Analysis, cache: Path, progress: Callable[[str], None]) -
                         for t, ex in probes.items()]
                 return (torch.stack(acts).mean(0) > 0).to(torch.uint8).tolist()
 
-            patterns.append(torch.tensor(cached(cache / f"neurons-{positions}" / f"{_safe(r.label)}.json",
+            patterns.append(torch.tensor(cached(cache / f"neurons-{positions}-{probe_key}" / f"{_safe(r.label)}.json",
                                                 compute), dtype=torch.bool))
         name = "neuron_overlap" if positions == "prompt" else "neuron_overlap_answer"
         matrices[name] = pairwise(patterns, neuron_overlap)
