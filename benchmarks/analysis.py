@@ -312,11 +312,23 @@ def findings_md(main: dict[str, Any] | None, lengths: dict[str, Any] | None, bas
         out.append(f"- The unembedded prompt scores below the soft prompt in {len(lost)} of {len(fs)} cases (mean "
                    f"Δ_L {100 * statistics.fmean(f['performance'] for f in fs):.1f} points), and its top token agrees "
                    f"with the soft prompt's at {100 * statistics.fmean(f['top1_agreement'] for f in fs):.0f} % of "
-                   "answer positions: as Patel et al. say, soft prompts are not faithful to their nearest tokens.")
-        ppl = statistics.fmean(f["perplexity"] for f in fs)
-        text = statistics.fmean(b["description"] for b in baselines.values())
-        out.append(f"- Their perplexity (mean {ppl:.0f}) is far above natural text ({text:.0f}): the readings "
-                   "are not scrutable, as Patel et al. find.")
+                   "answer positions: "
+                   + ("as Patel et al. find, the soft prompts are not faithful to their nearest tokens."
+                      if 2 * len(lost) > len(fs) else "unlike Patel et al., unembedding mostly keeps the accuracy."))
+        length_of = {r["label"]: r["length"] for r in lengths["runs"]}
+        for n in LENGTHS:
+            ppl = [f["perplexity"] for label, f in lengths["faithfulness"].items() if length_of[label] == n]
+            base = baselines.get(str(n))
+            if not ppl or base is None:
+                continue
+            mean = statistics.fmean(ppl)
+            where = ("above natural text" if mean > 1.5 * base["description"] else
+                     "close to natural text" if mean > base["description"] / 1.5 else "below natural text")
+            out.append(f"- {n}-vector prompts: perplexity of f_U(P) {mean:.0f} (mean over {len(ppl)} tasks), "
+                       f"{where} ({base['description']:.0f}) and far from random tokens ({base['random']:.0f}).")
+        out.append("- Patel et al. find unembedded soft prompts inscrutable (high perplexity); here the "
+                   "perplexity column says how far training moved the prompts away from their (readable) "
+                   "initial description.")
     return [*out, ""]
 
 
