@@ -299,7 +299,10 @@ def findings_md(main: dict[str, Any] | None, lengths: dict[str, Any] | None, bas
         best = max(corr, key=corr.get)
         out.append(f"- The indicator with the strongest rank correlation is {best} (|ρ| = {corr[best]:.2f}); Su et "
                    "al. find neuron overlap the best predictor of transfer"
-                   + (" — consistent here." if best.startswith("neuron") else " — not the case here."))
+                   + (" — consistent here." if best.startswith("neuron") and next(
+                       c for c in main["transfer"]["correlations"] if c["indicator"] == best)["p_value"] < 0.05
+                      and next(c for c in main["transfer"]["correlations"] if c["indicator"] == best)["rho"] > 0
+                      else " — not shown here (no indicator is significant or in the expected direction)."))
         t = main["transfer"]
         gains = [(s, c, v) for s, row in t["change_vs_no_prompt"].items() for c, v in row.items() if s != c]
         positive = [g for g in gains if g[2] > 0]
