@@ -26,7 +26,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks.run import TaskSettings, predict, task_metrics
-from softprompt.tasks.scoring import TaskEncoder, collate_rows, query_logits
+from softprompt.tasks.scoring import TaskEncoder, collate_rows, query_logits, scores_from_logits
 from softprompt.tasks.task import Task, TaskExample
 
 
@@ -53,14 +53,23 @@ def projected_prompt(prompt: TaskPrompt, lm: LanguageModel, ids: Sequence[int]) 
     return projected
 
 
+@dataclass
+class OutputComparison:
+    squared: float  # Δ_Output: mean squared logit difference over the answer-reading positions
+    top1_agreement: float
+    scores: tuple[torch.Tensor, torch.Tensor]  # each prompt's choice scores (N, C), as choice_scores gives them
+
+
 @torch.inference_mode()
-def output_differential(engine: Engine, prompt: TaskPrompt, other: TaskPrompt, task: Task,
-                        examples: Sequence[TaskExample], batch_size: int = 32) -> tuple[float, float]:
-    """(mean squared logit difference, top-1 agreement rate) over every position where the task reads an
-    answer token, under ``prompt`` and ``other`` (same layout)."""
+def compare_outputs(engine: Engine, prompt: TaskPrompt, other: TaskPrompt, task: Task,
+                    examples: Sequence[TaskExample], batch_size: int = 32) -> OutputComparison:
+    """Both prompts on the same rows, one forward pass each: the output differential and, from the same
+    logits, every choice's score under each prompt."""
     if prompt.layout != other.layout or prompt.length != other.length:
         raise SoftpromptError("the output differential compares two prompts of the same layout")
     encoded = TaskEncoder(engine.lm, task, prompt).encode(examples)
+    shape = (len(encoded.rows), *(() if encoded.shared_ids is None else (encoded.num_choices,)))
+    scores = (torch.empty(shape), torch.empty(shape))
     squared, agree, count = 0.0, 0, 0
     for idx in length_batches(encoded.rows, batch_size):
         batch = collate_rows([encoded.rows[i] for i in idx], engine.lm.tokenizer.pad_token_id,
@@ -70,7 +79,18 @@ def output_differential(engine: Engine, prompt: TaskPrompt, other: TaskPrompt, t
         squared += float(((a - b) ** 2).mean(-1).sum())
         agree += int((a.argmax(-1) == b.argmax(-1)).sum())
         count += len(a)
-    return squared / count, agree / count
+        for out, logits in zip(scores, (a, b), strict=True):
+            out[idx] = scores_from_logits(encoded, batch, logits).float().cpu()
+    views = tuple(x.view(encoded.num_examples, encoded.num_choices) for x in scores)
+    return OutputComparison(squared / count, agree / count, views)
+
+
+def output_differential(engine: Engine, prompt: TaskPrompt, other: TaskPrompt, task: Task,
+                        examples: Sequence[TaskExample], batch_size: int = 32) -> tuple[float, float]:
+    """(mean squared logit difference, top-1 agreement rate) over every position where the task reads an
+    answer token, under ``prompt`` and ``other`` (same layout)."""
+    c = compare_outputs(engine, prompt, other, task, examples, batch_size)
+    return c.squared, c.top1_agreement
 
 
 @dataclass
@@ -102,10 +122,17 @@ def faithfulness(engine: Engine, prompt: TaskPrompt, task: Task, examples: Seque
     vectors = prompt_vectors(prompt)
     ids = unembed(lm, vectors, "euclidean")
     hard = projected_prompt(prompt, lm, ids)
-    output, top1 = output_differential(engine, prompt, hard, task, examples, batch_size)
+    compared = compare_outputs(engine, prompt, hard, task, examples, batch_size)
+    output, top1 = compared.squared, compared.top1_agreement
     labels = [e.label for e in examples]
-    soft_scores = predict(engine, prompt, task, examples, settings, batch_size)
-    hard_scores = predict(engine, hard, task, examples, settings, batch_size)
+    if settings.calibrate:  # needs the content-free input's scores too
+        soft_scores = predict(engine, prompt, task, examples, settings, batch_size)
+        hard_scores = predict(engine, hard, task, examples, settings, batch_size)
+    else:
+        soft_scores, hard_scores = compared.scores
+        if settings.normalise:
+            lengths = TaskEncoder(engine.lm, task, prompt).encode(examples).choice_lengths
+            soft_scores, hard_scores = soft_scores / lengths, hard_scores / lengths
     metric = task.metrics[0]
     soft = task_metrics(task, soft_scores, labels)[metric]
     hard_score = task_metrics(task, hard_scores, labels)[metric]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -91,7 +92,7 @@ def find_runs(paths: Sequence[Path]) -> list[Path]:
 
 def load_runs(paths: Sequence[Path], lm: LanguageModel) -> list[Run]:
     dirs = [d.resolve() for d in find_runs(paths)]
-    root = Path(*_common_parts(dirs)) if len(dirs) > 1 else dirs[0].parent
+    root = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else dirs[0].parent
     runs = []
     for d in dirs:
         prompt = load_prompt(d / "prompt.safetensors", lm)
@@ -106,16 +107,6 @@ def load_runs(paths: Sequence[Path], lm: LanguageModel) -> list[Run]:
         prompt.requires_grad_(False)
         runs.append(Run(d, str(d.relative_to(root)) if d != root else d.name, task, prompt, doc))
     return runs
-
-
-def _common_parts(dirs: Sequence[Path]) -> list[str]:
-    parts = [d.parts for d in dirs]
-    common = []
-    for level in zip(*parts, strict=False):
-        if len(set(level)) > 1:
-            break
-        common.append(level[0])
-    return common
 
 
 @dataclass

@@ -251,13 +251,18 @@ def query_logits(engine: Engine, batch: RowBatch, vectors: torch.Tensor | None, 
 def row_scores(engine: Engine, encoded: Encoded, indices: Sequence[int], vectors: torch.Tensor | None,
                deltas: torch.Tensor | None) -> torch.Tensor:
     """log p(choice) for the rows ``indices``: (len, C) for shared verbalizers, else (len,)."""
-    rows = [encoded.rows[i] for i in indices]
-    batch = collate_rows(rows, engine.lm.tokenizer.pad_token_id, engine.padding_side == "left", engine.lm.device)
-    logp = query_logits(engine, batch, vectors, deltas).log_softmax(-1)
+    batch = collate_rows([encoded.rows[i] for i in indices], engine.lm.tokenizer.pad_token_id,
+                         engine.padding_side == "left", engine.lm.device)
+    return scores_from_logits(encoded, batch, query_logits(engine, batch, vectors, deltas))
+
+
+def scores_from_logits(encoded: Encoded, batch: RowBatch, logits: torch.Tensor) -> torch.Tensor:
+    """``row_scores`` from a batch's query logits (Q, V), for callers that need the logits too."""
+    logp = logits.log_softmax(-1)
     if encoded.shared_ids is not None:
         return logp[:, list(encoded.shared_ids)]
     token_logp = logp.gather(1, batch.target_ids[:, None])[:, 0]
-    return torch.zeros(len(rows), device=logp.device).index_add(0, batch.query_rows, token_logp)
+    return torch.zeros(len(batch), device=logp.device).index_add(0, batch.query_rows, token_logp)
 
 
 def choice_scores(engine: Engine, encoded: Encoded, vectors: torch.Tensor | None = None,
