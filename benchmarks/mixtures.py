@@ -5,7 +5,9 @@
 
 Every (profile, split, relation, configuration) is one run directory under
 benchmarks/cache/mixtures/<model>/<profile>/; a finished one (metrics.json) is reused and an interrupted
-one resumes from its checkpoint, so the script can be stopped and rerun at any time. It writes
+one resumes from its checkpoint, so the script can be stopped and rerun at any time; a configuration
+identical to a finished one under another name (the cpu profile's "min-soft" is the scaling experiment's
+"top 4") is copied, not retrained. It writes
 docs/results/mixtures.md from whatever runs exist, listing the ones still missing.
 
 Profiles: "paper" trains every prompt of a set with the paper's settings (batch 64, ≤16 epochs,
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -30,7 +33,7 @@ from softprompt.data.prompt_sets import prompt_set
 from softprompt.engine import Engine
 from softprompt.io import write_text
 from softprompt.metrics import macro_average
-from softprompt.mixture import MixtureSettings, run_mixture
+from softprompt.mixture import MixtureSettings, mixture_settings, run_mixture
 from softprompt.models import LanguageModel, load_model
 from softprompt.prompts import load_prompt
 from softprompt.significance import load_predictions, pair_runs, paired_permutation_test
@@ -83,8 +86,10 @@ def units(experiment: str) -> list[Unit]:
     if experiment == "extras":
         return [Unit("min-soft-em", "min", method="em"), Unit("min-soft-datadep", "min", data_dependent=True)]
     if experiment == "scaling":
-        return [Unit(f"min-soft-top{k}", "min", top_k=k) for k in (1, 2, 4, 8)] + [
-            Unit("min-soft-top4-greedy", "min", top_k=4, selection="greedy"), Unit("min-soft-all", "min", top_k=None)]
+        # The full mixture and the profile's top 4 first: they are the comparison the pruning has to pass.
+        return [Unit("min-soft-all", "min", top_k=None)] + [Unit(f"min-soft-top{k}", "min", top_k=k)
+                                                             for k in (4, 8, 1, 2)] + [
+            Unit("min-soft-top4-greedy", "min", top_k=4, selection="greedy")]
     if experiment == "distinct":  # Table 9: no answer shared between train, dev and test
         return [replace(u, name=f"distinct-{u.name}", split="trex_distinct") for u in
                 (Unit("sin-init", "sin", mode="hard", tune="none"), Unit("sin-soft", "sin"),
@@ -130,6 +135,9 @@ def main() -> None:
             settings = MixtureSettings(pset.name, pset.templates, pset.init, unit.mode, unit.method, unit.tune,
                                        unit.data_dependent, top_k, max_rows=args.max_rows,
                                        selection=unit.selection)
+            if copy_identical_run(out, mixture_settings(lm, relation, settings, profile.config, profile.limits)):
+                print(f"{unit.split:13} {rel:6} {unit.name:22} copied from an identical run", flush=True)
+                continue
             start = time.perf_counter()
             doc = run_mixture(lm, relation, settings, out, profile.config, profile.limits, resume=True,
                               progress=False, engine=engine)
@@ -139,6 +147,22 @@ def main() -> None:
                   f"{time.perf_counter() - start:5.0f}s", flush=True)
     write_text(args.out, Report(cache, args, profile, lm).render())
     print(f"wrote {args.out}")
+
+
+def copy_identical_run(out: Path, identity: dict[str, Any]) -> bool:
+    """Copy a finished sibling run whose configuration equals ``identity`` into ``out``; False if none."""
+    for other in sorted(out.parent.iterdir()) if out.parent.is_dir() else []:
+        if other == out or not (other / "metrics.json").is_file() or not (other / "config.json").is_file():
+            continue
+        config = json.loads((other / "config.json").read_text())
+        if {k: config.get(k) for k in identity} == identity:
+            partial = out.with_name(out.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(other, partial, ignore=shutil.ignore_patterns("checkpoint.safetensors"))
+            shutil.rmtree(out, ignore_errors=True)
+            partial.rename(out)
+            return True
+    return False
 
 
 class Report:
@@ -232,6 +256,17 @@ class Report:
         if any(d for _, d in deep):
             lines.append("- Deep over soft: " + "; ".join(
                 f"{s}. {b - a:+.1f} (n={n})" for s, (a, b, n) in ((s, d) for s, d in deep if d)) + ".")
+        scaling = {u.name: u for u in units("scaling")}
+        full = scaling["min-soft-all"]
+        for name in ("min-soft-top4", "min-soft-top4-greedy", "min-soft-top8"):
+            rels = [r for r in self.relations if r in self.done(full) and r in self.done(scaling[name])]
+            if rels:
+                a, b = (100 * self.macro(u, rels)["p@1"] for u in (scaling[name], full))
+                ta, tb = (sum(d["seconds"]["total"] for d in self.docs(u, rels).values())
+                          for u in (scaling[name], full))
+                verdict = "within" if a >= b - 1 else "not within"
+                lines.append(f"- Sub-linear cost, {name.removeprefix('min-soft-')} against all prompts: P@1 {a:.1f} "
+                             f"vs {b:.1f} ({verdict} 1 point) at {ta / tb:.2f}× the time (n={len(rels)}).")
         if len(lines) == 2:
             lines.append("- Not enough runs yet.")
         return [*lines, ""]
