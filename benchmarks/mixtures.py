@@ -1,7 +1,7 @@
 """Mixtures of soft prompts on T-REx-10 with SmolLM2 (Qin & Eisner Tables 4, 5, 9, 10 analogues).
 
     .venv/bin/python benchmarks/mixtures.py [--profile cpu|paper] [--experiments main ablation ...]
-        [--relations P36 ...] [--device cuda] [--render-only]
+        [--relations P36 ...] [--units min-soft ...] [--device cuda] [--render-only]
 
 Every (profile, split, relation, configuration) is one run directory under
 benchmarks/cache/mixtures/<model>/<profile>/; a finished one (metrics.json) is reused and an interrupted
@@ -110,6 +110,8 @@ def main() -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     parser.add_argument("--experiments", nargs="*", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     parser.add_argument("--relations", nargs="*", default=list(TREX10))
+    parser.add_argument("--units", nargs="*", metavar="NAME",
+                        help="run only these configurations of the chosen experiments (e.g. min-soft ran-soft)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--max-rows", type=int, default=512)
     parser.add_argument("--render-only", action="store_true", help="only rewrite the report from the cache")
@@ -120,7 +122,11 @@ def main() -> None:
         sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
     profile = PROFILES[args.profile]
     cache = ROOT / "cache" / "mixtures" / re.sub(r"[^\w.-]", "_", args.model) / args.profile
-    todo = [(u, r) for e in args.experiments for u in units(e) for r in args.relations]
+    todo = [(u, r) for e in args.experiments for u in units(e) for r in args.relations
+            if not args.units or u.name in args.units]
+    known = {u.name for e in args.experiments for u in units(e)}
+    if unknown := sorted(set(args.units or ()) - known):
+        sys.exit(f"unknown --units {' '.join(unknown)}; the chosen experiments have {' '.join(sorted(known))}")
     lm = load_model(args.model, device=args.device)
     if not args.render_only:
         engine = Engine(lm)
