@@ -4,11 +4,16 @@
         [--relations P36 ...] [--units min-soft ...] [--device cuda] [--render-only]
 
 Every (profile, split, relation, configuration) is one run directory under
-benchmarks/cache/mixtures/<model>/<profile>/; a finished one (metrics.json) is reused and an interrupted
-one resumes from its checkpoint, so the script can be stopped and rerun at any time; a configuration
-identical to a finished one under another name (the cpu profile's "min-soft" is the scaling experiment's
-"top 4") is copied, not retrained. It writes
-docs/results/mixtures.md from whatever runs exist, listing the ones still missing.
+benchmarks/cache/mixtures/<model>/<profile>/ (ignored by git: prompts, checkpoints, full predictions); an
+interrupted run resumes from its checkpoint. A finished run is published as one small record under
+benchmarks/results/mixtures/<model>/<profile>/ (committed: metrics, mixture weights, timings and each test
+fact's rank, keyed by a hash of the fact, never the data itself), so results outlive the cache and a later
+checkout continues where the last one stopped. A configuration identical to a published one under another
+name (the cpu profile's "min-soft" is the scaling experiment's "top 4") is copied, not retrained. It writes
+docs/results/mixtures.md from the published records, listing the configurations still missing.
+
+Independent workers can share the work: e.g. two processes with OMP_NUM_THREADS=1 and different
+--relations or --units get about 10% more done on 2 cores than one process with two threads.
 
 Profiles: "paper" trains every prompt of a set with the paper's settings (batch 64, ≤16 epochs,
 patience 4, all train/dev facts); it is meant for a GPU. "cpu" fits 2 CPU cores: at most 400 train and
@@ -19,24 +24,26 @@ weight on dev (softprompt.mixture.select_prompts). Both test on the first 300 si
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from softprompt.data import TREX10, load_relation, shared_data_dir
 from softprompt.data.prompt_sets import prompt_set
 from softprompt.engine import Engine
-from softprompt.io import write_text
+from softprompt.io import read_jsonl, write_text
 from softprompt.metrics import macro_average
 from softprompt.mixture import MixtureSettings, mixture_settings, run_mixture
 from softprompt.models import LanguageModel, load_model
 from softprompt.prompts import load_prompt
-from softprompt.significance import load_predictions, pair_runs, paired_permutation_test
+from softprompt.significance import pair_runs, paired_permutation_test
 from softprompt.train import TrainConfig
 from softprompt.visualise import read_mixture, save_png
 
@@ -104,6 +111,37 @@ def run_dir(cache: Path, unit: Unit, relation: str) -> Path:
     return cache / unit.split / relation / unit.name
 
 
+def record_path(store: Path, unit: Unit, relation: str) -> Path:
+    return store / unit.split / relation / f"{unit.name}.json"
+
+
+def digest(obj: Any, length: int = 64) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:length]
+
+
+# Dropped from published metrics: the prompt sets' wordings come from LPAQA / LAMA files we must not copy.
+UNPUBLISHED = ("templates", "sources")
+
+
+def publish(run: Path, record: Path) -> None:
+    """Write the committed record of a finished run: its metrics, the identity of its configuration (a hash),
+    and per test fact the rank of the answer with a short hash of the fact, so that two records can be paired
+    fact by fact (significance tests) without the data itself being stored."""
+    config = json.loads((run / "config.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    identity = {k: config[k] for k in ("model", "relation", "mixture", "train", "limits")}
+    rows = [row for _, row in read_jsonl(run / "predictions.jsonl")]
+    write_text(record, json.dumps({
+        "identity": digest(identity),
+        # Runs trained before run_mixture recorded its threads are published by the process that trained them.
+        "threads": metrics.get("threads", torch.get_num_threads()),
+        "examples": config["examples"],
+        "metrics": {k: v for k, v in metrics.items() if k not in UNPUBLISHED},
+        "fact_ids": [digest([row["subject"], row["answer"]], 12) for row in rows],
+        "ranks": [row["rank"] for row in rows],
+    }, sort_keys=True, separators=(",", ":")) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -114,25 +152,31 @@ def main() -> None:
                         help="run only these configurations of the chosen experiments (e.g. min-soft ran-soft)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--max-rows", type=int, default=512)
-    parser.add_argument("--render-only", action="store_true", help="only rewrite the report from the cache")
+    parser.add_argument("--render-only", action="store_true", help="only rewrite the report from the published records")
     parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "mixtures.md")
     args = parser.parse_args()
     shared = shared_data_dir()
     if shared is None:
         sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
     profile = PROFILES[args.profile]
-    cache = ROOT / "cache" / "mixtures" / re.sub(r"[^\w.-]", "_", args.model) / args.profile
+    model_dir = re.sub(r"[^\w.-]", "_", args.model)
+    cache = ROOT / "cache" / "mixtures" / model_dir / args.profile
+    store = ROOT / "results" / "mixtures" / model_dir / args.profile
     todo = [(u, r) for e in args.experiments for u in units(e) for r in args.relations
             if not args.units or u.name in args.units]
     known = {u.name for e in args.experiments for u in units(e)}
     if unknown := sorted(set(args.units or ()) - known):
         sys.exit(f"unknown --units {' '.join(unknown)}; the chosen experiments have {' '.join(sorted(known))}")
     lm = load_model(args.model, device=args.device)
+    for unit, rel in todo:  # runs that finished before they could be published
+        out, record = run_dir(cache, unit, rel), record_path(store, unit, rel)
+        if not record.is_file() and (out / "metrics.json").is_file():
+            publish(out, record)
     if not args.render_only:
         engine = Engine(lm)
         for unit, rel in todo:
-            out = run_dir(cache, unit, rel)
-            if (out / "metrics.json").is_file():
+            out, record = run_dir(cache, unit, rel), record_path(store, unit, rel)
+            if record.is_file():
                 continue
             relation = load_relation(shared / "qin_eisner_soft_prompts" / "db" / unit.split / rel,
                                      templates_file=shared / "lama" / "relations.jsonl", name=rel)
@@ -141,7 +185,7 @@ def main() -> None:
             settings = MixtureSettings(pset.name, pset.templates, pset.init, unit.mode, unit.method, unit.tune,
                                        unit.data_dependent, top_k, max_rows=args.max_rows,
                                        selection=unit.selection)
-            if copy_identical_run(out, mixture_settings(lm, relation, settings, profile.config, profile.limits)):
+            if copy_identical_record(record, mixture_settings(lm, relation, settings, profile.config, profile.limits)):
                 print(f"{unit.split:13} {rel:6} {unit.name:22} copied from an identical run", flush=True)
                 continue
             start = time.perf_counter()
@@ -151,38 +195,34 @@ def main() -> None:
             print(f"{unit.split:13} {rel:6} {unit.name:22} K={doc['num_prompts']:2}  P@1 {100 * t['p@1']:5.1f}  "
                   f"P@10 {100 * t['p@10']:5.1f}  MRR {100 * t['mrr']:5.1f}  2^H {doc['effective_prompts']:5.2f}  "
                   f"{time.perf_counter() - start:5.0f}s", flush=True)
-    write_text(args.out, Report(cache, args, profile, lm).render())
+            publish(out, record)
+    write_text(args.out, Report(cache, store, args, profile, lm).render())
     print(f"wrote {args.out}")
 
 
-def copy_identical_run(out: Path, identity: dict[str, Any]) -> bool:
-    """Copy a finished sibling run whose configuration equals ``identity`` into ``out``; False if none."""
-    for other in sorted(out.parent.iterdir()) if out.parent.is_dir() else []:
-        if other == out or not (other / "metrics.json").is_file() or not (other / "config.json").is_file():
-            continue
-        config = json.loads((other / "config.json").read_text())
-        if {k: config.get(k) for k in identity} == identity:
-            partial = out.with_name(out.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(other, partial, ignore=shutil.ignore_patterns("checkpoint.safetensors"))
-            shutil.rmtree(out, ignore_errors=True)
-            partial.rename(out)
+def copy_identical_record(record: Path, identity: dict[str, Any]) -> bool:
+    """Copy a sibling record whose configuration equals ``identity`` to ``record``; False if none."""
+    wanted = digest(identity)
+    for other in sorted(record.parent.glob("*.json")) if record.parent.is_dir() else []:
+        if other != record and json.loads(other.read_text())["identity"] == wanted:
+            write_text(record, other.read_text())
             return True
     return False
 
 
 class Report:
-    """docs/results/mixtures.md from the cached runs. Each table covers the relations on which all of its
-    configurations have finished (named under it), so partial progress is reported, never mixed."""
+    """docs/results/mixtures.md from the published records. Each table covers the relations on which all of
+    its configurations have finished (named under it), so partial progress is reported, never mixed."""
 
-    def __init__(self, cache: Path, args: argparse.Namespace, profile: Profile, lm: LanguageModel) -> None:
-        self.cache, self.args, self.profile, self.lm = cache, args, profile, lm
+    def __init__(self, cache: Path, store: Path, args: argparse.Namespace, profile: Profile,
+                 lm: LanguageModel) -> None:
+        self.cache, self.store, self.args, self.profile, self.lm = cache, store, args, profile, lm
         self.relations = list(args.relations)
         self.missing: dict[str, str] = {}
-        self._rows: dict[tuple[Unit, tuple[str, ...]], list[dict[str, Any]]] = {}
+        self._records: dict[Path, dict[str, Any]] = {}
 
     def done(self, unit: Unit) -> list[str]:
-        return [r for r in self.relations if (run_dir(self.cache, unit, r) / "metrics.json").is_file()]
+        return [r for r in self.relations if record_path(self.store, unit, r).is_file()]
 
     def common(self, group: list[Unit]) -> list[str]:
         """Relations on which every unit of ``group`` has finished; the others are noted as missing."""
@@ -192,14 +232,25 @@ class Report:
                 self.missing[unit.name] = f"{unit.name} ({len(done)}/{len(self.relations)} relations)"
         return [r for r in self.relations if all(r in self.done(u) for u in group)]
 
+    def record(self, unit: Unit, relation: str) -> dict[str, Any]:
+        path = record_path(self.store, unit, relation)
+        if path not in self._records:
+            self._records[path] = json.loads(path.read_text())
+        return self._records[path]
+
     def docs(self, unit: Unit, relations: list[str]) -> dict[str, dict[str, Any]]:
-        return {r: json.loads((run_dir(self.cache, unit, r) / "metrics.json").read_text()) for r in relations}
+        return {r: self.record(unit, r)["metrics"] for r in relations}
 
     def rows(self, unit: Unit, relations: list[str]) -> list[dict[str, Any]]:
-        key = (unit, tuple(relations))
-        if key not in self._rows:
-            self._rows[key] = [row for rel in relations for row in load_predictions(run_dir(self.cache, unit, rel))]
-        return self._rows[key]
+        """Per-fact rows for the paired tests: a fact is its position in the test split plus its hash, so two
+        records only pair if they ranked the same facts in the same order."""
+        return [{"relation": r, "subject": str(i), "answer": fact, "rank": rank}
+                for r in relations
+                for i, (fact, rank) in enumerate(zip(self.record(unit, r)["fact_ids"], self.record(unit, r)["ranks"],
+                                                     strict=True))]
+
+    def threads(self) -> list[int]:
+        return sorted({json.loads(p.read_text())["threads"] for p in self.store.rglob("*.json")})
 
     def p_value(self, a: Unit, b: Unit, metric: str, relations: list[str]) -> float:
         paired = pair_runs(self.rows(a, relations), self.rows(b, relations), metric)
@@ -222,7 +273,10 @@ class Report:
             "under each table (those on which all of its configurations have finished).",
             "",
             f"Reproduce: `.venv/bin/python benchmarks/mixtures.py --profile {self.args.profile}` "
-            "(resumable; `--render-only` rewrites this file from the cache).",
+            f"(resumable; finished runs are published under `{self.store.relative_to(ROOT.parent)}`, and "
+            "`--render-only` rewrites this file from those records). Times are seconds on 2 CPU cores with "
+            f"{' or '.join(map(str, self.threads()))} thread(s) per process; runs in one table ran under the same "
+            "conditions unless a time is marked otherwise.",
             "",
             "Answer-first templates (most LPAQA mined prompts) are reordered to end in [Y] for the causal LM "
             "(`[Y] native [X] .` → `native [X] . [Y]`); the prompt-set table says how many.",
@@ -379,15 +433,17 @@ class Report:
         for name in ("min-soft-all", "min-soft-top8", "min-soft"):
             unit = next(u for e in ("scaling", "main") for u in units(e) if u.name == name)
             done = self.done(unit)
-            if done:
-                run = run_dir(self.cache, unit, done[0])
-                readings = read_mixture(load_prompt(run / "prompt.safetensors", self.lm))
-                figure = self.args.out.parent / "figures" / f"mixture-{done[0]}-{name}.png"
-                title = f"{done[0]} {name}"
-                save_png(readings, figure, title, top=8)
+            for relation in done:
+                run = run_dir(self.cache, unit, relation)
+                figure = self.args.out.parent / "figures" / f"mixture-{relation}-{name}.png"
+                title = f"{relation} {name}"
+                if (run / "prompt.safetensors").is_file():
+                    save_png(read_mixture(load_prompt(run / "prompt.safetensors", self.lm)), figure, title, top=8)
+                elif not figure.is_file():
+                    continue  # drawn from the prompt file, which only the cache of the machine that trained it has
                 rel = figure.relative_to(self.args.out.parent)
                 return ["## A trained mixture (Figure 1 analogue)", "",
-                        f"`softprompt mixture show {run.relative_to(ROOT.parent)}` for {done[0]}, {name}: the "
+                        f"`softprompt mixture show {run.relative_to(ROOT.parent)}` for {relation}, {name}: the "
                         "8 heaviest prompts with their weights; in each cell the original word (grey) over the "
                         "nearest vocabulary word of the tuned vector by p(w | v), shaded by ‖v‖/‖v0‖.", "",
                         f"![{title}]({rel})", ""]

@@ -439,6 +439,7 @@ def run_mixture(
         "temperature": mixture.temperature, "templates": [e.template.text for e in mixture.encoders],
         "sources": mixture.sources, "seconds": {"fit": fit_seconds,
                                                 "total": time.perf_counter() - started},
+        "threads": torch.get_num_threads(),
     }
     if fitted is not None:
         doc["selection_weights"] = fitted
