@@ -162,7 +162,8 @@ def main() -> None:
     model_dir = re.sub(r"[^\w.-]", "_", args.model)
     cache = ROOT / "cache" / "mixtures" / model_dir / args.profile
     store = ROOT / "results" / "mixtures" / model_dir / args.profile
-    todo = [(u, r) for e in args.experiments for u in units(e) for r in args.relations
+    # Relation by relation: a stopped run leaves every table complete on the relations it reached.
+    todo = [(u, r) for r in args.relations for e in args.experiments for u in units(e)
             if not args.units or u.name in args.units]
     known = {u.name for e in args.experiments for u in units(e)}
     if unknown := sorted(set(args.units or ()) - known):
