@@ -275,9 +275,9 @@ class Report:
             "",
             f"Reproduce: `.venv/bin/python benchmarks/mixtures.py --profile {self.args.profile}` "
             f"(resumable; finished runs are published under `{self.store.relative_to(ROOT.parent)}`, and "
-            "`--render-only` rewrites this file from those records). Times are seconds on 2 CPU cores with "
-            f"{' or '.join(map(str, self.threads()))} thread(s) per process; runs in one table ran under the same "
-            "conditions unless a time is marked otherwise.",
+            "`--render-only` rewrites this file from those records). Times are wall-clock seconds on a 2-core "
+            f"machine with {' or '.join(map(str, self.threads()))} PyTorch thread(s) per process (with one thread, "
+            "two benchmark processes shared the cores).",
             "",
             "Answer-first templates (most LPAQA mined prompts) are reordered to end in [Y] for the causal LM "
             "(`[Y] native [X] .` → `native [X] . [Y]`); the prompt-set table says how many.",
