@@ -12,13 +12,17 @@ checkout continues where the last one stopped. A configuration identical to a pu
 name (the cpu profile's "min-soft" is the scaling experiment's "top 4") is copied, not retrained. It writes
 docs/results/mixtures.md from the published records, listing the configurations still missing.
 
-Independent workers can share the work: e.g. two processes with OMP_NUM_THREADS=1 and different
---relations or --units get about 10% more done on 2 cores than one process with two threads.
+Workers can share the queue: the same command started twice (each run is claimed by one process) with
+OMP_NUM_THREADS=1 gets about 10% more done on 2 cores than one process with two threads.
 
 Profiles: "paper" trains every prompt of a set with the paper's settings (batch 64, ≤16 epochs,
 patience 4, all train/dev facts); it is meant for a GPU. "cpu" fits 2 CPU cores: at most 400 train and
 100 dev facts, ≤8 epochs, patience 2, and mixtures pruned to the 4 prompts with the highest EM-fitted
 weight on dev (softprompt.mixture.select_prompts). Both test on the first 300 single-token test facts.
+The cpu profile uses batches of 16: only 240-400 train facts per relation are single tokens for SmolLM2,
+so batches of 64 gave 4-7 Adam steps an epoch, about 40 in a run, and every run was still improving on
+dev at its last epoch; 16 gives the same compute four times the steps (the paper's batch of 64 on its
+larger train sets made about 15 steps an epoch over 16 epochs).
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +66,7 @@ class Profile:
 
 PROFILES = {
     "paper": Profile(TrainConfig(), {"test": 300}, None),
-    "cpu": Profile(TrainConfig(max_epochs=8, patience=2), {"train": 400, "dev": 100, "test": 300}, 4),
+    "cpu": Profile(TrainConfig(batch_size=16, max_epochs=8, patience=2), {"train": 400, "dev": 100, "test": 300}, 4),
 }
 
 
@@ -133,6 +138,8 @@ def publish(run: Path, record: Path) -> None:
     rows = [row for _, row in read_jsonl(run / "predictions.jsonl")]
     write_text(record, json.dumps({
         "identity": digest(identity),
+        "train": config["train"],
+        "limits": config["limits"],
         # Runs trained before run_mixture recorded its threads are published by the process that trained them.
         "threads": metrics.get("threads", torch.get_num_threads()),
         "examples": config["examples"],
@@ -171,13 +178,13 @@ def main() -> None:
     lm = load_model(args.model, device=args.device)
     for unit, rel in todo:  # runs that finished before they could be published
         out, record = run_dir(cache, unit, rel), record_path(store, unit, rel)
-        if not record.is_file() and (out / "metrics.json").is_file():
+        if not is_current(record, profile) and (out / "metrics.json").is_file() and is_current_run(out, profile):
             publish(out, record)
     if not args.render_only:
         engine = Engine(lm)
         for unit, rel in todo:
             out, record = run_dir(cache, unit, rel), record_path(store, unit, rel)
-            if record.is_file():
+            if is_current(record, profile):
                 continue
             relation = load_relation(shared / "qin_eisner_soft_prompts" / "db" / unit.split / rel,
                                      templates_file=shared / "lama" / "relations.jsonl", name=rel)
@@ -189,16 +196,68 @@ def main() -> None:
             if copy_identical_record(record, mixture_settings(lm, relation, settings, profile.config, profile.limits)):
                 print(f"{unit.split:13} {rel:6} {unit.name:22} copied from an identical run", flush=True)
                 continue
-            start = time.perf_counter()
-            doc = run_mixture(lm, relation, settings, out, profile.config, profile.limits, resume=True,
-                              progress=False, engine=engine)
-            t = doc["test"]
-            print(f"{unit.split:13} {rel:6} {unit.name:22} K={doc['num_prompts']:2}  P@1 {100 * t['p@1']:5.1f}  "
-                  f"P@10 {100 * t['p@10']:5.1f}  MRR {100 * t['mrr']:5.1f}  2^H {doc['effective_prompts']:5.2f}  "
-                  f"{time.perf_counter() - start:5.0f}s", flush=True)
-            publish(out, record)
+            claim = out.with_name(out.name + ".claim")
+            if not take_claim(claim):
+                print(f"{unit.split:13} {rel:6} {unit.name:22} taken by another worker", flush=True)
+                continue
+            try:
+                start = time.perf_counter()
+                doc = run_mixture(lm, relation, settings, out, profile.config, profile.limits, resume=True,
+                                  progress=False, engine=engine)
+                t = doc["test"]
+                print(f"{unit.split:13} {rel:6} {unit.name:22} K={doc['num_prompts']:2}  P@1 {100 * t['p@1']:5.1f}  "
+                      f"P@10 {100 * t['p@10']:5.1f}  MRR {100 * t['mrr']:5.1f}  2^H {doc['effective_prompts']:5.2f}  "
+                      f"{time.perf_counter() - start:5.0f}s", flush=True)
+                publish(out, record)
+            finally:
+                claim.unlink(missing_ok=True)
     write_text(args.out, Report(cache, store, args, profile, lm).render())
     print(f"wrote {args.out}")
+
+
+def take_claim(claim: Path) -> bool:
+    """Mark a run as this process's, so that workers started with the same command share the queue; False
+    if a live process holds it. A dead worker's claim is taken over (its run resumes from the checkpoint)."""
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            text = claim.read_text() if claim.is_file() else ""
+            if not text:  # being written by its owner, unless that crashed in between long ago
+                if claim.is_file() and time.time() - claim.stat().st_mtime < 60:
+                    return False
+            elif is_alive(int(text)):
+                return False
+            claim.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    return False
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_current(record: Path, profile: Profile) -> bool:
+    """Whether ``record`` exists and was trained with ``profile``'s settings as they are now."""
+    if not record.is_file():
+        return False
+    doc = json.loads(record.read_text())
+    return doc.get("train") == asdict(profile.config) and doc.get("limits") == profile.limits
+
+
+def is_current_run(run: Path, profile: Profile) -> bool:
+    config = json.loads((run / "config.json").read_text())
+    return config["train"] == asdict(profile.config) and config["limits"] == profile.limits
 
 
 def copy_identical_record(record: Path, identity: dict[str, Any]) -> bool:
@@ -223,7 +282,7 @@ class Report:
         self._records: dict[Path, dict[str, Any]] = {}
 
     def done(self, unit: Unit) -> list[str]:
-        return [r for r in self.relations if record_path(self.store, unit, r).is_file()]
+        return [r for r in self.relations if is_current(record_path(self.store, unit, r), self.profile)]
 
     def common(self, group: list[Unit]) -> list[str]:
         """Relations on which every unit of ``group`` has finished; the others are noted as missing."""
@@ -251,7 +310,8 @@ class Report:
                                                      strict=True))]
 
     def threads(self) -> list[int]:
-        return sorted({json.loads(p.read_text())["threads"] for p in self.store.rglob("*.json")})
+        return sorted({json.loads(p.read_text())["threads"] for p in self.store.rglob("*.json")
+                       if is_current(p, self.profile)})
 
     def p_value(self, a: Unit, b: Unit, metric: str, relations: list[str]) -> float:
         paired = pair_runs(self.rows(a, relations), self.rows(b, relations), metric)
