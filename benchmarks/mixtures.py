@@ -144,6 +144,8 @@ def publish(run: Path, record: Path) -> None:
         "threads": metrics.get("threads", torch.get_num_threads()),
         "examples": config["examples"],
         "metrics": {k: v for k, v in metrics.items() if k not in UNPUBLISHED},
+        # A causal LM reads the subject only after the words before [X]: most LPAQA prompts have none.
+        "words_before_subject": [len(t.split("[X]")[0].split()) for t in metrics["templates"]],
         "fact_ids": [digest([row["subject"], row["answer"]], 12) for row in rows],
         "ranks": [row["rank"] for row in rows],
     }, sort_keys=True, separators=(",", ":")) + "\n")
@@ -425,9 +427,12 @@ class Report:
 
     def prompt_set_table(self) -> list[str]:
         lines = ["## What the prompt sets became for the causal LM", "",
-                 "Summed over the relations; \"distinct\" is what a full mixture would hold, before any pruning.", "",
-                 "| prompts | relations | templates | reordered (answer-first) | duplicates | distinct |",
-                 "|---|---|---|---|---|---|"]
+                 "Summed over the relations; \"distinct\" is what a full mixture would hold, before any pruning. "
+                 "The last column is the mean number of words before [X] in the prompts the mixture kept (after "
+                 "reordering): all the context a causal LM has when it reads the subject.", "",
+                 "| prompts | relations | templates | reordered (answer-first) | duplicates | distinct | "
+                 "words before [X] |",
+                 "|---|---|---|---|---|---|---|"]
         for s in SETS:
             unit = next(u for u in units("main") if u.name == f"{s}-init")
             rels = self.common([unit])
@@ -435,7 +440,9 @@ class Report:
                 continue
             keys = ("total", "reordered", "duplicates", "kept")
             total = [sum(d["prompt_set"][k] for d in self.docs(unit, rels).values()) for k in keys]
-            lines.append(f"| {s}. | {' '.join(rels)} | " + " | ".join(map(str, total)) + " |")
+            words = [n for r in rels for n in self.record(unit, r)["words_before_subject"]]
+            lines.append(f"| {s}. | {' '.join(rels)} | " + " | ".join(map(str, total))
+                         + f" | {sum(words) / len(words):.1f} |")
         return [*lines, ""]
 
     def _simple_table(self, title: str, intro: str, named: list[tuple[str, Unit]]) -> list[str]:
