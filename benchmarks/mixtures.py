@@ -375,6 +375,15 @@ class Report:
         if any(m for _, m in mixtures):
             lines.append("- Mixtures against the single tuned manual prompt: " + "; ".join(
                 f"sin. {a:.1f} vs {s}. {b:.1f} (n={n})" for s, (a, b, n) in ((s, m) for s, m in mixtures if m)) + ".")
+        context = {}
+        for s in SETS:
+            rels = self.done(main[f"{s}-soft"])
+            words = [n for r in rels for n in self.record(main[f"{s}-soft"], r)["words_before_subject"]]
+            if words:
+                context[s] = (sum(words) / len(words), len(rels))
+        if context:
+            lines.append("- Left context of the subject for the causal LM (mean words before [X] in the trained "
+                         "prompts): " + "; ".join(f"{s}. {w:.1f} (n={n})" for s, (w, n) in context.items()) + ".")
         deep = [(s, compare(f"{s}-soft", f"{s}-deep")) for s in SETS]
         if any(d for _, d in deep):
             lines.append("- Deep over soft: " + "; ".join(
