@@ -272,6 +272,12 @@ def copy_identical_record(record: Path, identity: dict[str, Any]) -> bool:
     return False
 
 
+def best_epochs(docs: dict[str, dict[str, Any]]) -> str:
+    """The epochs whose prompts were kept (0: training never beat the initial prompts on dev); – if untrained."""
+    epochs = [d["best_epoch"] for d in docs.values() if "best_epoch" in d]
+    return " ".join(map(str, epochs)) or "–"
+
+
 class Report:
     """docs/results/mixtures.md from the published records. Each table covers the relations on which all of
     its configurations have finished (named under it), so partial progress is reported, never mixed."""
@@ -459,7 +465,8 @@ class Report:
         if not rels:
             return []
         lines = [f"## {title}", "", *([intro, ""] if intro else []), f"Relations: {' '.join(rels)}.", "",
-                 "| configuration | K | P@1 | P@10 | MRR | 2^H | train+test s |", "|---|---|---|---|---|---|---|"]
+                 "| configuration | K | P@1 | P@10 | MRR | 2^H | best epoch | train+test s |",
+                 "|---|---|---|---|---|---|---|---|"]
         for label, unit in named:
             docs = self.docs(unit, rels)
             m = self.macro(unit, rels)
@@ -467,7 +474,7 @@ class Report:
             eff = sum(d["effective_prompts"] for d in docs.values()) / len(rels)
             secs = sum(d["seconds"]["total"] for d in docs.values())
             lines.append(f"| {label} | {k:.1f} | {100 * m['p@1']:.1f} | {100 * m['p@10']:.1f} | "
-                         f"{100 * m['mrr']:.1f} | {eff:.2f} | {secs:.0f} |")
+                         f"{100 * m['mrr']:.1f} | {eff:.2f} | {best_epochs(docs)} | {secs:.0f} |")
         return [*lines, ""]
 
     def ablation_table(self) -> list[str]:
