@@ -38,8 +38,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from softprompt.data import TREX10, load_relation, shared_data_dir
 from softprompt.data.prompt_sets import prompt_set
 from softprompt.engine import Engine
@@ -140,8 +138,6 @@ def publish(run: Path, record: Path) -> None:
         "identity": digest(identity),
         "train": config["train"],
         "limits": config["limits"],
-        # Runs trained before run_mixture recorded its threads are published by the process that trained them.
-        "threads": metrics.get("threads", torch.get_num_threads()),
         "examples": config["examples"],
         "metrics": {k: v for k, v in metrics.items() if k not in UNPUBLISHED},
         # A causal LM reads the subject only after the words before [X]: most LPAQA prompts have none.
@@ -180,7 +176,8 @@ def main() -> None:
     lm = load_model(args.model, device=args.device)
     for unit, rel in todo:  # runs that finished before they could be published
         out, record = run_dir(cache, unit, rel), record_path(store, unit, rel)
-        if not is_current(record, profile) and (out / "metrics.json").is_file() and is_current_run(out, profile):
+        if not is_current(record, profile) and (out / "metrics.json").is_file() and trained_with(
+                json.loads((out / "config.json").read_text()), profile):
             publish(out, record)
     if not args.render_only:
         engine = Engine(lm)
@@ -249,17 +246,13 @@ def is_alive(pid: int) -> bool:
     return True
 
 
+def trained_with(settings: dict[str, Any], profile: Profile) -> bool:
+    """Whether a record's or a run's config (its "train" and "limits") is ``profile`` as it is now."""
+    return settings.get("train") == asdict(profile.config) and settings.get("limits") == profile.limits
+
+
 def is_current(record: Path, profile: Profile) -> bool:
-    """Whether ``record`` exists and was trained with ``profile``'s settings as they are now."""
-    if not record.is_file():
-        return False
-    doc = json.loads(record.read_text())
-    return doc.get("train") == asdict(profile.config) and doc.get("limits") == profile.limits
-
-
-def is_current_run(run: Path, profile: Profile) -> bool:
-    config = json.loads((run / "config.json").read_text())
-    return config["train"] == asdict(profile.config) and config["limits"] == profile.limits
+    return record.is_file() and trained_with(json.loads(record.read_text()), profile)
 
 
 def copy_identical_record(record: Path, identity: dict[str, Any]) -> bool:
@@ -290,7 +283,8 @@ class Report:
         self._records: dict[Path, dict[str, Any]] = {}
 
     def done(self, unit: Unit) -> list[str]:
-        return [r for r in self.relations if is_current(record_path(self.store, unit, r), self.profile)]
+        return [r for r in self.relations if record_path(self.store, unit, r).is_file()
+                and trained_with(self.record(unit, r), self.profile)]
 
     def common(self, group: list[Unit]) -> list[str]:
         """Relations on which every unit of ``group`` has finished; the others are noted as missing."""
@@ -318,8 +312,8 @@ class Report:
                                                      strict=True))]
 
     def threads(self) -> list[int]:
-        return sorted({json.loads(p.read_text())["threads"] for p in self.store.rglob("*.json")
-                       if is_current(p, self.profile)})
+        records = (json.loads(p.read_text()) for p in self.store.rglob("*.json"))
+        return sorted({r["metrics"]["threads"] for r in records if trained_with(r, self.profile)})
 
     def p_value(self, a: Unit, b: Unit, metric: str, relations: list[str]) -> float:
         paired = pair_runs(self.rows(a, relations), self.rows(b, relations), metric)
