@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -296,6 +297,41 @@ def test_top_k_equal_to_k_is_the_full_mixture(causal_lm, tmp_path):
         runs[top_k] = run_mixture(causal_lm, RELATION, settings, tmp_path / str(top_k), config, progress=False)
     assert runs[None]["test"] == runs[3]["test"]
     assert (tmp_path / "None" / "predictions.jsonl").read_text() == (tmp_path / "3" / "predictions.jsonl").read_text()
+    # Pruning after a warm-up is no pruning either when k = K: the run is the full mixture's, epoch for epoch.
+    warm = run_mixture(causal_lm, RELATION, MixtureSettings("test", tuple(TEMPLATES), top_k=3, prune_after=1),
+                       tmp_path / "warm", config, progress=False)
+    assert warm["test"] == runs[None]["test"] and warm["history"] == runs[None]["history"]
+
+
+def test_pruning_after_warmup_trains_all_prompts_then_the_chosen_ones(causal_lm, tmp_path):
+    """prune_after=1 is exactly: one epoch of the whole mixture, select_prompts on its tuned prompts, then the
+    remaining epochs on the chosen subset (with fresh Adam state)."""
+    config = TrainConfig(lr=0.05, batch_size=8, max_epochs=3, patience=3)
+    settings = MixtureSettings("test", tuple(TEMPLATES), top_k=2, prune_after=1)
+    doc = run_mixture(causal_lm, RELATION, settings, tmp_path / "run", config, progress=False)
+
+    engine = Engine(causal_lm)
+    mixture = build(causal_lm)
+    data = encode_mixture_data(RELATION, mixture)
+    warmed = optimise(MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"]),
+                      TrainConfig(lr=0.05, batch_size=8, max_epochs=1, patience=3), progress=False)
+    chosen, fitted = select_prompts(engine, mixture, data.splits["dev"], 2)
+    assert fitted != pytest.approx(select_prompts(engine, build(causal_lm), data.splits["dev"], 2)[1])  # tuned
+    pruned = mixture.subset(chosen)
+    data = encode_mixture_data(RELATION, pruned)
+    rest = optimise(MixtureObjective(engine, pruned, data.splits["train"], data.splits["dev"]),
+                    TrainConfig(lr=0.05, batch_size=8, max_epochs=2, patience=3), progress=False)
+    assert doc["num_prompts"] == 2 and doc["selection_weights"] == pytest.approx(fitted)
+    assert doc["weights"] == pytest.approx(pruned.weights())
+    assert [h["epoch"] for h in doc["history"]] == [0, 1, 1, 2, 3]
+    assert doc["history"][1]["dev_loss"] == pytest.approx(warmed.history[1]["dev_loss"])
+    assert doc["history"][2]["pruned_dev_loss"] == pytest.approx(rest.history[0]["dev_loss"])
+    assert doc["best_epoch"] == rest.best_epoch + 1
+    ranks = predict_mixture(engine, pruned, data.splits["test"]).ranks.tolist()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert ranks == [row["rank"] for row in rows]
+    with pytest.raises(SoftpromptError, match="leaves no epoch"):
+        run_mixture(causal_lm, RELATION, settings, tmp_path / "short", replace(config, max_epochs=1), progress=False)
 
 
 def test_run_mixture_writes_a_complete_run_and_the_prompt_round_trips(causal_lm, tmp_path):
@@ -358,6 +394,10 @@ def test_settings_are_validated():
         MixtureSettings("x", ("[X] is [Y] .",), top_k=0)
     with pytest.raises(SoftpromptError, match="no vectors to tune"):
         MixtureSettings("x", ("[X] is [Y] .",), mode="hard", tune="prompts")
+    with pytest.raises(SoftpromptError, match="give --top-k as well"):
+        MixtureSettings("x", ("[X] is [Y] .",), prune_after=1)
+    with pytest.raises(SoftpromptError, match="--prune-after must be 0 or more"):
+        MixtureSettings("x", ("[X] is [Y] .",), top_k=1, prune_after=-1)
     assert MixtureSettings("x", ("[X] is [Y] .",), mode="hard").tune == "weights"
 
 

@@ -139,6 +139,9 @@ def test_user_errors(relation_dir, prompt_root, model_dirs, tmp_path, monkeypatc
                       "no vectors to tune")
     assert_user_error(invoke("mixture", "train", *common, "--prompts", "min", "--answer-first", "error"),
                       "puts the answer [Y] before the subject")
+    assert_user_error(invoke("mixture", "train", *common, "--prompts", "min", "--prune-after", 1), "give --top-k")
+    assert_user_error(invoke("mixture", "train", *common, "--prompts", "min", "--top-k", 1, "--prune-after", 2,
+                             "--epochs", 2), "--prune-after 2 leaves no epoch")
     assert not (tmp_path / "run").exists()  # nothing written for refused input
     single = tmp_path / "single"
     assert invoke("probe", "train", "--data", relation_dir, "--template", "[X] is [Y] .", "--model",

@@ -369,12 +369,17 @@ class MixtureSettings:
     max_rows: int = 512
     weights_lr: float = WEIGHTS_LR
     selection: str = "weight"  # how select_prompts judges which top_k prompts are most useful
+    prune_after: int = 0  # epochs of training the whole mixture before top_k prunes it (0: prune untrained)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise SoftpromptError(f"unknown --method {self.method!r}; choose one of: {', '.join(METHODS)}")
         if self.top_k is not None and self.top_k < 1:
             raise SoftpromptError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.prune_after < 0:
+            raise SoftpromptError(f"--prune-after must be 0 or more epochs, got {self.prune_after}")
+        if self.prune_after and self.top_k is None:
+            raise SoftpromptError("--prune-after says when --top-k prunes the mixture; give --top-k as well")
         if self.selection not in SELECTIONS:
             raise SoftpromptError(f"unknown --select {self.selection!r}; choose one of: {', '.join(SELECTIONS)}")
         if self.mode == "hard" and self.tune == "prompts":
@@ -411,15 +416,27 @@ def run_mixture(
         if not data.splits[split]:
             raise no_usable_facts(relation.name, split, data.dropped[split])
     fitted: list[float] | None = None
-    if settings.top_k is not None and settings.top_k < len(mixture):
-        if not data.splits["dev"]:
-            raise SoftpromptError(f"relation {relation.name}: --top-k chooses prompts on dev data, which is empty")
+    pruning = settings.top_k is not None and settings.top_k < len(mixture)
+    if pruning and not data.splits["dev"]:
+        raise SoftpromptError(f"relation {relation.name}: --top-k chooses prompts on dev data, which is empty")
+    warmup = settings.prune_after if pruning and training else 0
+    if warmup >= config.max_epochs:
+        raise SoftpromptError(f"--prune-after {warmup} leaves no epoch to train the pruned mixture; give fewer "
+                              f"epochs than --epochs {config.max_epochs}")
+    out.mkdir(parents=True, exist_ok=True)
+    identity = mixture_settings(lm, relation, settings, config, limits)
+    checkpoint_settings = {k: v for k, v in identity.items() if k != "train"}
+    warmed: TrainResult | None = None
+    if warmup:
+        objective = MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], settings.method,
+                                     settings.max_rows, settings.weights_lr)
+        warmed = optimise(objective, replace(config, max_epochs=warmup), out / "warmup.safetensors", resume,
+                          progress, settings=checkpoint_settings)
+    if pruning:
         chosen, fitted = select_prompts(engine, mixture, data.splits["dev"], settings.top_k, settings.max_rows,
                                         settings.selection)
         mixture = mixture.subset(chosen)
         data = encode_mixture_data(relation, mixture, limits)
-    out.mkdir(parents=True, exist_ok=True)
-    identity = mixture_settings(lm, relation, settings, config, limits)
     write_json(out / "config.json", identity | {
         "examples": {s: len(e) for s, e in data.splits.items()}, "dropped_multi_token": data.dropped,
         "prompt_set": asdict(report)})
@@ -427,8 +444,10 @@ def run_mixture(
     if training:
         objective = MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], settings.method,
                                      settings.max_rows, settings.weights_lr)
-        result = optimise(objective, config, out / "checkpoint.safetensors", resume, progress,
-                          settings={k: v for k, v in identity.items() if k != "train"})
+        result = optimise(objective, replace(config, max_epochs=config.max_epochs - warmup),
+                          out / "checkpoint.safetensors", resume, progress, settings=checkpoint_settings)
+        if warmed is not None:
+            result = _after_warmup(warmed, result, warmup)
     fit_seconds = time.perf_counter() - started
     metrics, rows = evaluate_mixture(engine, mixture, data, "test", settings.max_rows)
     doc: dict[str, Any] = {
@@ -451,14 +470,27 @@ def run_mixture(
     return doc
 
 
+def _after_warmup(warmed: TrainResult, pruned: TrainResult, warmup: int) -> TrainResult:
+    """One history for a run that trained the whole mixture for ``warmup`` epochs, then its pruned subset:
+    the pruned phase's epochs continue the count, and its epoch 0 (the just-pruned mixture on dev) is kept
+    as "pruned_dev_loss"."""
+    first, *rest = pruned.history
+    history = [*warmed.history, {"epoch": warmup, "pruned_dev_loss": first["dev_loss"]}]
+    history += [h | {"epoch": h["epoch"] + warmup} for h in rest]
+    return TrainResult(pruned.best_epoch + warmup, pruned.best_dev_loss, history)
+
+
 def mixture_settings(
     lm: LanguageModel, relation: Relation, settings: MixtureSettings, config: TrainConfig,
     limits: Mapping[str, int] | None,
 ) -> dict[str, Any]:
     """The entries of a mixture run's config.json that must be equal for it to be resumed or reused."""
     mixture = asdict(settings) | {"templates": list(settings.templates)}
+    # Runs from before these options existed used their defaults: they stay resumable.
     if settings.selection == "weight":
-        del mixture["selection"]  # runs from before the option existed used this one: they stay resumable
+        del mixture["selection"]
+    if not settings.prune_after:
+        del mixture["prune_after"]
     return {"model": lm.name, "relation": relation.name, "mixture": mixture, "train": asdict(config),
             "limits": dict(limits or {})}
 
