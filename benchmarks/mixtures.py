@@ -34,16 +34,19 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from softprompt.data import TREX10, load_relation, shared_data_dir
 from softprompt.data.prompt_sets import prompt_set
 from softprompt.engine import Engine
 from softprompt.io import read_jsonl, write_text
 from softprompt.metrics import macro_average
-from softprompt.mixture import MixtureSettings, mixture_settings, run_mixture
+from softprompt.mixture import MixtureSettings, encode_mixture_data, evaluate_mixture, mixture_settings, run_mixture
 from softprompt.models import LanguageModel, load_model
 from softprompt.prompts import load_prompt
 from softprompt.significance import pair_runs, paired_permutation_test
@@ -52,6 +55,7 @@ from softprompt.visualise import read_mixture, save_png
 
 ROOT = Path(__file__).resolve().parent
 SETS = ("sin", "par", "min", "ran")
+HEAVIEST = (1, 2, 4, 8)  # the trained full mixture cut to its k heaviest prompts
 ALPHA = 0.02
 
 
@@ -151,6 +155,30 @@ def publish(run: Path, record: Path) -> None:
     }, sort_keys=True, separators=(",", ":")) + "\n")
 
 
+def heaviest_path(store: Path, relation: str) -> Path:
+    return store / "trex_original" / relation / "heaviest" / "min-soft-all.json"
+
+
+def publish_heaviest(run: Path, record: Path, out: Path, lm: LanguageModel, engine: Engine, relation: Any,
+                     max_rows: int) -> None:
+    """The trained full mixture restricted to its k heaviest prompts (weights renormalised), on the same test
+    facts: what pruning after training, rather than before, keeps of the full mixture at k/K of its
+    inference cost."""
+    mixture = load_prompt(run / "prompt.safetensors", lm)
+    limits = json.loads((run / "config.json").read_text())["limits"]
+    weights = torch.tensor(mixture.weights())
+    doc: dict[str, Any] = {"of": json.loads(record.read_text())["identity"], "k": {}}
+    for k in (k for k in HEAVIEST if k < len(mixture)):
+        pick = sorted(weights.topk(k).indices.tolist())
+        pruned = mixture.subset(pick)
+        metrics, rows = evaluate_mixture(engine, pruned, encode_mixture_data(relation, pruned, limits), "test",
+                                         max_rows)
+        doc["k"][str(k)] = {"test": metrics, "weight_kept": float(weights[pick].sum()),
+                            "fact_ids": [digest([r["subject"], r["answer"]], 12) for r in rows],
+                            "ranks": [r["rank"] for r in rows]}
+    write_text(out, json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -214,6 +242,17 @@ def main() -> None:
                 publish(out, record)
             finally:
                 claim.unlink(missing_ok=True)
+        full = next(u for u in units("scaling") if u.top_k is None)
+        for rel in args.relations if "scaling" in args.experiments else ():
+            run, record, out = run_dir(cache, full, rel), record_path(store, full, rel), heaviest_path(store, rel)
+            if not (is_current(record, profile) and (run / "prompt.safetensors").is_file()):
+                continue
+            if out.is_file() and json.loads(out.read_text())["of"] == json.loads(record.read_text())["identity"]:
+                continue
+            relation = load_relation(shared / "qin_eisner_soft_prompts" / "db" / full.split / rel,
+                                     templates_file=shared / "lama" / "relations.jsonl", name=rel)
+            publish_heaviest(run, record, out, lm, engine, relation, args.max_rows)
+            print(f"{full.split:13} {rel:6} {full.name:22} cut to its heaviest prompts", flush=True)
     write_text(args.out, Report(cache, store, args, profile, lm).render())
     print(f"wrote {args.out}")
 
@@ -269,6 +308,19 @@ def copy_identical_record(record: Path, identity: dict[str, Any]) -> bool:
     return False
 
 
+def fact_rows(ranked: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-fact rows for the paired tests from records' (fact_ids, ranks) per relation: a fact is its position
+    in the test split plus its hash, so two records only pair if they ranked the same facts in the same order."""
+    return [{"relation": r, "subject": str(i), "answer": fact, "rank": rank}
+            for r, doc in ranked.items()
+            for i, (fact, rank) in enumerate(zip(doc["fact_ids"], doc["ranks"], strict=True))]
+
+
+def p_value(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], metric: str) -> float:
+    paired = pair_runs(a, b, metric)
+    return paired_permutation_test(paired.a, paired.b, paired.groups, permutations=10000)
+
+
 def best_epochs(docs: dict[str, dict[str, Any]]) -> str:
     """The epochs whose prompts were kept (0: training never beat the initial prompts on dev); – if untrained."""
     epochs = [d["best_epoch"] for d in docs.values() if "best_epoch" in d]
@@ -308,20 +360,14 @@ class Report:
         return {r: self.record(unit, r)["metrics"] for r in relations}
 
     def rows(self, unit: Unit, relations: list[str]) -> list[dict[str, Any]]:
-        """Per-fact rows for the paired tests: a fact is its position in the test split plus its hash, so two
-        records only pair if they ranked the same facts in the same order."""
-        return [{"relation": r, "subject": str(i), "answer": fact, "rank": rank}
-                for r in relations
-                for i, (fact, rank) in enumerate(zip(self.record(unit, r)["fact_ids"], self.record(unit, r)["ranks"],
-                                                     strict=True))]
+        return fact_rows({r: self.record(unit, r) for r in relations})
 
     def threads(self) -> list[int]:
         records = (json.loads(p.read_text()) for p in self.store.rglob("*.json"))
         return sorted({r["metrics"]["threads"] for r in records if trained_with(r, self.profile)})
 
     def p_value(self, a: Unit, b: Unit, metric: str, relations: list[str]) -> float:
-        paired = pair_runs(self.rows(a, relations), self.rows(b, relations), metric)
-        return paired_permutation_test(paired.a, paired.b, paired.groups, permutations=10000)
+        return p_value(self.rows(a, relations), self.rows(b, relations), metric)
 
     def macro(self, unit: Unit, relations: list[str]) -> dict[str, float]:
         return macro_average({r: d["test"] for r, d in self.docs(unit, relations).items()})
@@ -351,7 +397,8 @@ class Report:
         ]
         lines += self.findings()
         lines += self.main_table() + self.prompt_set_table() + self.ablation_table() + self.extras_table()
-        lines += self.scaling_table() + self.figure() + self.entropy_table() + self.distinct_table()
+        lines += self.scaling_table() + self.heaviest_table() + self.figure() + self.entropy_table()
+        lines += self.distinct_table()
         if self.missing:
             lines += ["## Not yet run", "", *[f"- {m}" for m in self.missing.values()], ""]
         return "\n".join(lines) + "\n"
@@ -519,6 +566,36 @@ class Report:
                      f"(p = {self.p_value(u, full, 'p@1', rels):.2f})" for label, u in named[:-1]]
             table[-1:] = ["", f"P@1 against all prompts, paired permutation test: {'; '.join(tests)}.", ""]
         return table
+
+    def heaviest_table(self) -> list[str]:
+        full = next(u for u in units("scaling") if u.top_k is None)
+        cuts = {}
+        for r in self.done(full):
+            path = heaviest_path(self.store, r)
+            if path.is_file() and (doc := json.loads(path.read_text()))["of"] == self.record(full, r)["identity"]:
+                cuts[r] = doc["k"]
+        if not cuts:
+            return []
+        rels = list(cuts)
+        base = macro_average({r: self.record(full, r)["metrics"]["test"] for r in rels})
+        lines = ["## Pruning the trained full mixture instead (inference cost)", "",
+                 "The full mixture above, after training, restricted to its k heaviest prompts (weights "
+                 "renormalised) and tested again: pruning after training costs the full mixture's training but "
+                 "only k/K of its inference. Compare with the pruning before (or early in) training above.", "",
+                 f"Relations: {' '.join(rels)}.", "",
+                 "| prompts kept | weight kept | P@1 | P@10 | MRR | P@1 against all prompts |",
+                 "|---|---|---|---|---|---|"]
+        for k in (str(k) for k in HEAVIEST):
+            if not all(k in cuts[r] for r in rels):
+                continue
+            m = macro_average({r: cuts[r][k]["test"] for r in rels})
+            kept = sum(cuts[r][k]["weight_kept"] for r in rels) / len(rels)
+            p = p_value(fact_rows({r: cuts[r][k] for r in rels}), self.rows(full, rels), "p@1")
+            lines.append(f"| {k} | {kept:.2f} | {100 * m['p@1']:.1f} | {100 * m['p@10']:.1f} | {100 * m['mrr']:.1f} "
+                         f"| {100 * (m['p@1'] - base['p@1']):+.1f} (p = {p:.2f}) |")
+        lines.append(f"| all | 1.00 | {100 * base['p@1']:.1f} | {100 * base['p@10']:.1f} | {100 * base['mrr']:.1f} "
+                     "| |")
+        return [*lines, ""]
 
     def figure(self) -> list[str]:
         """Figure 1 analogue for the largest trained mixture of mined prompts that exists."""
