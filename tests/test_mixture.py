@@ -356,6 +356,30 @@ def test_run_mixture_writes_a_complete_run_and_the_prompt_round_trips(causal_lm,
     assert ranks == [row["rank"] for row in rows]
 
 
+def test_a_run_pruned_after_warmup_resumes_to_the_same_result(causal_lm, tmp_path, monkeypatch):
+    """Interrupted in its pruned phase, the run resumes both checkpoints (warm-up done, pruned phase part way)
+    and ends exactly where an uninterrupted run does."""
+    config = TrainConfig(lr=0.05, batch_size=8, max_epochs=3, patience=3)
+    settings = MixtureSettings("test", tuple(TEMPLATES), top_k=2, prune_after=1)
+    straight = run_mixture(causal_lm, RELATION, settings, tmp_path / "straight", config, progress=False)
+    real, calls = MixtureObjective.dev_loss, {"n": 0}
+
+    def crash_in_the_last_epoch(self):
+        calls["n"] += 1  # warm-up: initial and epoch 1; pruned phase: initial, epoch 2, epoch 3
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(MixtureObjective, "dev_loss", crash_in_the_last_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_mixture(causal_lm, RELATION, settings, tmp_path / "run", config, progress=False)
+    assert (tmp_path / "run" / "warmup.safetensors").is_file() and not (tmp_path / "run" / "metrics.json").exists()
+    resumed = run_mixture(causal_lm, RELATION, settings, tmp_path / "run", config, resume=True, progress=False)
+    assert calls["n"] == 6  # only the last epoch was trained again
+    assert resumed["test"] == straight["test"] and resumed["history"] == straight["history"]
+    assert resumed["weights"] == straight["weights"]
+
+
 def test_mixture_training_resumes_to_the_same_result(causal_lm, tmp_path):
     engine = Engine(causal_lm)
     config = TrainConfig(lr=0.05, batch_size=8, max_epochs=3, patience=3)
