@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from softprompt.data import TREX10, load_relation, shared_data_dir
+from softprompt.data import TREX10, Relation, load_relation, shared_data_dir
 from softprompt.data.prompt_sets import prompt_set
 from softprompt.engine import Engine
 from softprompt.io import read_jsonl, write_text
@@ -155,11 +155,16 @@ def publish(run: Path, record: Path) -> None:
     }, sort_keys=True, separators=(",", ":")) + "\n")
 
 
+def trex_relation(shared: Path, split: str, relation: str) -> Relation:
+    return load_relation(shared / "qin_eisner_soft_prompts" / "db" / split / relation,
+                         templates_file=shared / "lama" / "relations.jsonl", name=relation)
+
+
 def heaviest_path(store: Path, relation: str) -> Path:
     return store / "trex_original" / relation / "heaviest" / "min-soft-all.json"
 
 
-def publish_heaviest(run: Path, record: Path, out: Path, lm: LanguageModel, engine: Engine, relation: Any,
+def publish_heaviest(run: Path, record: Path, out: Path, lm: LanguageModel, engine: Engine, relation: Relation,
                      max_rows: int) -> None:
     """The trained full mixture restricted to its k heaviest prompts (weights renormalised), on the same test
     facts: what pruning after training, rather than before, keeps of the full mixture at k/K of its
@@ -217,8 +222,7 @@ def main() -> None:
             out, record = run_dir(cache, unit, rel), record_path(store, unit, rel)
             if is_current(record, profile):
                 continue
-            relation = load_relation(shared / "qin_eisner_soft_prompts" / "db" / unit.split / rel,
-                                     templates_file=shared / "lama" / "relations.jsonl", name=rel)
+            relation = trex_relation(shared, unit.split, rel)
             pset = prompt_set(unit.prompts, rel, shared)
             top_k = profile.top_k if unit.top_k == "profile" else unit.top_k
             settings = MixtureSettings(pset.name, pset.templates, pset.init, unit.mode, unit.method, unit.tune,
@@ -249,8 +253,7 @@ def main() -> None:
                 continue
             if out.is_file() and json.loads(out.read_text())["of"] == json.loads(record.read_text())["identity"]:
                 continue
-            relation = load_relation(shared / "qin_eisner_soft_prompts" / "db" / full.split / rel,
-                                     templates_file=shared / "lama" / "relations.jsonl", name=rel)
+            relation = trex_relation(shared, full.split, rel)
             publish_heaviest(run, record, out, lm, engine, relation, args.max_rows)
             print(f"{full.split:13} {rel:6} {full.name:22} cut to its heaviest prompts", flush=True)
     write_text(args.out, Report(cache, store, args, profile, lm).render())
