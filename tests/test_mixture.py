@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import replace
 
 import pytest
 import torch
 from conftest import tiny_causal
+from safetensors import safe_open
 
 from softprompt.data import Fact, Relation
 from softprompt.engine import Engine
@@ -356,6 +358,11 @@ def test_run_mixture_writes_a_complete_run_and_the_prompt_round_trips(causal_lm,
     assert ranks == [row["rank"] for row in rows]
 
 
+def checkpoint_seconds(path) -> float:
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["softprompt.checkpoint"])["state"]["seconds"]
+
+
 def test_a_run_pruned_after_warmup_resumes_to_the_same_result(causal_lm, tmp_path, monkeypatch):
     """Interrupted in its pruned phase, the run resumes both checkpoints (warm-up done, pruned phase part way)
     and ends exactly where an uninterrupted run does."""
@@ -374,8 +381,14 @@ def test_a_run_pruned_after_warmup_resumes_to_the_same_result(causal_lm, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         run_mixture(causal_lm, RELATION, settings, tmp_path / "run", config, progress=False)
     assert (tmp_path / "run" / "warmup.safetensors").is_file() and not (tmp_path / "run" / "metrics.json").exists()
+    checkpointed = sum(checkpoint_seconds(tmp_path / "run" / name) for name in ("warmup.safetensors",
+                                                                              "checkpoint.safetensors"))
+    started = time.perf_counter()
     resumed = run_mixture(causal_lm, RELATION, settings, tmp_path / "run", config, resume=True, progress=False)
+    this_call = time.perf_counter() - started
     assert calls["n"] == 6  # only the last epoch was trained again
+    # The run's time counts the interrupted call's checkpointed training as well as the resuming call.
+    assert checkpointed > 0 and checkpointed + 0.5 * this_call < resumed["seconds"]["total"] <= checkpointed + this_call
     assert resumed["test"] == straight["test"] and resumed["history"] == straight["history"]
     assert resumed["weights"] == straight["weights"]
 

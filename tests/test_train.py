@@ -133,6 +133,9 @@ def test_resumed_run_equals_uninterrupted_run(mode, task, tmp_path, monkeypatch)
     # The last-epoch prompt and the optimiser state agree too, not just the best prompt.
     meta_a, tensors_a = read_checkpoint(tmp_path / "a.st")
     meta_b, tensors_b = read_checkpoint(tmp_path / "b.st")
+    seconds_b = meta_b["state"].pop("seconds")  # wall-clock time: the one thing allowed to differ
+    assert meta_a["state"].pop("seconds") > 0 and seconds_b > 0
+    assert result_a.earlier_seconds == 0 and 0 < result_b.earlier_seconds < seconds_b
     assert meta_a == meta_b
     assert tensors_a.keys() == tensors_b.keys()
     assert any(k.startswith("optim.") for k in tensors_a)

@@ -448,7 +448,9 @@ def run_mixture(
                           out / "checkpoint.safetensors", resume, progress, settings=checkpoint_settings)
         if warmed is not None:
             result = _after_warmup(warmed, result, warmup)
-    fit_seconds = time.perf_counter() - started
+    # A resumed run costs what its interrupted calls had checkpointed as well as this call's time.
+    earlier = result.earlier_seconds if result is not None else 0.0
+    fit_seconds = earlier + time.perf_counter() - started
     metrics, rows = evaluate_mixture(engine, mixture, data, "test", settings.max_rows)
     doc: dict[str, Any] = {
         "relation": relation.name, "prompts": settings.prompts, "mode": settings.mode, "method": settings.method,
@@ -457,7 +459,7 @@ def run_mixture(
         "weights": mixture.weights(), "effective_prompts": effective_prompts(mixture.weights()),
         "temperature": mixture.temperature, "templates": [e.template.text for e in mixture.encoders],
         "sources": mixture.sources, "seconds": {"fit": fit_seconds,
-                                                "total": time.perf_counter() - started},
+                                                "total": earlier + time.perf_counter() - started},
         "threads": torch.get_num_threads(),
     }
     if fitted is not None:
@@ -477,7 +479,8 @@ def _after_warmup(warmed: TrainResult, pruned: TrainResult, warmup: int) -> Trai
     first, *rest = pruned.history
     history = [*warmed.history, {"epoch": warmup, "pruned_dev_loss": first["dev_loss"]}]
     history += [h | {"epoch": h["epoch"] + warmup} for h in rest]
-    return TrainResult(pruned.best_epoch + warmup, pruned.best_dev_loss, history)
+    return TrainResult(pruned.best_epoch + warmup, pruned.best_dev_loss, history,
+                       warmed.earlier_seconds + pruned.earlier_seconds)
 
 
 def mixture_settings(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Sequence, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +51,9 @@ class TrainResult:
     best_epoch: int
     best_dev_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
+    # Seconds of training that interrupted calls had checkpointed before this call resumed them: a resumed
+    # run's cost is this plus the resuming call's own time.
+    earlier_seconds: float = 0.0
 
 
 def mean_loss(engine: Engine, prompt: Prompt, examples: Sequence[Example], batch_size: int) -> float:
@@ -161,6 +165,7 @@ def optimise(
     optimizer = torch.optim.Adam(groups, lr=config.lr)
     identity = {"config": asdict(config), "settings": settings or {}}
 
+    started = time.perf_counter()
     state = _load_checkpoint(checkpoint, module, optimizer, identity) if resume and checkpoint else None
     if state is None:
         initial = objective.dev_loss()
@@ -169,6 +174,7 @@ def optimise(
         best = _copy_state(module)
     else:
         state, best = state
+    earlier = state.get("seconds", 0.0)  # checkpoints from before timing was kept count as 0
 
     for epoch in range(state["epoch"] + 1, config.max_epochs + 1):
         if state["bad_epochs"] >= config.patience:
@@ -184,6 +190,7 @@ def optimise(
         train_loss = total / len(objective.items)
         state["history"].append({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss})
         state["epoch"] = epoch
+        state["seconds"] = earlier + time.perf_counter() - started
         if dev_loss < state["best_dev_loss"]:
             state.update(best_epoch=epoch, best_dev_loss=dev_loss, bad_epochs=0)
             best = _copy_state(module)
@@ -194,7 +201,7 @@ def optimise(
         if checkpoint:
             _save_checkpoint(checkpoint, module, best, optimizer, state, identity)
     module.load_state_dict(best)
-    return TrainResult(state["best_epoch"], state["best_dev_loss"], state["history"])
+    return TrainResult(state["best_epoch"], state["best_dev_loss"], state["history"], earlier)
 
 
 def _copy_state(module: nn.Module) -> dict[str, torch.Tensor]:
