@@ -164,7 +164,7 @@ def heaviest_path(store: Path, relation: str) -> Path:
     return store / "trex_original" / relation / "heaviest" / "min-soft-all.json"
 
 
-def publish_heaviest(run: Path, record: Path, out: Path, lm: LanguageModel, engine: Engine, relation: Relation,
+def publish_heaviest(run: Path, identity: str, out: Path, lm: LanguageModel, engine: Engine, relation: Relation,
                      max_rows: int) -> None:
     """The trained full mixture restricted to its k heaviest prompts (weights renormalised), on the same test
     facts: what pruning after training, rather than before, keeps of the full mixture at k/K of its
@@ -172,7 +172,7 @@ def publish_heaviest(run: Path, record: Path, out: Path, lm: LanguageModel, engi
     mixture = load_prompt(run / "prompt.safetensors", lm)
     limits = json.loads((run / "config.json").read_text())["limits"]
     weights = torch.tensor(mixture.weights())
-    doc: dict[str, Any] = {"of": json.loads(record.read_text())["identity"], "k": {}}
+    doc: dict[str, Any] = {"of": identity, "k": {}}
     for k in (k for k in HEAVIEST if k < len(mixture)):
         pick = sorted(weights.topk(k).indices.tolist())
         pruned = mixture.subset(pick)
@@ -251,10 +251,10 @@ def main() -> None:
             run, record, out = run_dir(cache, full, rel), record_path(store, full, rel), heaviest_path(store, rel)
             if not (is_current(record, profile) and (run / "prompt.safetensors").is_file()):
                 continue
-            if out.is_file() and json.loads(out.read_text())["of"] == json.loads(record.read_text())["identity"]:
+            identity = json.loads(record.read_text())["identity"]
+            if out.is_file() and json.loads(out.read_text())["of"] == identity:
                 continue
-            relation = trex_relation(shared, full.split, rel)
-            publish_heaviest(run, record, out, lm, engine, relation, args.max_rows)
+            publish_heaviest(run, identity, out, lm, engine, trex_relation(shared, full.split, rel), args.max_rows)
             print(f"{full.split:13} {rel:6} {full.name:22} cut to its heaviest prompts", flush=True)
     write_text(args.out, Report(cache, store, args, profile, lm).render())
     print(f"wrote {args.out}")
@@ -580,7 +580,7 @@ class Report:
         if not cuts:
             return []
         rels = list(cuts)
-        base = macro_average({r: self.record(full, r)["metrics"]["test"] for r in rels})
+        base = self.macro(full, rels)
         lines = ["## Pruning the trained full mixture instead (inference cost)", "",
                  "The full mixture above, after training, restricted to its k heaviest prompts (weights "
                  "renormalised) and tested again: pruning after training costs the full mixture's training but "

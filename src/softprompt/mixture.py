@@ -426,12 +426,14 @@ def run_mixture(
     out.mkdir(parents=True, exist_ok=True)
     identity = mixture_settings(lm, relation, settings, config, limits)
     checkpoint_settings = {k: v for k, v in identity.items() if k != "train"}
+    def objective(mixture: MixturePrompt, data: MixtureData) -> MixtureObjective:
+        return MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], settings.method,
+                                settings.max_rows, settings.weights_lr)
+
     warmed: TrainResult | None = None
     if warmup:
-        objective = MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], settings.method,
-                                     settings.max_rows, settings.weights_lr)
-        warmed = optimise(objective, replace(config, max_epochs=warmup), out / "warmup.safetensors", resume,
-                          progress, settings=checkpoint_settings)
+        warmed = optimise(objective(mixture, data), replace(config, max_epochs=warmup), out / "warmup.safetensors",
+                          resume, progress, settings=checkpoint_settings)
     if pruning:
         chosen, fitted = select_prompts(engine, mixture, data.splits["dev"], settings.top_k, settings.max_rows,
                                         settings.selection)
@@ -442,9 +444,7 @@ def run_mixture(
         "prompt_set": asdict(report)})
     result: TrainResult | None = None
     if training:
-        objective = MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], settings.method,
-                                     settings.max_rows, settings.weights_lr)
-        result = optimise(objective, replace(config, max_epochs=config.max_epochs - warmup),
+        result = optimise(objective(mixture, data), replace(config, max_epochs=config.max_epochs - warmup),
                           out / "checkpoint.safetensors", resume, progress, settings=checkpoint_settings)
         if warmed is not None:
             result = _after_warmup(warmed, result, warmup)
