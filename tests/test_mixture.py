@@ -28,6 +28,7 @@ from softprompt.mixture import (
     run_mixture,
     score,
     select_prompts,
+    sparse_score,
 )
 from softprompt.probe import predict
 from softprompt.prompts import MixturePrompt, SoftPrompt, effective_prompts, load_prompt
@@ -305,6 +306,70 @@ def test_top_k_equal_to_k_is_the_full_mixture(causal_lm, tmp_path):
     assert warm["test"] == runs[None]["test"] and warm["history"] == runs[None]["history"]
 
 
+def _mixture_gradients(mixture: MixturePrompt, scores) -> tuple[float, dict[str, torch.Tensor]]:
+    mixture.zero_grad()
+    loss = -(scores.log_weights + scores.logprobs).logsumexp(-1).sum()
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                         for n, p in mixture.named_parameters()}
+
+
+@pytest.mark.parametrize(("mode", "data_dependent"), [("soft", False), ("deep", True)])
+def test_sparse_posteriors_keep_the_objective_and_the_weights_gradient(causal_lm, mode, data_dependent):
+    """sparse_score has score's values; with k = K it has its gradients too; with k < K the mixture weights'
+    (and log T's) gradients are unchanged and only the chosen prompts' vectors differ."""
+    engine = Engine(causal_lm)
+    mixture = build(causal_lm, mode=mode, init="random", seed=2, data_dependent=data_dependent)
+    with torch.no_grad():
+        mixture.weight_logits.copy_(torch.tensor([0.4, -0.7, 1.1]))
+        for p in mixture.components.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # deep deltas start at zero; give them a gradient path of their own
+    items = encode_mixture_data(RELATION, mixture).splits["train"][:6]
+    full_loss, full = _mixture_gradients(mixture, score(engine, mixture, items))
+    same_loss, same = _mixture_gradients(mixture, sparse_score(engine, mixture, items, 3))
+    assert same_loss == pytest.approx(full_loss, rel=1e-6)
+    for name in full:
+        assert torch.allclose(same[name], full[name], atol=1e-6, rtol=1e-4), name
+    sparse_loss, sparse = _mixture_gradients(mixture, sparse_score(engine, mixture, items, 1))
+    assert sparse_loss == pytest.approx(full_loss, rel=1e-6)
+    weights = ["weight_logits"] + (["log_temperature"] if data_dependent else [])
+    for name in weights:
+        assert torch.allclose(sparse[name], full[name], atol=1e-6, rtol=1e-4), name
+    vectors = [n for n in full if n not in weights]
+    assert any(not torch.allclose(sparse[n], full[n], atol=1e-6) for n in vectors)
+
+
+def test_sparse_posteriors_train_only_each_facts_most_probable_prompt(causal_lm):
+    """k = 1, one fact: the prompt of highest posterior gets the full mixture's gradient, the others none."""
+    engine = Engine(causal_lm)
+    mixture = build(causal_lm, init="random", seed=5)
+    for item in encode_mixture_data(RELATION, mixture).splits["train"][:4]:
+        _, full = _mixture_gradients(mixture, score(engine, mixture, [item]))
+        _, sparse = _mixture_gradients(mixture, sparse_score(engine, mixture, [item], 1))
+        with torch.no_grad():
+            best = int(posteriors(engine, mixture, [item])[0].argmax())
+        for t in range(len(mixture)):
+            for name, _ in mixture.components[t].named_parameters():
+                key = f"components.{t}.{name}"
+                expected = full[key] if t == best else torch.zeros_like(full[key])
+                assert torch.allclose(sparse[key], expected, atol=1e-7, rtol=1e-5), (t, name)
+
+
+def test_sparse_posteriors_train_a_mixture(causal_lm, tmp_path):
+    config = TrainConfig(lr=0.05, batch_size=8, max_epochs=2, patience=2)
+    full = run_mixture(causal_lm, RELATION, MixtureSettings("test", tuple(TEMPLATES)), tmp_path / "full", config,
+                       progress=False)
+    every = run_mixture(causal_lm, RELATION, MixtureSettings("test", tuple(TEMPLATES), sparse_k=3),
+                        tmp_path / "k3", config, progress=False)
+    assert every["test"] == full["test"] and every["history"] == full["history"]  # k = K: the full mixture
+    sparse = run_mixture(causal_lm, RELATION, MixtureSettings("test", tuple(TEMPLATES), sparse_k=1),
+                         tmp_path / "k1", config, progress=False)
+    assert sparse["best_dev_loss"] < sparse["history"][0]["dev_loss"]
+    assert sparse["history"] != full["history"]
+    assert json.loads((tmp_path / "k1" / "config.json").read_text())["mixture"]["sparse_k"] == 1
+    assert "sparse_k" not in json.loads((tmp_path / "full" / "config.json").read_text())["mixture"]
+
+
 def test_pruning_after_warmup_trains_all_prompts_then_the_chosen_ones(causal_lm, tmp_path):
     """prune_after=1 is exactly: one epoch of the whole mixture, select_prompts on its tuned prompts, then the
     remaining epochs on the chosen subset (with fresh Adam state)."""
@@ -435,6 +500,11 @@ def test_settings_are_validated():
         MixtureSettings("x", ("[X] is [Y] .",), prune_after=1)
     with pytest.raises(SoftpromptError, match="--prune-after must be 0 or more"):
         MixtureSettings("x", ("[X] is [Y] .",), top_k=1, prune_after=-1)
+    with pytest.raises(SoftpromptError, match="--sparse-k must be at least 1"):
+        MixtureSettings("x", ("[X] is [Y] .",), sparse_k=0)
+    for kwargs in ({"mode": "hard"}, {"tune": "weights"}, {"tune": "none"}):
+        with pytest.raises(SoftpromptError, match="--sparse-k chooses which prompts' vectors"):
+            MixtureSettings("x", ("[X] is [Y] .",), sparse_k=1, **kwargs)
     assert MixtureSettings("x", ("[X] is [Y] .",), mode="hard").tune == "weights"
 
 

@@ -97,8 +97,9 @@ def test_train_show_and_compare(relation_dir, prompt_root, model_dirs, tmp_path,
     assert init.exit_code == 0, init.output
     assert "1 reordered to end in [Y]" in init.output
     tuned = invoke("mixture", "train", *common, "--prompts", "min", "--method", "em", "--data-dependent",
-                   "--out", tmp_path / "soft")
+                   "--sparse-k", 1, "--out", tmp_path / "soft")
     assert tuned.exit_code == 0, tuned.output
+    assert json.loads((tmp_path / "soft" / "config.json").read_text())["mixture"]["sparse_k"] == 1
     metrics = json.loads((tmp_path / "soft" / "metrics.json").read_text())
     assert metrics["test"]["n"] == 16 and metrics["num_prompts"] == 2 and metrics["method"] == "em"
     meta, _ = read_prompt_file(tmp_path / "soft")
@@ -142,6 +143,8 @@ def test_user_errors(relation_dir, prompt_root, model_dirs, tmp_path, monkeypatc
     assert_user_error(invoke("mixture", "train", *common, "--prompts", "min", "--prune-after", 1), "give --top-k")
     assert_user_error(invoke("mixture", "train", *common, "--prompts", "min", "--top-k", 1, "--prune-after", 2,
                              "--epochs", 2), "--prune-after 2 leaves no epoch")
+    assert_user_error(invoke("mixture", "train", *common, "--prompts", "min", "--mode", "hard", "--sparse-k", 1),
+                      "--sparse-k chooses which prompts' vectors get gradients")
     assert not (tmp_path / "run").exists()  # nothing written for refused input
     single = tmp_path / "single"
     assert invoke("probe", "train", "--data", relation_dir, "--template", "[X] is [Y] .", "--model",

@@ -138,22 +138,55 @@ class MixtureScores:
     logprobs: torch.Tensor  # (n, K, V) log p(y | t, x) over the vocabulary, or (n, K) for the gold answer only
 
 
-def score(
-    engine: Engine, mixture: MixturePrompt, items: Sequence[MixtureItem], full_vocab: bool = False
-) -> MixtureScores:
-    """One engine call for ``items`` under all prompts of ``mixture``."""
-    n, k = len(items), len(mixture)
-    batch = engine.collate([row for item in items for row in item.rows])
+def _score_rows(
+    engine: Engine, mixture: MixturePrompt, rows: Sequence[Example], full_vocab: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(y | t, x) for each row (over the vocabulary, or of its gold answer) and, for a data-dependent
+    mixture, log p(x | t) from the same forward pass."""
+    batch = engine.collate(rows)
     vectors, deltas = mixture.vectors(), mixture.deltas()
     hidden = engine.final_hidden(batch, vectors, deltas)
     logprobs = engine.project(engine.at_answers(hidden, batch)).log_softmax(-1)
     if not full_vocab:
         logprobs = logprobs.gather(1, batch.answer_ids[:, None])[:, 0]
-    logprobs = logprobs.view(n, k, *logprobs.shape[1:])
-    subject = None
-    if mixture.data_dependent:
-        subject = engine.subject_logprob(batch, vectors, deltas, hidden=hidden).view(n, k)
-    return MixtureScores(mixture.log_weights(subject).expand(n, k), logprobs)
+    subject = engine.subject_logprob(batch, vectors, deltas, hidden=hidden) if mixture.data_dependent else None
+    return logprobs, subject
+
+
+def score(
+    engine: Engine, mixture: MixturePrompt, items: Sequence[MixtureItem], full_vocab: bool = False
+) -> MixtureScores:
+    """One engine call for ``items`` under all prompts of ``mixture``."""
+    n, k = len(items), len(mixture)
+    logprobs, subject = _score_rows(engine, mixture, [row for item in items for row in item.rows], full_vocab)
+    subject = None if subject is None else subject.view(n, k)
+    return MixtureScores(mixture.log_weights(subject).expand(n, k), logprobs.view(n, k, *logprobs.shape[1:]))
+
+
+def sparse_score(engine: Engine, mixture: MixturePrompt, items: Sequence[MixtureItem], k: int) -> MixtureScores:
+    """Gold-answer scores of ``items`` under all K prompts whose gradient flows only through each item's
+    ``k`` prompts of highest posterior p(t | x, y, r) ("sparse posteriors").
+
+    A pass without gradients scores all K prompts; each item's k most probable prompts are scored again with
+    gradients and take their places in the (n, K) matrices, the other entries stay constants. The values, and
+    so the objective and the gradient of the mixture weights and log T, are those of ``score``; a prompt's
+    vectors get the gradient of the items whose posterior it leads. Eq. 2 weights each prompt's gradient by
+    its posterior, which mostly sits on a few prompts, so little is lost, while only k of the K rows pay for
+    a backward pass: a training step costs about K forward passes plus k forward-backward passes instead of
+    K forward-backward passes.
+    """
+    n, total = len(items), len(mixture)
+    with torch.no_grad():
+        logprobs, subject = _score_rows(engine, mixture, [row for item in items for row in item.rows])
+        logprobs = logprobs.view(n, total)
+        subject = None if subject is None else subject.view(n, total)
+        chosen = (mixture.log_weights(subject) + logprobs).topk(min(k, total), dim=-1).indices
+    live, live_subject = _score_rows(engine, mixture, [items[i].rows[t] for i, ts in enumerate(chosen.tolist())
+                                                       for t in ts])
+    logprobs = logprobs.scatter(1, chosen, live.view(chosen.shape))
+    if subject is not None:
+        subject = subject.scatter(1, chosen, live_subject.view(chosen.shape))
+    return MixtureScores(mixture.log_weights(subject).expand(n, total), logprobs)
 
 
 def _chunks(indices: Sequence[int], k: int, max_rows: int) -> list[list[int]]:
@@ -171,12 +204,14 @@ class MixtureObjective:
 
     def __init__(
         self, engine: Engine, mixture: MixturePrompt, train: Sequence[MixtureItem], dev: Sequence[MixtureItem],
-        method: str = "gradient", max_rows: int = 512, weights_lr: float = WEIGHTS_LR,
+        method: str = "gradient", max_rows: int = 512, weights_lr: float = WEIGHTS_LR, sparse_k: int | None = None,
     ) -> None:
         if method not in METHODS:
             raise SoftpromptError(f"unknown training method {method!r}; choose one of: {', '.join(METHODS)}")
         self.engine, self.module, self.items, self.dev = engine, mixture, train, dev
         self.method, self.max_rows, self.weights_lr = method, max_rows, weights_lr
+        # With k >= K every prompt is live: the plain pass is the same computation at a third of the cost.
+        self.sparse_k = sparse_k if sparse_k is not None and sparse_k < len(mixture) else None
         self.posteriors: torch.Tensor | None = None
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
@@ -194,7 +229,9 @@ class MixtureObjective:
     def backward(self, indices: list[int]) -> float:
         total = 0.0
         for chunk in _chunks(indices, len(self.module), self.max_rows):
-            scores = score(self.engine, self.module, [self.items[i] for i in chunk])
+            items = [self.items[i] for i in chunk]
+            scores = (score(self.engine, self.module, items) if self.sparse_k is None
+                      else sparse_score(self.engine, self.module, items, self.sparse_k))
             joint = scores.log_weights + scores.logprobs
             if self.method == "em":
                 q = self.posteriors[chunk].to(joint.device)
@@ -370,6 +407,7 @@ class MixtureSettings:
     weights_lr: float = WEIGHTS_LR
     selection: str = "weight"  # how select_prompts judges which top_k prompts are most useful
     prune_after: int = 0  # epochs of training the whole mixture before top_k prunes it (0: prune untrained)
+    sparse_k: int | None = None  # backpropagate through each fact's k most probable prompts (see sparse_score)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -384,6 +422,11 @@ class MixtureSettings:
             raise SoftpromptError(f"unknown --select {self.selection!r}; choose one of: {', '.join(SELECTIONS)}")
         if self.mode == "hard" and self.tune == "prompts":
             raise SoftpromptError("hard prompts have no vectors to tune; use --mode soft or deep, or --tune weights")
+        if self.sparse_k is not None and self.sparse_k < 1:
+            raise SoftpromptError(f"--sparse-k must be at least 1, got {self.sparse_k}")
+        if self.sparse_k is not None and (self.mode == "hard" or self.tune in ("weights", "none")):
+            raise SoftpromptError("--sparse-k chooses which prompts' vectors get gradients; it needs tuned vectors "
+                                  "(--mode soft or deep with --tune both or prompts)")
         if self.mode == "hard" and self.tune == "both":
             self.tune = "weights"  # all a mixture of hard prompts can learn
         if self.max_rows < 1:
@@ -428,7 +471,7 @@ def run_mixture(
     checkpoint_settings = {k: v for k, v in identity.items() if k != "train"}
     def objective(mixture: MixturePrompt, data: MixtureData) -> MixtureObjective:
         return MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], settings.method,
-                                settings.max_rows, settings.weights_lr)
+                                settings.max_rows, settings.weights_lr, settings.sparse_k)
 
     warmed: TrainResult | None = None
     if warmup:
@@ -494,6 +537,8 @@ def mixture_settings(
         del mixture["selection"]
     if not settings.prune_after:
         del mixture["prune_after"]
+    if settings.sparse_k is None:
+        del mixture["sparse_k"]
     return {"model": lm.name, "relation": relation.name, "mixture": mixture, "train": asdict(config),
             "limits": dict(limits or {})}
 
