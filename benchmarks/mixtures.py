@@ -46,9 +46,17 @@ from softprompt.data.prompt_sets import prompt_set
 from softprompt.engine import Engine
 from softprompt.io import read_jsonl, write_text
 from softprompt.metrics import macro_average
-from softprompt.mixture import MixtureSettings, encode_mixture_data, evaluate_mixture, mixture_settings, run_mixture
+from softprompt.mixture import (
+    MixtureObjective,
+    MixtureSettings,
+    encode_mixture_data,
+    encode_prompt_set,
+    evaluate_mixture,
+    mixture_settings,
+    run_mixture,
+)
 from softprompt.models import LanguageModel, load_model
-from softprompt.prompts import load_prompt
+from softprompt.prompts import MixturePrompt, load_prompt
 from softprompt.significance import pair_runs, paired_permutation_test
 from softprompt.train import TrainConfig
 from softprompt.visualise import read_mixture, save_png
@@ -195,6 +203,40 @@ def publish_heaviest(run: Path, identity: str, out: Path, lm: LanguageModel, eng
     write_text(out, json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
 
 
+STEP_SIZES = (4, 8, 16)  # mixture sizes K timed per training step, besides the whole set
+STEP_SPARSE = (2, 4)  # sparse_k values timed
+
+
+def step_cost_path(store: Path, relation: str) -> Path:
+    return store / "step_cost" / f"{relation}.json"
+
+
+def time_steps(lm: LanguageModel, engine: Engine, relation: Relation, templates: Sequence[str], batch: int,
+               repeats: int) -> dict[str, Any]:
+    """Seconds of one training step (forward and backward over ``batch`` train facts) against the number of
+    prompts K, for the full mixture and for sparse posteriors, each method timed in turn within every repeat
+    so that load on the machine falls on all alike; medians over the repeats."""
+    encoders, sources, _ = encode_prompt_set(templates, lm)
+    whole = MixturePrompt(encoders, "soft", "template", 0, False, sources)
+    rows = []
+    for size in sorted({k for k in STEP_SIZES if k < len(whole)} | {len(whole)}):
+        mixture = whole.subset(range(size))
+        items = encode_mixture_data(relation, mixture, {"train": batch}).splits["train"]
+        methods = {"full": None} | {f"sparse{k}": k for k in STEP_SPARSE if k < size}
+        seconds: dict[str, list[float]] = {name: [] for name in methods}
+        for _ in range(repeats):
+            for name, k in methods.items():
+                objective = MixtureObjective(engine, mixture, items, [], sparse_k=k)
+                mixture.zero_grad()
+                start = time.perf_counter()
+                objective.backward(list(range(len(items))))
+                seconds[name].append(time.perf_counter() - start)
+        rows.append({"K": size, "seconds": {name: sorted(t)[len(t) // 2] for name, t in seconds.items()}})
+        print(f"step cost K={size:2}  " + "  ".join(f"{n} {t:.2f}s" for n, t in rows[-1]["seconds"].items()),
+              flush=True)
+    return {"batch": len(items), "repeats": repeats, "threads": torch.get_num_threads(), "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -206,6 +248,9 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--max-rows", type=int, default=512)
     parser.add_argument("--render-only", action="store_true", help="only rewrite the report from the published records")
+    parser.add_argument("--step-cost", action="store_true",
+                        help="time training steps of the full and the sparse-posterior mixture against K (min. "
+                             "prompts, first relation given) instead of running configurations")
     parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "mixtures.md")
     args = parser.parse_args()
     shared = shared_data_dir()
@@ -227,7 +272,12 @@ def main() -> None:
         if not is_current(record, profile) and (out / "metrics.json").is_file() and trained_with(
                 json.loads((out / "config.json").read_text()), profile):
             publish(out, record)
-    if not args.render_only:
+    if args.step_cost:
+        rel = args.relations[0]
+        cost = time_steps(lm, Engine(lm), trex_relation(shared, "trex_original", rel),
+                          prompt_set("min", rel, shared).templates, profile.config.batch_size, repeats=3)
+        write_text(step_cost_path(store, rel), json.dumps(cost, sort_keys=True, indent=1) + "\n")
+    elif not args.render_only:
         engine = Engine(lm)
         for unit, rel in todo:
             out, record = run_dir(cache, unit, rel), record_path(store, unit, rel)
@@ -412,7 +462,8 @@ class Report:
         ]
         lines += self.findings()
         lines += self.main_table() + self.prompt_set_table() + self.ablation_table() + self.extras_table()
-        lines += self.scaling_table() + self.heaviest_table() + self.figure() + self.entropy_table()
+        lines += self.scaling_table() + self.step_cost_table() + self.heaviest_table() + self.figure()
+        lines += self.entropy_table()
         lines += self.distinct_table()
         if self.missing:
             lines += ["## Not yet run", "", *[f"- {m}" for m in self.missing.values()], ""]
@@ -587,6 +638,30 @@ class Report:
                      f"(p = {self.p_value(u, full, 'p@1', rels):.2f})" for label, u in named[:-1]]
             table[-1:] = ["", f"P@1 against all prompts, paired permutation test: {'; '.join(tests)}.", ""]
         return table
+
+    def step_cost_table(self) -> list[str]:
+        paths = sorted((self.store / "step_cost").glob("*.json")) if (self.store / "step_cost").is_dir() else []
+        lines = []
+        for path in paths:
+            doc = json.loads(path.read_text())
+            names = list(doc["rows"][-1]["seconds"])
+            sparse = [n for n in names if n != "full"]
+            lines += [f"## Seconds per training step versus K ({path.stem}, min. prompts)", "",
+                      f"One training step (forward and backward, batch of {doc['batch']} facts) of a soft mixture of "
+                      f"the first K mined prompts; median of {doc['repeats']} repeats, the methods timed in turn "
+                      f"within each repeat, {doc['threads']} thread(s) (other benchmark processes shared the "
+                      "cores, so compare the columns, not the absolute times). Reproduce: `.venv/bin/python "
+                      f"benchmarks/mixtures.py --step-cost --relations {path.stem}`.", "",
+                      "| K | full | " + " | ".join(f"top {n.removeprefix('sparse')} per fact" for n in sparse)
+                      + " | " + " | ".join(f"{n.removeprefix('sparse')} / full" for n in sparse) + " |",
+                      "|---|" + "---|" * (1 + 2 * len(sparse))]
+            for row in doc["rows"]:
+                t = row["seconds"]
+                cells = [f"{t[n]:.2f}" if n in t else "–" for n in names]
+                ratios = [f"{t[n] / t['full']:.2f}" if n in t else "–" for n in sparse]
+                lines.append(f"| {row['K']} | " + " | ".join(cells + ratios) + " |")
+            lines.append("")
+        return lines
 
     def heaviest_table(self) -> list[str]:
         full = full_mixture()
