@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from softprompt.io import atomic_write, write_text
 
@@ -24,6 +26,8 @@ def test_atomic_write_keeps_the_old_file_on_failure_and_uses_the_umask(tmp_path:
     previous = os.umask(0o022)
     try:
         write_text(tmp_path / "new.txt", "x")
+        atomic_write(tmp_path / "new.safetensors", lambda tmp: save_file({"x": torch.zeros(1)}, str(tmp)))
     finally:
         os.umask(previous)
     assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "new.safetensors").stat().st_mode & 0o777 == 0o644
