@@ -454,7 +454,9 @@ class Report:
             f"(resumable; finished runs are published under `{self.store.relative_to(ROOT.parent)}`, and "
             "`--render-only` rewrites this file from those records). Times are wall-clock seconds on a 2-core "
             f"machine with {' or '.join(map(str, self.threads()))} PyTorch thread(s) per process (with one thread, "
-            "two benchmark processes shared the cores).",
+            "two benchmark processes shared the cores, and three or four while the sparse-posterior and "
+            "step-cost runs went on, which slowed the runs of P101 and P138 by up to 2.5×: compare times within "
+            "a table, not across sessions).",
             "",
             "Answer-first templates (most LPAQA mined prompts) are reordered to end in [Y] for the causal LM "
             "(`[Y] native [X] .` → `native [X] . [Y]`); the prompt-set table says how many.",
@@ -514,8 +516,11 @@ class Report:
                 ta, tb = (sum(d["seconds"]["total"] for d in self.docs(u, rels).values())
                           for u in (scaling[name], full))
                 verdict = "within" if a >= b - 1 else "not within"
+                step = self.step_ratio(scaling[name], rels)
                 lines.append(f"- Sub-linear cost, {name.removeprefix('min-soft-')} against all prompts: P@1 {a:.1f} "
-                             f"vs {b:.1f} ({verdict} 1 point) at {ta / tb:.2f}× the time (n={len(rels)}).")
+                             f"vs {b:.1f} ({verdict} 1 point) at {ta / tb:.2f}× the time (n={len(rels)})"
+                             + (f"; {step:.2f}× per training step of the whole set (step-cost table)" if step else "")
+                             + ".")
         if len(lines) == 2:
             lines.append("- Not enough runs yet.")
         return [*lines, ""]
@@ -630,7 +635,9 @@ class Report:
             "likelihoods: those epochs' cost grows with K, the remaining epochs' with k. \"Gradient through each "
             "fact's top k\" trains all K prompts but backpropagates, for each fact, only through its k prompts of "
             "highest posterior (found by a pass without gradients over all K): the objective and the mixture "
-            "weights' gradient are exact.", named)
+            "weights' gradient are exact. Run times compare only runs that shared the cores alike: the "
+            "sparse-posterior runs shared them with two or three other benchmark processes, the others with one; "
+            "the step-cost table below compares the methods within one process.", named)
         rels = self.common([u for _, u in named])
         if table and rels and named[-1][0] == "all prompts":
             full = named[-1][1]
@@ -638,6 +645,18 @@ class Report:
                      f"(p = {self.p_value(u, full, 'p@1', rels):.2f})" for label, u in named[:-1]]
             table[-1:] = ["", f"P@1 against all prompts, paired permutation test: {'; '.join(tests)}.", ""]
         return table
+
+    def step_ratio(self, unit: Unit, relations: list[str]) -> float | None:
+        """A sparse-posterior unit's step time over the full mixture's at the whole set's K, averaged over the
+        relations timed by --step-cost (wall-clock run times depend on what else shared the cores)."""
+        ratios = []
+        for r in relations:
+            path = step_cost_path(self.store, r)
+            if unit.sparse_k is None or not path.is_file():
+                return None
+            t = json.loads(path.read_text())["rows"][-1]["seconds"]
+            ratios.append(t[f"sparse{unit.sparse_k}"] / t["full"])
+        return sum(ratios) / len(ratios) if ratios else None
 
     def step_cost_table(self) -> list[str]:
         paths = sorted((self.store / "step_cost").glob("*.json")) if (self.store / "step_cost").is_dir() else []
