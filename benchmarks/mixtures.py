@@ -601,12 +601,21 @@ class Report:
              ("both", Unit("min-soft", "min"))])
 
     def extras_table(self) -> list[str]:
-        return self._simple_table(
+        named = [("gradient (main)", Unit("min-soft", "min")), ("EM", Unit("min-soft-em", "min", method="em")),
+                 ("data-dependent", Unit("min-soft-datadep", "min", data_dependent=True))]
+        self.common([u for _, u in named])  # records what has not run yet
+        shown = [(label, u) for label, u in named if self.done(u)] or named
+        table = self._simple_table(
             "Training method and data-dependent weights (min. prompts, soft)",
             "EM: posteriors once per epoch, gradient M steps. Data-dependent: p(t | r, x) ∝ p(t | r) p(x | t)^(1/T); "
-            "for a causal LM p(x | t) only depends on prompt tokens before [X].",
-            [("gradient (main)", Unit("min-soft", "min")), ("EM", Unit("min-soft-em", "min", method="em")),
-             ("data-dependent", Unit("min-soft-datadep", "min", data_dependent=True))])
+            "for a causal LM p(x | t) only depends on prompt tokens before [X].", shown)
+        rels = self.common([u for _, u in shown])
+        if table and len(shown) > 1:
+            base = shown[0][1]
+            tests = [f"{label} {100 * (self.macro(u, rels)['p@1'] - self.macro(base, rels)['p@1']):+.1f} "
+                     f"(p = {self.p_value(u, base, 'p@1', rels):.2f})" for label, u in shown[1:]]
+            table[-1:] = ["", f"P@1 against gradient training, paired permutation test: {'; '.join(tests)}.", ""]
+        return table
 
     def scaling_table(self) -> list[str]:
         def label(u: Unit) -> str:
