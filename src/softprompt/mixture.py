@@ -210,7 +210,7 @@ class MixtureObjective:
             raise SoftpromptError(f"unknown training method {method!r}; choose one of: {', '.join(METHODS)}")
         self.engine, self.module, self.items, self.dev = engine, mixture, train, dev
         self.method, self.max_rows, self.weights_lr = method, max_rows, weights_lr
-        # With k >= K every prompt is live: the plain pass is the same computation at a third of the cost.
+        # With k >= K every prompt is live: the plain pass computes the same without the extra inference pass.
         self.sparse_k = sparse_k if sparse_k is not None and sparse_k < len(mixture) else None
         self.posteriors: torch.Tensor | None = None
 
