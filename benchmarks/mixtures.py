@@ -95,10 +95,35 @@ class Unit:
     selection: str = "weight"  # how the top_k prompts are chosen
     prune_after: int = 0  # epochs of training all prompts before pruning to top_k
     sparse_k: int | None = None  # gradient only through each fact's sparse_k most probable prompts
+    sparse_m: int | None = None  # ... and each prompt's sparse_m most probable facts of the batch
 
     @property
     def is_full_mixture(self) -> bool:
-        return self.top_k is None and self.sparse_k is None
+        return self.top_k is None and not self.is_sparse
+
+    @property
+    def is_sparse(self) -> bool:
+        return (self.sparse_k, self.sparse_m) != (None, None)
+
+    @property
+    def step_method(self) -> str:
+        """Its name in the --step-cost record."""
+        return sparse_method(self.sparse_k, self.sparse_m)
+
+
+def sparse_method(k: int | None, m: int | None) -> str:
+    return "sparse" + (str(k) if k is not None else "") + (f"m{m}" if m is not None else "")
+
+
+def sparse_label(k: int | None, m: int | None) -> str:
+    picks = ([f"each fact's top {k}"] if k is not None else []) + ([f"each prompt's top {m} fact{'s' * (m > 1)}"]
+                                                                  if m is not None else [])
+    return " and ".join(picks)
+
+
+def parse_sparse_method(name: str) -> tuple[int | None, int | None]:
+    k, m = re.fullmatch(r"sparse(\d*)(?:m(\d+))?", name).groups()
+    return (int(k) if k else None), (int(m) if m else None)
 
 
 def units(experiment: str) -> list[Unit]:
@@ -121,7 +146,8 @@ def units(experiment: str) -> list[Unit]:
             Unit("min-soft-top4-warm1", "min", top_k=4, prune_after=1),
             Unit("min-soft-top4-warm2", "min", top_k=4, prune_after=2),
             Unit("min-soft-top8-warm1", "min", top_k=8, prune_after=1)] + [
-            Unit(f"min-soft-sparse{k}", "min", top_k=None, sparse_k=k) for k in (4, 2)]
+            Unit(f"min-soft-sparse{k}", "min", top_k=None, sparse_k=k) for k in (4, 2)] + [
+            Unit("min-soft-sparse4m1", "min", top_k=None, sparse_k=4, sparse_m=1)]
     if experiment == "distinct":  # Table 9: no answer shared between train, dev and test
         return [replace(u, name=f"distinct-{u.name}", split="trex_distinct") for u in
                 (Unit("sin-init", "sin", mode="hard", tune="none"), Unit("sin-soft", "sin"),
@@ -204,7 +230,7 @@ def publish_heaviest(run: Path, identity: str, out: Path, lm: LanguageModel, eng
 
 
 STEP_SIZES = (4, 8, 16)  # mixture sizes K timed per training step, besides the whole set
-STEP_SPARSE = (2, 4)  # sparse_k values timed
+STEP_SPARSE = ((2, None), (4, None), (4, 1))  # (sparse_k, sparse_m) timed
 
 
 def step_cost_path(store: Path, relation: str) -> Path:
@@ -222,11 +248,11 @@ def time_steps(lm: LanguageModel, engine: Engine, relation: Relation, templates:
     for size in sorted({k for k in STEP_SIZES if k < len(whole)} | {len(whole)}):
         mixture = whole.subset(range(size))
         items = encode_mixture_data(relation, mixture, {"train": batch}).splits["train"]
-        methods = {"full": None} | {f"sparse{k}": k for k in STEP_SPARSE if k < size}
+        methods = {"full": (None, None)} | {sparse_method(k, m): (k, m) for k, m in STEP_SPARSE if k < size}
         seconds: dict[str, list[float]] = {name: [] for name in methods}
         for _ in range(repeats):
-            for name, k in methods.items():
-                objective = MixtureObjective(engine, mixture, items, [], sparse_k=k)
+            for name, (k, m) in methods.items():
+                objective = MixtureObjective(engine, mixture, items, [], sparse_k=k, sparse_m=m)
                 mixture.zero_grad()
                 start = time.perf_counter()
                 objective.backward(list(range(len(items))))
@@ -289,7 +315,7 @@ def main() -> None:
             settings = MixtureSettings(pset.name, pset.templates, pset.init, unit.mode, unit.method, unit.tune,
                                        unit.data_dependent, top_k, max_rows=args.max_rows,
                                        selection=unit.selection, prune_after=unit.prune_after,
-                                       sparse_k=unit.sparse_k)
+                                       sparse_k=unit.sparse_k, sparse_m=unit.sparse_m)
             if copy_identical_record(record, mixture_settings(lm, relation, settings, profile.config, profile.limits)):
                 print(f"{unit.split:13} {rel:6} {unit.name:22} copied from an identical run", flush=True)
                 continue
@@ -619,8 +645,8 @@ class Report:
 
     def scaling_table(self) -> list[str]:
         def label(u: Unit) -> str:
-            if u.sparse_k is not None:
-                return f"all prompts, gradient through each fact's top {u.sparse_k}"
+            if u.is_sparse:
+                return "all prompts, gradient through " + sparse_label(u.sparse_k, u.sparse_m)
             if u.top_k is None:
                 return "all prompts"
             warm = f" after {u.prune_after} epoch{'s' * (u.prune_after > 1)} of all" if u.prune_after else ""
@@ -628,9 +654,10 @@ class Report:
 
         # Plain top-k by k, then the other ways of choosing, then sparse posteriors, then the full mixture they
         # are all measured against.
-        order = sorted(units("scaling"), key=lambda u: (u.is_full_mixture, u.sparse_k is not None,
+        order = sorted(units("scaling"), key=lambda u: (u.is_full_mixture, u.is_sparse,
                                                          bool(u.selection != "weight" or u.prune_after),
-                                                         u.top_k or 0, u.prune_after, -(u.sparse_k or 0)))
+                                                         u.top_k or 0, u.prune_after, u.sparse_m or 0,
+                                                         -(u.sparse_k or 0)))
         named = [(label(u), u) for u in order]
         self.common([u for _, u in named])  # records what has not run yet
         named = [(label, u) for label, u in named if self.done(u)] or named
@@ -661,10 +688,10 @@ class Report:
         ratios = []
         for r in relations:
             path = step_cost_path(self.store, r)
-            if unit.sparse_k is None or not path.is_file():
+            t = json.loads(path.read_text())["rows"][-1]["seconds"] if path.is_file() else {}
+            if unit.step_method not in t:
                 return None
-            t = json.loads(path.read_text())["rows"][-1]["seconds"]
-            ratios.append(t[f"sparse{unit.sparse_k}"] / t["full"])
+            ratios.append(t[unit.step_method] / t["full"])
         return sum(ratios) / len(ratios) if ratios else None
 
     def step_cost_table(self) -> list[str]:
@@ -680,7 +707,7 @@ class Report:
                       f"within each repeat, {doc['threads']} thread(s) (other benchmark processes shared the "
                       "cores, so compare the columns, not the absolute times). Reproduce: `.venv/bin/python "
                       f"benchmarks/mixtures.py --step-cost --relations {path.stem}`.", "",
-                      "| K | full | " + " | ".join(f"top {n.removeprefix('sparse')} per fact" for n in sparse)
+                      "| K | full | " + " | ".join(sparse_label(*parse_sparse_method(n)) for n in sparse)
                       + " | " + " | ".join(f"{n.removeprefix('sparse')} / full" for n in sparse) + " |",
                       "|---|" + "---|" * (1 + 2 * len(sparse))]
             for row in doc["rows"]:

@@ -314,10 +314,12 @@ def _mixture_gradients(mixture: MixturePrompt, scores) -> tuple[float, dict[str,
                          for n, p in mixture.named_parameters()}
 
 
-@pytest.mark.parametrize(("mode", "data_dependent"), [("soft", False), ("deep", True)])
-def test_sparse_posteriors_keep_the_objective_and_the_weights_gradient(causal_lm, mode, data_dependent):
-    """sparse_score has score's values; with k = K it has its gradients too; with k < K the mixture weights'
-    (and log T's) gradients are unchanged and only the chosen prompts' vectors differ."""
+@pytest.mark.parametrize(("mode", "data_dependent", "k", "m"),
+                         [("soft", False, 1, None), ("deep", True, 1, None), ("soft", False, None, 1),
+                          ("deep", True, 1, 2)])
+def test_sparse_posteriors_keep_the_objective_and_the_weights_gradient(causal_lm, mode, data_dependent, k, m):
+    """sparse_score has score's values; with k = K (or m = n) it has its gradients too; with fewer the mixture
+    weights' (and log T's) gradients are unchanged and only the chosen prompts' vectors differ."""
     engine = Engine(causal_lm)
     mixture = build(causal_lm, mode=mode, init="random", seed=2, data_dependent=data_dependent)
     with torch.no_grad():
@@ -326,11 +328,16 @@ def test_sparse_posteriors_keep_the_objective_and_the_weights_gradient(causal_lm
             p.add_(0.05 * torch.randn_like(p))  # deep deltas start at zero; give them a gradient path of their own
     items = encode_mixture_data(RELATION, mixture).splits["train"][:6]
     full_loss, full = _mixture_gradients(mixture, score(engine, mixture, items))
-    same_loss, same = _mixture_gradients(mixture, sparse_score(engine, mixture, items, 3))
-    assert same_loss == pytest.approx(full_loss, rel=1e-6)
-    for name in full:
-        assert torch.allclose(same[name], full[name], atol=1e-6, rtol=1e-4), name
-    sparse_loss, sparse = _mixture_gradients(mixture, sparse_score(engine, mixture, items, 1))
+    for every in (sparse_score(engine, mixture, items, 3), sparse_score(engine, mixture, items, None, 6)):
+        same_loss, same = _mixture_gradients(mixture, every)
+        assert same_loss == pytest.approx(full_loss, rel=1e-6)
+        for name in full:
+            assert torch.allclose(same[name], full[name], atol=1e-6, rtol=1e-4), name
+    sparse_loss, sparse = _mixture_gradients(mixture, sparse_score(engine, mixture, items, k, m))
+    # The result does not depend on how many sequences share a forward pass.
+    _, small_passes = _mixture_gradients(mixture, sparse_score(engine, mixture, items, k, m, max_rows=2))
+    for name in sparse:
+        assert torch.allclose(small_passes[name], sparse[name], atol=1e-6, rtol=1e-4), name
     assert sparse_loss == pytest.approx(full_loss, rel=1e-6)
     weights = ["weight_logits"] + (["log_temperature"] if data_dependent else [])
     for name in weights:
@@ -355,6 +362,25 @@ def test_sparse_posteriors_train_only_each_facts_most_probable_prompt(causal_lm)
                 assert torch.allclose(sparse[key], expected, atol=1e-7, rtol=1e-5), (t, name)
 
 
+def test_sparse_posteriors_train_each_prompt_on_its_most_probable_fact(causal_lm):
+    """m = 1, no k: each prompt gets exactly the full mixture's gradient from the one fact of the batch whose
+    posterior it has highest, nothing from the others."""
+    engine = Engine(causal_lm)
+    mixture = build(causal_lm, init="random", seed=7)
+    with torch.no_grad():
+        mixture.weight_logits.copy_(torch.tensor([0.9, -0.3, 0.2]))
+    items = encode_mixture_data(RELATION, mixture).splits["train"][:5]
+    with torch.no_grad():
+        best = posteriors(engine, mixture, items).argmax(0).tolist()
+    assert len(set(best)) > 1  # the prompts' picks differ, so the test tells them apart
+    _, sparse = _mixture_gradients(mixture, sparse_score(engine, mixture, items, None, 1))
+    for t, i in enumerate(best):
+        _, alone = _mixture_gradients(mixture, score(engine, mixture, [items[i]]))
+        for name, _ in mixture.components[t].named_parameters():
+            key = f"components.{t}.{name}"
+            assert torch.allclose(sparse[key], alone[key], atol=1e-7, rtol=1e-5), (t, name)
+
+
 def test_sparse_posteriors_train_a_mixture(causal_lm, tmp_path):
     config = TrainConfig(lr=0.05, batch_size=8, max_epochs=2, patience=2)
     full = run_mixture(causal_lm, RELATION, MixtureSettings("test", tuple(TEMPLATES)), tmp_path / "full", config,
@@ -367,7 +393,12 @@ def test_sparse_posteriors_train_a_mixture(causal_lm, tmp_path):
     assert sparse["best_dev_loss"] < sparse["history"][0]["dev_loss"]
     assert sparse["history"] != full["history"]
     assert json.loads((tmp_path / "k1" / "config.json").read_text())["mixture"]["sparse_k"] == 1
-    assert "sparse_k" not in json.loads((tmp_path / "full" / "config.json").read_text())["mixture"]
+    assert not {"sparse_k", "sparse_m"} & set(json.loads((tmp_path / "full" / "config.json").read_text())["mixture"])
+    both = run_mixture(causal_lm, RELATION, MixtureSettings("test", tuple(TEMPLATES), sparse_k=1, sparse_m=1),
+                       tmp_path / "k1m1", config, progress=False)
+    assert both["best_dev_loss"] < both["history"][0]["dev_loss"]
+    assert both["history"] not in (full["history"], sparse["history"])
+    assert json.loads((tmp_path / "k1m1" / "config.json").read_text())["mixture"]["sparse_m"] == 1
 
 
 def test_pruning_after_warmup_trains_all_prompts_then_the_chosen_ones(causal_lm, tmp_path):
@@ -500,11 +531,13 @@ def test_settings_are_validated():
         MixtureSettings("x", ("[X] is [Y] .",), prune_after=1)
     with pytest.raises(SoftpromptError, match="--prune-after must be 0 or more"):
         MixtureSettings("x", ("[X] is [Y] .",), top_k=1, prune_after=-1)
-    with pytest.raises(SoftpromptError, match="--sparse-k must be at least 1"):
-        MixtureSettings("x", ("[X] is [Y] .",), sparse_k=0)
-    for kwargs in ({"mode": "hard"}, {"tune": "weights"}, {"tune": "none"}):
-        with pytest.raises(SoftpromptError, match="--sparse-k chooses which prompts' vectors"):
-            MixtureSettings("x", ("[X] is [Y] .",), sparse_k=1, **kwargs)
+    for flag in ("sparse_k", "sparse_m"):
+        option = "--" + flag.replace("_", "-")
+        with pytest.raises(SoftpromptError, match=f"{option} must be at least 1"):
+            MixtureSettings("x", ("[X] is [Y] .",), **{flag: 0})
+        for kwargs in ({"mode": "hard"}, {"tune": "weights"}, {"tune": "none"}):
+            with pytest.raises(SoftpromptError, match=f"{option} chooses which prompts' vectors"):
+                MixtureSettings("x", ("[X] is [Y] .",), **{flag: 1}, **kwargs)
     assert MixtureSettings("x", ("[X] is [Y] .",), mode="hard").tune == "weights"
 
 

@@ -97,9 +97,10 @@ def test_train_show_and_compare(relation_dir, prompt_root, model_dirs, tmp_path,
     assert init.exit_code == 0, init.output
     assert "1 reordered to end in [Y]" in init.output
     tuned = invoke("mixture", "train", *common, "--prompts", "min", "--method", "em", "--data-dependent",
-                   "--sparse-k", 1, "--out", tmp_path / "soft")
+                   "--sparse-k", 1, "--sparse-m", 2, "--out", tmp_path / "soft")
     assert tuned.exit_code == 0, tuned.output
-    assert json.loads((tmp_path / "soft" / "config.json").read_text())["mixture"]["sparse_k"] == 1
+    config = json.loads((tmp_path / "soft" / "config.json").read_text())["mixture"]
+    assert (config["sparse_k"], config["sparse_m"]) == (1, 2)
     metrics = json.loads((tmp_path / "soft" / "metrics.json").read_text())
     assert metrics["test"]["n"] == 16 and metrics["num_prompts"] == 2 and metrics["method"] == "em"
     meta, _ = read_prompt_file(tmp_path / "soft")

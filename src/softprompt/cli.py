@@ -394,6 +394,9 @@ def mixture_train(
         min=1, help="Backpropagate only through each fact's K prompts of highest posterior (the others are "
                     "scored without gradients): a step costs about a third as much per extra prompt.",
         show_default=False)] = None,
+    sparse_m: Annotated[int | None, typer.Option(
+        min=1, help="Backpropagate also (or, without --sparse-k, only) through each prompt's M facts of highest "
+                    "posterior in the batch, so that every prompt keeps training.", show_default=False)] = None,
     answer_first: Annotated[Literal["reorder", "skip", "error"], typer.Option(
         help="Causal LMs: move [Y] of answer-first templates to the end, leave them out, or stop.")] = "reorder",
     max_rows: Annotated[int, typer.Option(
@@ -435,7 +438,8 @@ def mixture_train(
             pset = dataclasses.replace(pset, init=init)
     rel = _load_relation(data, pset.templates[0], None, name)
     settings = MixtureSettings(pset.name, pset.templates, pset.init, mode, method, tune, data_dependent, top_k,
-                               answer_first, max_rows, weights_lr, select, prune_after, sparse_k)
+                               answer_first, max_rows, weights_lr, select, prune_after, sparse_k,
+                               sparse_m)
     config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience, seed=seed)
     limits = _limits(train=max_train, dev=max_dev, test=max_test)
     _check_run_dir(out, force, resume)

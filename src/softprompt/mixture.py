@@ -163,29 +163,43 @@ def score(
     return MixtureScores(mixture.log_weights(subject).expand(n, k), logprobs.view(n, k, *logprobs.shape[1:]))
 
 
-def sparse_score(engine: Engine, mixture: MixturePrompt, items: Sequence[MixtureItem], k: int) -> MixtureScores:
+def sparse_score(
+    engine: Engine, mixture: MixturePrompt, items: Sequence[MixtureItem], k: int | None, m: int | None = None,
+    max_rows: int = 512,
+) -> MixtureScores:
     """Gold-answer scores of ``items`` under all K prompts whose gradient flows only through each item's
-    ``k`` prompts of highest posterior p(t | x, y, r) ("sparse posteriors").
+    ``k`` prompts of highest posterior p(t | x, y, r) and each prompt's ``m`` items of highest posterior
+    ("sparse posteriors"; None: no pick of that kind).
 
-    A pass without gradients scores all K prompts; each item's k most probable prompts are scored again with
+    A pass without gradients scores all K prompts; the chosen (item, prompt) pairs are scored again with
     gradients and take their places in the (n, K) matrices, the other entries stay constants. The values, and
-    so the objective and the gradient of the mixture weights and log T, are those of ``score``; a prompt's
-    vectors get the gradient of the items whose posterior it leads. Eq. 2 weights each prompt's gradient by
-    its posterior, which mostly sits on a few prompts, so little is lost, while only k of the K rows pay for
-    a backward pass: a training step costs about K forward passes plus k forward-backward passes instead of
-    K forward-backward passes.
+    so the objective and the gradient of the mixture weights and log T, are those of ``score``. Eq. 2 gives
+    prompt t the gradient Σ_i q_it ∇ log p(y_i | t, x_i): per item the posterior mostly sits on a few prompts
+    (``k`` keeps those terms), and per prompt a few items carry most of its sum (``m`` keeps those, so that no
+    prompt goes untrained while others lead every item). Only the chosen pairs pay for a backward pass: a
+    step costs about K forward passes plus n·k + K·m forward-backward passes instead of n·K. Each forward
+    pass has at most ``max_rows`` sequences; the chosen pairs' graphs are kept until the caller's backward.
     """
     n, total = len(items), len(mixture)
+    if (k is not None and k >= total) or (m is not None and m >= n):
+        return score(engine, mixture, items)  # every pair is chosen
+    rows = [row for item in items for row in item.rows]
     with torch.no_grad():
-        logprobs, subject = _score_rows(engine, mixture, [row for item in items for row in item.rows])
-        logprobs = logprobs.view(n, total)
-        subject = None if subject is None else subject.view(n, total)
-        chosen = (mixture.log_weights(subject) + logprobs).topk(min(k, total), dim=-1).indices
-    live, live_subject = _score_rows(engine, mixture, [items[i].rows[t] for i, ts in enumerate(chosen.tolist())
-                                                       for t in ts])
-    logprobs = logprobs.scatter(1, chosen, live.view(chosen.shape))
+        parts = [_score_rows(engine, mixture, rows[i : i + max_rows]) for i in range(0, len(rows), max_rows)]
+        logprobs = torch.cat([lp for lp, _ in parts]).view(n, total)
+        subject = torch.cat([s for _, s in parts]).view(n, total) if mixture.data_dependent else None
+        joint = mixture.log_weights(subject) + logprobs
+        chosen = torch.zeros(n, total, dtype=torch.bool, device=joint.device)
+        if k is not None:
+            chosen.scatter_(1, joint.topk(k, dim=1).indices, True)
+        if m is not None:  # rank each prompt's items by posterior: the joint's normaliser differs between items
+            chosen.scatter_(0, joint.log_softmax(1).topk(m, dim=0).indices, True)
+        pairs = chosen.nonzero(as_tuple=True)
+    live_rows = [items[i].rows[t] for i, t in zip(pairs[0].tolist(), pairs[1].tolist(), strict=True)]
+    live = [_score_rows(engine, mixture, live_rows[i : i + max_rows]) for i in range(0, len(live_rows), max_rows)]
+    logprobs = logprobs.index_put(pairs, torch.cat([lp for lp, _ in live]))
     if subject is not None:
-        subject = subject.scatter(1, chosen, live_subject.view(chosen.shape))
+        subject = subject.index_put(pairs, torch.cat([s for _, s in live]))
     return MixtureScores(mixture.log_weights(subject).expand(n, total), logprobs)
 
 
@@ -205,13 +219,16 @@ class MixtureObjective:
     def __init__(
         self, engine: Engine, mixture: MixturePrompt, train: Sequence[MixtureItem], dev: Sequence[MixtureItem],
         method: str = "gradient", max_rows: int = 512, weights_lr: float = WEIGHTS_LR, sparse_k: int | None = None,
+        sparse_m: int | None = None,
     ) -> None:
         if method not in METHODS:
             raise SoftpromptError(f"unknown training method {method!r}; choose one of: {', '.join(METHODS)}")
         self.engine, self.module, self.items, self.dev = engine, mixture, train, dev
         self.method, self.max_rows, self.weights_lr = method, max_rows, weights_lr
-        # With k >= K every prompt is live: the plain pass computes the same without the extra inference pass.
-        self.sparse_k = sparse_k if sparse_k is not None and sparse_k < len(mixture) else None
+        # With k >= K every pair is live: the plain pass computes the same without the extra inference pass.
+        every = sparse_k is not None and sparse_k >= len(mixture)
+        self.sparse = not every and (sparse_k, sparse_m) != (None, None)
+        self.sparse_k, self.sparse_m = sparse_k, sparse_m
         self.posteriors: torch.Tensor | None = None
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
@@ -228,10 +245,12 @@ class MixtureObjective:
 
     def backward(self, indices: list[int]) -> float:
         total = 0.0
-        for chunk in _chunks(indices, len(self.module), self.max_rows):
+        # sparse_score bounds its own passes, and ranks each prompt's items across the whole batch.
+        chunks = [indices] if self.sparse else _chunks(indices, len(self.module), self.max_rows)
+        for chunk in chunks:
             items = [self.items[i] for i in chunk]
-            scores = (score(self.engine, self.module, items) if self.sparse_k is None
-                      else sparse_score(self.engine, self.module, items, self.sparse_k))
+            scores = (sparse_score(self.engine, self.module, items, self.sparse_k, self.sparse_m, self.max_rows)
+                      if self.sparse else score(self.engine, self.module, items))
             joint = scores.log_weights + scores.logprobs
             if self.method == "em":
                 q = self.posteriors[chunk].to(joint.device)
@@ -408,6 +427,7 @@ class MixtureSettings:
     selection: str = "weight"  # how select_prompts judges which top_k prompts are most useful
     prune_after: int = 0  # epochs of training the whole mixture before top_k prunes it (0: prune untrained)
     sparse_k: int | None = None  # backpropagate through each fact's k most probable prompts (see sparse_score)
+    sparse_m: int | None = None  # ... and through each prompt's m most probable facts of the batch
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -422,11 +442,12 @@ class MixtureSettings:
             raise SoftpromptError(f"unknown --select {self.selection!r}; choose one of: {', '.join(SELECTIONS)}")
         if self.mode == "hard" and self.tune == "prompts":
             raise SoftpromptError("hard prompts have no vectors to tune; use --mode soft or deep, or --tune weights")
-        if self.sparse_k is not None and self.sparse_k < 1:
-            raise SoftpromptError(f"--sparse-k must be at least 1, got {self.sparse_k}")
-        if self.sparse_k is not None and (self.mode == "hard" or self.tune in ("weights", "none")):
-            raise SoftpromptError("--sparse-k chooses which prompts' vectors get gradients; it needs tuned vectors "
-                                  "(--mode soft or deep with --tune both or prompts)")
+        for flag, value in (("--sparse-k", self.sparse_k), ("--sparse-m", self.sparse_m)):
+            if value is not None and value < 1:
+                raise SoftpromptError(f"{flag} must be at least 1, got {value}")
+            if value is not None and (self.mode == "hard" or self.tune in ("weights", "none")):
+                raise SoftpromptError(f"{flag} chooses which prompts' vectors get gradients; it needs tuned vectors "
+                                      "(--mode soft or deep with --tune both or prompts)")
         if self.mode == "hard" and self.tune == "both":
             self.tune = "weights"  # all a mixture of hard prompts can learn
         if self.max_rows < 1:
@@ -471,7 +492,7 @@ def run_mixture(
     checkpoint_settings = {k: v for k, v in identity.items() if k != "train"}
     def objective(mixture: MixturePrompt, data: MixtureData) -> MixtureObjective:
         return MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], settings.method,
-                                settings.max_rows, settings.weights_lr, settings.sparse_k)
+                                settings.max_rows, settings.weights_lr, settings.sparse_k, settings.sparse_m)
 
     warmed: TrainResult | None = None
     if warmup:
@@ -537,8 +558,9 @@ def mixture_settings(
         del mixture["selection"]
     if not settings.prune_after:
         del mixture["prune_after"]
-    if settings.sparse_k is None:
-        del mixture["sparse_k"]
+    for key in ("sparse_k", "sparse_m"):
+        if mixture[key] is None:
+            del mixture[key]
     return {"model": lm.name, "relation": relation.name, "mixture": mixture, "train": asdict(config),
             "limits": dict(limits or {})}
 
