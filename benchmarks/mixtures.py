@@ -481,7 +481,8 @@ class Report:
             "`--render-only` rewrites this file from those records). Times are wall-clock seconds on a 2-core "
             f"machine with {' or '.join(map(str, self.threads()))} PyTorch thread(s) per process (with one thread, "
             "two benchmark processes shared the cores, and three or four while the sparse-posterior and "
-            "step-cost runs went on, which slowed the runs of P101 and P138 by up to 2.5×: compare times within "
+            "step-cost runs went on, which slowed the runs of P101, P138 and P407 by up to 2.5×: compare times "
+            "within "
             "a table, not across sessions).",
             "",
             "Answer-first templates (most LPAQA mined prompts) are reordered to end in [Y] for the causal LM "
