@@ -19,6 +19,7 @@ from softprompt.significance import (
     load_predictions,
     macro_mean,
     pair_runs,
+    paired_bootstrap_interval,
     paired_permutation_test,
     sign_test,
 )
@@ -169,6 +170,8 @@ def test_compare_runs_finds_the_better_run(tmp_path: Path) -> None:
     assert (p1.n_examples, p1.n_relations) == (200, 2)
     assert p1.macro_a == pytest.approx(macro_mean(a, groups))
     assert p1.difference == pytest.approx(p1.macro_b - p1.macro_a)
+    low, high = p1.interval  # at confidence 1 - alpha = 98%; B gains 60 facts of 200 and never loses one
+    assert 0 < low < p1.difference < high
 
 
 # --- the compare command ---------------------------------------------------------------------------------
@@ -196,11 +199,13 @@ def test_compare_command_prints_the_metrics(runs: tuple[Path, Path], tmp_path: P
     out = tmp_path / "result.json"
     result = invoke("compare", *runs, "--permutations", 200, "--json", out)
     assert result.exit_code == 0, result.output
-    for fragment in ("P@1", "P@10", "MRR", "no significant difference"):
+    for fragment in ("P@1", "P@10", "MRR", "no significant difference", "98%", "[+0.0,"):
         assert fragment in result.output
     doc = json.loads(out.read_text(encoding="utf-8"))
     assert [m["metric"] for m in doc["metrics"]] == ["p@1", "p@10", "mrr"]
     assert doc["permutations"] == 200
+    # B never ranks a fact worse than A does, so no resample can make B - A negative.
+    assert all(0 <= m["interval"][0] <= m["difference"] <= m["interval"][1] for m in doc["metrics"])
 
 
 def test_compare_command_metric_option(runs: tuple[Path, Path]) -> None:
@@ -220,3 +225,39 @@ def test_compare_command_user_errors(runs: tuple[Path, Path], tmp_path: Path) ->
     assert "not evaluated on the same test facts" in result.stderr
     result = invoke("compare", *runs, "--alpha", 2)
     assert result.exit_code == 2, result.output
+
+
+# --- the bootstrap interval ------------------------------------------------------------------------------
+
+
+def test_bootstrap_interval_of_a_constant_difference_is_that_difference() -> None:
+    a = np.random.default_rng(3).random(40)
+    low, high = paired_bootstrap_interval(a, a + 0.25, ["P19"] * 15 + ["P36"] * 25, resamples=300)
+    assert low == pytest.approx(0.25) and high == pytest.approx(0.25)
+
+
+def test_bootstrap_interval_resamples_within_relations_and_macro_averages() -> None:
+    # P19's one fact always differs by 1 and P36's three never do: resampling within each relation keeps
+    # every resample's macro difference at (1 + 0) / 2; pooling the facts would let it range over [0, 1].
+    low, high = paired_bootstrap_interval([0, 0, 0, 0], [1, 0, 0, 0], ["P19", "P36", "P36", "P36"],
+                                          resamples=500)
+    assert (low, high) == (pytest.approx(0.5), pytest.approx(0.5))
+
+
+def test_bootstrap_interval_matches_the_normal_approximation() -> None:
+    rng = np.random.default_rng(4)
+    a = (rng.random(2000) < 0.5).astype(float)
+    b = np.where(rng.random(2000) < 0.2, 1 - a, a)  # B flips 20% of A's outcomes
+    differences = b - a
+    half = 1.96 * differences.std() / np.sqrt(len(differences))
+    low, high = paired_bootstrap_interval(a, b, ["P19"] * 2000, resamples=4000, seed=1)
+    assert low < differences.mean() < high
+    assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+    assert paired_bootstrap_interval(a, b, ["P19"] * 2000, resamples=4000, seed=1) == (low, high)
+
+
+def test_bootstrap_interval_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="confidence"):
+        paired_bootstrap_interval([0], [1], ["P19"], confidence=1.0)
+    with pytest.raises(ValueError, match="same, non-zero length"):
+        paired_bootstrap_interval([0, 1], [1], ["P19"])

@@ -500,10 +500,12 @@ RUN_A and RUN_B are run directories written by `softprompt probe train/eval`, th
 or directory trees of runs (every predictions.jsonl under them, e.g. one run per relation). Both must have
 scored exactly the same facts (relation, subject, answer).
 
-Prints, per metric, both macro-averages over relations and their difference (×100), the p-value of a paired
-permutation test on the macro-average difference, the p-value of an exact sign test on the per-fact scores,
-and B's wins/losses/ties. The run that is significantly better under the permutation test (p < --alpha) is
-shown in bold, as the paper boldfaces it (Qin & Eisner, 2021: p < 0.02).
+Prints, per metric, both macro-averages over relations and their difference (×100) with a paired bootstrap
+interval at confidence 1 - --alpha (how close two runs are, e.g. whether a cheaper run is within a point of
+another: the interval's lower end above -1), the p-value of a paired permutation test on the macro-average
+difference, the p-value of an exact sign test on the per-fact scores, and B's wins/losses/ties. The run
+that is significantly better under the permutation test (p < --alpha) is shown in bold, as the paper
+boldfaces it (Qin & Eisner, 2021: p < 0.02).
 """
 
 
@@ -523,12 +525,15 @@ def _comparison_table(result: Comparison) -> Table:
     first = result.metrics[0]
     table = Table(title=f"A: {result.run_a}   B: {result.run_b}\n{first.n_examples} test facts, "
                         f"{first.n_relations} relations; macro-averages (×100)")
-    for name in ("metric", "A", "B", "B−A", "p permutation", "p sign", "B W/L/T"):
+    for name in ("metric", "A", "B", "B−A", f"{100 * (1 - result.alpha):g}% interval", "p permutation", "p sign",
+                 "B W/L/T"):
         table.add_column(name, justify="left" if name == "metric" else "right")
     for m in result.metrics:
         a = Text(f"{100 * m.macro_a:.1f}", style="bold" if m.better == "A" else "")
         b = Text(f"{100 * m.macro_b:.1f}", style="bold" if m.better == "B" else "")
-        table.add_row(m.metric.upper(), a, b, f"{100 * m.difference:+.1f}", _p_value(m.p_permutation),
+        low, high = m.interval
+        table.add_row(m.metric.upper(), a, b, f"{100 * m.difference:+.1f}", f"[{100 * low:+.1f}, {100 * high:+.1f}]",
+                      _p_value(m.p_permutation),
                       _p_value(m.p_sign), f"{m.wins}/{m.losses}/{m.ties}")
     return table
 
