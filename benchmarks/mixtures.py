@@ -99,6 +99,7 @@ class Unit:
     prune_after: int = 0  # epochs of training all prompts before pruning to top_k
     sparse_k: int | None = None  # gradient only through each fact's sparse_k most probable prompts
     sparse_m: int | None = None  # ... and each prompt's sparse_m most probable facts of the batch
+    sparse_draw: str = "top"  # or "sample": each prompt's sparse_m facts drawn by posterior
 
     @property
     def is_full_mixture(self) -> bool:
@@ -111,22 +112,24 @@ class Unit:
     @property
     def step_method(self) -> str:
         """Its name in the --step-cost record."""
-        return sparse_method(self.sparse_k, self.sparse_m)
+        return sparse_method(self.sparse_k, self.sparse_m, self.sparse_draw)
 
 
-def sparse_method(k: int | None, m: int | None) -> str:
-    return "sparse" + (str(k) if k is not None else "") + (f"m{m}" if m is not None else "")
+def sparse_method(k: int | None, m: int | None, draw: str = "top") -> str:
+    return ("sparse" + (str(k) if k is not None else "") + (f"m{m}" if m is not None else "")
+            + ("d" if draw == "sample" else ""))
 
 
-def sparse_label(k: int | None, m: int | None) -> str:
-    picks = ([f"each fact's top {k}"] if k is not None else []) + ([f"each prompt's top {m} fact{'s' * (m > 1)}"]
-                                                                  if m is not None else [])
+def sparse_label(k: int | None, m: int | None, draw: str = "top") -> str:
+    facts = f"{m} fact{'s' * (m > 1)}" if m is not None else ""
+    per_prompt = f"each prompt's top {facts}" if draw == "top" else f"{facts} per prompt drawn by posterior"
+    picks = ([f"each fact's top {k}"] if k is not None else []) + ([per_prompt] if m is not None else [])
     return " and ".join(picks)
 
 
-def parse_sparse_method(name: str) -> tuple[int | None, int | None]:
-    k, m = re.fullmatch(r"sparse(\d*)(?:m(\d+))?", name).groups()
-    return (int(k) if k else None), (int(m) if m else None)
+def parse_sparse_method(name: str) -> tuple[int | None, int | None, str]:
+    k, m, drawn = re.fullmatch(r"sparse(\d*)(?:m(\d+)(d?))?", name).groups()
+    return (int(k) if k else None), (int(m) if m else None), ("sample" if drawn else "top")
 
 
 def units(experiment: str) -> list[Unit]:
@@ -150,7 +153,8 @@ def units(experiment: str) -> list[Unit]:
             Unit("min-soft-top4-warm2", "min", top_k=4, prune_after=2),
             Unit("min-soft-top8-warm1", "min", top_k=8, prune_after=1)] + [
             Unit(f"min-soft-sparse{k}", "min", top_k=None, sparse_k=k) for k in (4, 2)] + [
-            Unit("min-soft-sparse4m1", "min", top_k=None, sparse_k=4, sparse_m=1)]
+            Unit("min-soft-sparse4m1", "min", top_k=None, sparse_k=4, sparse_m=1),
+            Unit("min-soft-sparse4m1d", "min", top_k=None, sparse_k=4, sparse_m=1, sparse_draw="sample")]
     if experiment == "distinct":  # Table 9: no answer shared between train, dev and test
         return [replace(u, name=f"distinct-{u.name}", split="trex_distinct") for u in
                 (Unit("sin-init", "sin", mode="hard", tune="none"), Unit("sin-soft", "sin"),
@@ -233,7 +237,7 @@ def publish_heaviest(run: Path, identity: str, out: Path, lm: LanguageModel, eng
 
 
 STEP_SIZES = (4, 8, 16)  # mixture sizes K timed per training step, besides the whole set
-STEP_SPARSE = ((2, None), (4, None), (4, 1))  # (sparse_k, sparse_m) timed
+STEP_SPARSE = ((2, None, "top"), (4, None, "top"), (4, 1, "top"), (4, 1, "sample"))  # (k, m, draw) timed
 
 
 def step_cost_path(store: Path, relation: str) -> Path:
@@ -251,11 +255,12 @@ def time_steps(lm: LanguageModel, engine: Engine, relation: Relation, templates:
     for size in sorted({k for k in STEP_SIZES if k < len(whole)} | {len(whole)}):
         mixture = whole.subset(range(size))
         items = encode_mixture_data(relation, mixture, {"train": batch}).splits["train"]
-        methods = {"full": (None, None)} | {sparse_method(k, m): (k, m) for k, m in STEP_SPARSE if k < size}
+        methods = {"full": (None, None, "top")} | {sparse_method(*s): s for s in STEP_SPARSE if s[0] < size}
         seconds: dict[str, list[float]] = {name: [] for name in methods}
         for _ in range(repeats):
-            for name, (k, m) in methods.items():
-                objective = MixtureObjective(engine, mixture, items, [], sparse_k=k, sparse_m=m)
+            for name, (k, m, draw) in methods.items():
+                objective = MixtureObjective(engine, mixture, items, [], sparse_k=k, sparse_m=m, sparse_draw=draw)
+                objective.start_epoch(1)
                 mixture.zero_grad()
                 start = time.perf_counter()
                 objective.backward(list(range(len(items))))
@@ -318,7 +323,8 @@ def main() -> None:
             settings = MixtureSettings(pset.name, pset.templates, pset.init, unit.mode, unit.method, unit.tune,
                                        unit.data_dependent, top_k, max_rows=args.max_rows,
                                        selection=unit.selection, prune_after=unit.prune_after,
-                                       sparse_k=unit.sparse_k, sparse_m=unit.sparse_m)
+                                       sparse_k=unit.sparse_k, sparse_m=unit.sparse_m,
+                                       sparse_draw=unit.sparse_draw)
             if copy_identical_record(record, mixture_settings(lm, relation, settings, profile.config, profile.limits)):
                 print(f"{unit.split:13} {rel:6} {unit.name:22} copied from an identical run", flush=True)
                 continue
@@ -649,7 +655,7 @@ class Report:
     @staticmethod
     def scaling_label(u: Unit) -> str:
         if u.is_sparse:
-            return "all prompts, gradient through " + sparse_label(u.sparse_k, u.sparse_m)
+            return "all prompts, gradient through " + sparse_label(u.sparse_k, u.sparse_m, u.sparse_draw)
         if u.top_k is None:
             return "all prompts"
         warm = f" after {u.prune_after} epoch{'s' * (u.prune_after > 1)} of all" if u.prune_after else ""
@@ -661,7 +667,7 @@ class Report:
         order = sorted(units("scaling"), key=lambda u: (u.is_full_mixture, u.is_sparse,
                                                          bool(u.selection != "weight" or u.prune_after),
                                                          u.top_k or 0, u.prune_after, u.sparse_m or 0,
-                                                         -(u.sparse_k or 0)))
+                                                         -(u.sparse_k or 0), u.sparse_draw != "top"))
         named = [(self.scaling_label(u), u) for u in order]
         self.common([u for _, u in named])  # records what has not run yet
         named = [(label, u) for label, u in named if self.done(u)] or named
@@ -675,7 +681,10 @@ class Report:
             "likelihoods: those epochs' cost grows with K, the remaining epochs' with k. \"Gradient through each "
             "fact's top k\" trains all K prompts but backpropagates, for each fact, only through its k prompts of "
             "highest posterior (found by a pass without gradients over all K): the objective and the mixture "
-            "weights' gradient are exact. Run times compare only runs that shared the cores alike: the "
+            "weights' gradient are exact; \"each prompt's top m facts\" adds each prompt's m facts of highest "
+            "posterior in the batch, and \"drawn by posterior\" draws them instead, importance-weighted, so that "
+            "each prompt's gradient is an unbiased estimate of its gradient in the full mixture. Run times "
+            "compare only runs that shared the cores alike: the "
             "sparse-posterior runs shared them with two or three other benchmark processes, the others with one; "
             "the step-cost table below compares the methods within one process.", named)
         rels = self.common([u for _, u in named])

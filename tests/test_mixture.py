@@ -381,6 +381,46 @@ def test_sparse_posteriors_train_each_prompt_on_its_most_probable_fact(causal_lm
             assert torch.allclose(sparse[key], alone[key], atol=1e-7, rtol=1e-5), (t, name)
 
 
+def test_sampled_sparse_posteriors_with_one_item_give_the_full_gradient(causal_lm):
+    """One item: each prompt's only draw is that item, weighted by its whole posterior, so the estimate is
+    the full mixture's gradient exactly, for every prompt; with k = 1 the top prompt's pair stays exact."""
+    engine = Engine(causal_lm)
+    mixture = build(causal_lm, init="random", seed=3)
+    with torch.no_grad():
+        mixture.weight_logits.copy_(torch.tensor([0.5, -1.0, 0.3]))
+    for item in encode_mixture_data(RELATION, mixture).splits["train"][:3]:
+        _, full = _mixture_gradients(mixture, score(engine, mixture, [item]))
+        for k in (None, 1):
+            _, drawn = _mixture_gradients(mixture, sparse_score(engine, mixture, [item], k, 2, draw="sample",
+                                                                generator=torch.Generator().manual_seed(0)))
+            for name in full:
+                assert torch.allclose(drawn[name], full[name], atol=1e-7, rtol=1e-5), (k, name)
+
+
+def test_sampled_sparse_posteriors_are_unbiased(causal_lm):
+    """Averaged over draws, each prompt's vector gradient is the full mixture's, though single draws differ
+    (one fact per prompt, no k: every prompt's gradient is sampled)."""
+    engine = Engine(causal_lm)
+    mixture = build(causal_lm, init="random", seed=4)
+    with torch.no_grad():
+        mixture.weight_logits.copy_(torch.tensor([0.2, -0.4, 0.6]))
+    items = encode_mixture_data(RELATION, mixture).splits["train"][:6]
+    _, full = _mixture_gradients(mixture, score(engine, mixture, items))
+    vectors = [n for n in full if n.startswith("components.")]
+    generator = torch.Generator().manual_seed(1)
+    draws = [_mixture_gradients(mixture, sparse_score(engine, mixture, items, None, 1, draw="sample",
+                                                      generator=generator))[1] for _ in range(400)]
+
+    def error(grads: dict[str, torch.Tensor]) -> float:
+        return max(float((grads[n] - full[n]).norm() / full[n].norm()) for n in vectors)
+
+    mean = {n: torch.stack([d[n] for d in draws]).mean(0) for n in vectors}
+    assert error(mean) < 0.03  # 0.009 with this seed; 400 draws shrink a single draw's error about 20-fold
+    assert error(draws[0]) > 5 * error(mean)
+    for d in draws[:5]:  # the weights' gradient is exact in every draw
+        assert torch.allclose(d["weight_logits"], full["weight_logits"], atol=1e-6, rtol=1e-4)
+
+
 def test_sparse_posteriors_train_a_mixture(causal_lm, tmp_path):
     config = TrainConfig(lr=0.05, batch_size=8, max_epochs=2, patience=2)
     full = run_mixture(causal_lm, RELATION, MixtureSettings("test", tuple(TEMPLATES)), tmp_path / "full", config,
@@ -399,6 +439,13 @@ def test_sparse_posteriors_train_a_mixture(causal_lm, tmp_path):
     assert both["best_dev_loss"] < both["history"][0]["dev_loss"]
     assert both["history"] not in (full["history"], sparse["history"])
     assert json.loads((tmp_path / "k1m1" / "config.json").read_text())["mixture"]["sparse_m"] == 1
+    settings = MixtureSettings("test", tuple(TEMPLATES), sparse_k=1, sparse_m=1, sparse_draw="sample")
+    drawn = run_mixture(causal_lm, RELATION, settings, tmp_path / "k1m1s", config, progress=False)
+    assert drawn["best_dev_loss"] < drawn["history"][0]["dev_loss"]
+    assert drawn["history"] != both["history"]
+    assert json.loads((tmp_path / "k1m1s" / "config.json").read_text())["mixture"]["sparse_draw"] == "sample"
+    again = run_mixture(causal_lm, RELATION, settings, tmp_path / "again", config, progress=False)
+    assert again["history"] == drawn["history"]  # the draws are seeded
 
 
 def test_pruning_after_warmup_trains_all_prompts_then_the_chosen_ones(causal_lm, tmp_path):
@@ -538,6 +585,12 @@ def test_settings_are_validated():
         for kwargs in ({"mode": "hard"}, {"tune": "weights"}, {"tune": "none"}):
             with pytest.raises(SoftpromptError, match=f"{option} chooses which prompts' vectors"):
                 MixtureSettings("x", ("[X] is [Y] .",), **{flag: 1}, **kwargs)
+    with pytest.raises(SoftpromptError, match="give --sparse-m as well"):
+        MixtureSettings("x", ("[X] is [Y] .",), sparse_k=1, sparse_draw="sample")
+    with pytest.raises(SoftpromptError, match="use --method gradient"):
+        MixtureSettings("x", ("[X] is [Y] .",), sparse_m=1, sparse_draw="sample", method="em")
+    with pytest.raises(SoftpromptError, match="unknown --sparse-draw 'random'"):
+        MixtureSettings("x", ("[X] is [Y] .",), sparse_m=1, sparse_draw="random")
     assert MixtureSettings("x", ("[X] is [Y] .",), mode="hard").tune == "weights"
 
 

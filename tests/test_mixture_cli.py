@@ -146,6 +146,8 @@ def test_user_errors(relation_dir, prompt_root, model_dirs, tmp_path, monkeypatc
                              "--epochs", 2), "--prune-after 2 leaves no epoch")
     assert_user_error(invoke("mixture", "train", *common, "--prompts", "min", "--mode", "hard", "--sparse-k", 1),
                       "--sparse-k chooses which prompts' vectors get gradients")
+    assert_user_error(invoke("mixture", "train", *common, "--prompts", "min", "--method", "em", "--sparse-m", 1,
+                             "--sparse-draw", "sample"), "use --method gradient")
     assert not (tmp_path / "run").exists()  # nothing written for refused input
     single = tmp_path / "single"
     assert invoke("probe", "train", "--data", relation_dir, "--template", "[X] is [Y] .", "--model",

@@ -397,6 +397,9 @@ def mixture_train(
     sparse_m: Annotated[int | None, typer.Option(
         min=1, help="Backpropagate also (or, without --sparse-k, only) through each prompt's M facts of highest "
                     "posterior in the batch, so that every prompt keeps training.", show_default=False)] = None,
+    sparse_draw: Annotated[Literal["top", "sample"], typer.Option(
+        help="How --sparse-m picks each prompt's facts: its M most probable, or M drawn by posterior and "
+             "importance-weighted, so each prompt's gradient is an unbiased estimate of the full mixture's.")] = "top",
     answer_first: Annotated[Literal["reorder", "skip", "error"], typer.Option(
         help="Causal LMs: move [Y] of answer-first templates to the end, leave them out, or stop.")] = "reorder",
     max_rows: Annotated[int, typer.Option(
@@ -439,7 +442,7 @@ def mixture_train(
     rel = _load_relation(data, pset.templates[0], None, name)
     settings = MixtureSettings(pset.name, pset.templates, pset.init, mode, method, tune, data_dependent, top_k,
                                answer_first, max_rows, weights_lr, select, prune_after, sparse_k,
-                               sparse_m)
+                               sparse_m, sparse_draw)
     config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience, seed=seed)
     limits = _limits(train=max_train, dev=max_dev, test=max_test)
     _check_run_dir(out, force, resume)

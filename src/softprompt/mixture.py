@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -36,6 +36,9 @@ from softprompt.templates import Example, Template, TemplateEncoder
 from softprompt.train import TrainConfig, TrainResult, optimise
 
 METHODS = ("gradient", "em")
+# How sparse_score picks each prompt's m items: its m most probable, or m drawn by posterior (unbiased).
+SparseDraw = Literal["top", "sample"]
+SPARSE_DRAWS: tuple[SparseDraw, ...] = ("top", "sample")
 # Adam's learning rate for the mixture logits (and log T); see MixtureObjective.param_groups.
 WEIGHTS_LR = 0.05
 AnswerFirst = Literal["reorder", "skip", "error"]
@@ -165,7 +168,7 @@ def score(
 
 def sparse_score(
     engine: Engine, mixture: MixturePrompt, items: Sequence[MixtureItem], k: int | None, m: int | None = None,
-    max_rows: int = 512,
+    max_rows: int = 512, draw: SparseDraw = "top", generator: torch.Generator | None = None,
 ) -> MixtureScores:
     """Gold-answer scores of ``items`` under all K prompts whose gradient flows only through each item's
     ``k`` prompts of highest posterior p(t | x, y, r) and each prompt's ``m`` items of highest posterior
@@ -179,6 +182,13 @@ def sparse_score(
     prompt goes untrained while others lead every item). Only the chosen pairs pay for a backward pass: a
     step costs about K forward passes plus n·k + K·m forward-backward passes instead of n·K. Each forward
     pass has at most ``max_rows`` sequences; the chosen pairs' graphs are kept until the caller's backward.
+
+    ``draw="sample"`` draws each prompt's ``m`` items instead (with replacement, from ``generator``), with
+    probability proportional to its posterior among the items that ``k`` did not already choose for it, and
+    scales each drawn pair's gradient by (that remaining posterior mass) / (m · the pair's posterior). Prompt
+    t's vector gradient is then exact on its top-k pairs and, on the rest of its sum, an unbiased estimate:
+    in expectation every prompt learns from every item as in the full mixture (for the gradient method's
+    objective, whose weight on a pair is its current posterior).
     """
     n, total = len(items), len(mixture)
     if (k is not None and k >= total) or (m is not None and m >= n):
@@ -192,15 +202,40 @@ def sparse_score(
         chosen = torch.zeros(n, total, dtype=torch.bool, device=joint.device)
         if k is not None:
             chosen.scatter_(1, joint.topk(k, dim=1).indices, True)
-        if m is not None:  # rank each prompt's items by posterior: the joint's normaliser differs between items
+        scale = None
+        if m is not None and draw == "top":  # each prompt ranks items by posterior (normalised per item)
             chosen.scatter_(0, joint.log_softmax(1).topk(m, dim=0).indices, True)
+        elif m is not None:
+            scale = _drawn_pairs(joint.softmax(1), chosen, m, generator)
+            chosen |= scale > 0
         pairs = chosen.nonzero(as_tuple=True)
     live_rows = [items[i].rows[t] for i, t in zip(pairs[0].tolist(), pairs[1].tolist(), strict=True)]
     live = [_score_rows(engine, mixture, live_rows[i : i + max_rows]) for i in range(0, len(live_rows), max_rows)]
-    logprobs = logprobs.index_put(pairs, torch.cat([lp for lp, _ in live]))
+    live_logprobs = torch.cat([lp for lp, _ in live])
+    if scale is not None:  # same values, gradient times the drawn pairs' importance weights (1 for top-k)
+        factor = torch.where(scale[pairs] > 0, scale[pairs], 1.0)
+        live_logprobs = live_logprobs.detach() + factor * (live_logprobs - live_logprobs.detach())
+    logprobs = logprobs.index_put(pairs, live_logprobs)
     if subject is not None:
         subject = subject.index_put(pairs, torch.cat([s for _, s in live]))
     return MixtureScores(mixture.log_weights(subject).expand(n, total), logprobs)
+
+
+def _drawn_pairs(posterior: torch.Tensor, taken: torch.Tensor, m: int,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """Importance weights (n, K) of m draws per prompt from its posterior over the items not ``taken``:
+    (times drawn) · (the prompt's untaken posterior mass) / (m · the pair's posterior); 0 where not drawn."""
+    rest = posterior.masked_fill(taken, 0).T  # (K, n)
+    mass = rest.sum(1)
+    scale = torch.zeros_like(rest)
+    drawable = (mass > 0).nonzero().flatten()
+    if len(drawable):
+        drawn = torch.multinomial(rest[drawable].cpu(), m, replacement=True, generator=generator)
+        counts = torch.zeros(len(drawable), rest.shape[1]).scatter_add_(1, drawn, torch.ones(drawn.shape))
+        counts = counts.to(rest.device)
+        weight = counts * mass[drawable, None] / (m * rest[drawable].clamp(min=torch.finfo(rest.dtype).tiny))
+        scale[drawable] = weight
+    return scale.T
 
 
 def _chunks(indices: Sequence[int], k: int, max_rows: int) -> list[list[int]]:
@@ -219,7 +254,7 @@ class MixtureObjective:
     def __init__(
         self, engine: Engine, mixture: MixturePrompt, train: Sequence[MixtureItem], dev: Sequence[MixtureItem],
         method: str = "gradient", max_rows: int = 512, weights_lr: float = WEIGHTS_LR, sparse_k: int | None = None,
-        sparse_m: int | None = None,
+        sparse_m: int | None = None, sparse_draw: SparseDraw = "top", seed: int = 0,
     ) -> None:
         if method not in METHODS:
             raise SoftpromptError(f"unknown training method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -228,7 +263,8 @@ class MixtureObjective:
         # With k >= K every pair is live: the plain pass computes the same without the extra inference pass.
         every = sparse_k is not None and sparse_k >= len(mixture)
         self.sparse = not every and (sparse_k, sparse_m) != (None, None)
-        self.sparse_k, self.sparse_m = sparse_k, sparse_m
+        self.sparse_k, self.sparse_m, self.sparse_draw, self.seed = sparse_k, sparse_m, sparse_draw, seed
+        self.draws = torch.Generator()
         self.posteriors: torch.Tensor | None = None
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
@@ -249,7 +285,8 @@ class MixtureObjective:
         chunks = [indices] if self.sparse else _chunks(indices, len(self.module), self.max_rows)
         for chunk in chunks:
             items = [self.items[i] for i in chunk]
-            scores = (sparse_score(self.engine, self.module, items, self.sparse_k, self.sparse_m, self.max_rows)
+            scores = (sparse_score(self.engine, self.module, items, self.sparse_k, self.sparse_m, self.max_rows,
+                                   self.sparse_draw, self.draws)
                       if self.sparse else score(self.engine, self.module, items))
             joint = scores.log_weights + scores.logprobs
             if self.method == "em":
@@ -265,6 +302,8 @@ class MixtureObjective:
         return -float(log_likelihoods(self.engine, self.module, self.dev, self.max_rows).mean())
 
     def start_epoch(self, epoch: int) -> None:
+        # Seeded per epoch, like the shuffle, so a run resumed from an epoch's checkpoint draws the same pairs.
+        self.draws.manual_seed(self.seed * 1_000_003 + epoch)
         if self.method == "em":
             self.posteriors = posteriors(self.engine, self.module, self.items, self.max_rows)
 
@@ -428,6 +467,7 @@ class MixtureSettings:
     prune_after: int = 0  # epochs of training the whole mixture before top_k prunes it (0: prune untrained)
     sparse_k: int | None = None  # backpropagate through each fact's k most probable prompts (see sparse_score)
     sparse_m: int | None = None  # ... and through each prompt's m most probable facts of the batch
+    sparse_draw: str = "top"  # or "sample": draw each prompt's m facts by posterior (see sparse_score)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -448,6 +488,14 @@ class MixtureSettings:
             if value is not None and (self.mode == "hard" or self.tune in ("weights", "none")):
                 raise SoftpromptError(f"{flag} chooses which prompts' vectors get gradients; it needs tuned vectors "
                                       "(--mode soft or deep with --tune both or prompts)")
+        if self.sparse_draw not in SPARSE_DRAWS:
+            raise SoftpromptError(f"unknown --sparse-draw {self.sparse_draw!r}; choose one of: "
+                                  f"{', '.join(SPARSE_DRAWS)}")
+        if self.sparse_draw == "sample" and self.sparse_m is None:
+            raise SoftpromptError("--sparse-draw sample draws each prompt's --sparse-m facts; give --sparse-m as well")
+        if self.sparse_draw == "sample" and self.method != "gradient":
+            raise SoftpromptError("--sparse-draw sample weighs the drawn facts by the current posterior, which only "
+                                  "the gradient method's objective uses; use --method gradient or --sparse-draw top")
         if self.mode == "hard" and self.tune == "both":
             self.tune = "weights"  # all a mixture of hard prompts can learn
         if self.max_rows < 1:
@@ -492,7 +540,8 @@ def run_mixture(
     checkpoint_settings = {k: v for k, v in identity.items() if k != "train"}
     def objective(mixture: MixturePrompt, data: MixtureData) -> MixtureObjective:
         return MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], settings.method,
-                                settings.max_rows, settings.weights_lr, settings.sparse_k, settings.sparse_m)
+                                settings.max_rows, settings.weights_lr, settings.sparse_k, settings.sparse_m,
+                                cast(SparseDraw, settings.sparse_draw), config.seed)
 
     warmed: TrainResult | None = None
     if warmup:
@@ -561,6 +610,8 @@ def mixture_settings(
     for key in ("sparse_k", "sparse_m"):
         if mixture[key] is None:
             del mixture[key]
+    if settings.sparse_draw == "top":
+        del mixture["sparse_draw"]
     return {"model": lm.name, "relation": relation.name, "mixture": mixture, "train": asdict(config),
             "limits": dict(limits or {})}
 
