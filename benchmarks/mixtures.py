@@ -547,15 +547,17 @@ class Report:
         against = self.against_full()
         if against:
             shown = [row for row in against if row["low"] >= -WITHIN]
-            closest = max(against, key=lambda row: row["low"])
+            close = [row for row in against if row["difference"] >= -WITHIN]
             lines.append(
                 "- Sub-linear cost (table \"Cheaper training against the full mixture\"): "
                 + (f"within {WITHIN:g} point of the full mixture's P@1 with {CONFIDENCE:.0%} confidence: "
                    + ", ".join(row["label"] for row in shown) if shown else
-                   f"no cheaper configuration is shown within {WITHIN:g} point of the full mixture's P@1 (the "
-                   f"lower end of the {CONFIDENCE:.0%} interval of the difference above -{WITHIN:g})")
-                + f"; the closest, {closest['label']}, differs by {closest['difference']:+.1f} "
-                f"[{closest['low']:+.1f}, {closest['high']:+.1f}] (n={closest['n']}).")
+                   f"no cheaper configuration is shown within {WITHIN:g} point of the full mixture's P@1 with "
+                   f"{CONFIDENCE:.0%} confidence")
+                + f"; within {WITHIN:g} point on the mean difference: "
+                + ("; ".join(f"{row['label']}, {row['difference']:+.1f} [{row['low']:+.1f}, {row['high']:+.1f}] "
+                             f"(n={row['n']})" for row in close) if close else "none")
+                + ".")
         if len(lines) == 2:
             lines.append("- Not enough runs yet.")
         return [*lines, ""]
