@@ -490,7 +490,8 @@ class Report:
             "`--render-only` rewrites this file from those records). Times are wall-clock seconds on a 2-core "
             f"machine with {' or '.join(map(str, self.threads()))} PyTorch thread(s) per process (with one thread, "
             "two benchmark processes shared the cores, and three or four while the sparse-posterior and "
-            "step-cost runs went on, which slowed the runs of P101, P138 and P407 by up to 2.5×: compare times "
+            "step-cost runs went on, which slowed the runs of P101, P138 and P407 by up to 2.5×, and three "
+            "for part of the P36 full, warm-up and drawn-fact runs and P37's drawn-fact run: compare times "
             "within "
             "a table, not across sessions).",
             "",
