@@ -28,6 +28,7 @@ larger train sets made about 15 steps an epoch over 16 epochs).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -57,7 +58,7 @@ from softprompt.mixture import (
 )
 from softprompt.models import LanguageModel, load_model
 from softprompt.prompts import MixturePrompt, load_prompt
-from softprompt.significance import macro_mean, pair_runs, paired_bootstrap_interval, paired_permutation_test
+from softprompt.significance import pair_runs, paired_bootstrap_interval, paired_permutation_test
 from softprompt.train import TrainConfig
 from softprompt.visualise import read_mixture, save_png
 
@@ -492,8 +493,7 @@ class Report:
             "two benchmark processes shared the cores, and three or four while the sparse-posterior and "
             "step-cost runs went on, which slowed the runs of P101, P138 and P407 by up to 2.5×, and three "
             "for part of the P36 full, warm-up and drawn-fact runs and P37's drawn-fact run: compare times "
-            "within "
-            "a table, not across sessions).",
+            "within a table, not across sessions).",
             "",
             "Answer-first templates (most LPAQA mined prompts) are reordered to end in [Y] for the causal LM "
             "(`[Y] native [X] .` → `native [X] . [Y]`); the prompt-set table says how many.",
@@ -545,7 +545,7 @@ class Report:
         if any(d for _, d in deep):
             lines.append("- Deep over soft: " + "; ".join(
                 f"{s}. {b - a:+.1f} (n={n})" for s, (a, b, n) in ((s, d) for s, d in deep if d)) + ".")
-        against = self.against_full()
+        against = self.against_full
         if against:
             shown = [row for row in against if row["low"] >= -WITHIN]
             close = [row for row in against if row["difference"] >= -WITHIN]
@@ -698,28 +698,29 @@ class Report:
             table[-1:] = ["", f"P@1 against all prompts, paired permutation test: {'; '.join(tests)}.", ""]
         return table
 
+    @functools.cached_property
     def against_full(self) -> list[dict[str, Any]]:
-        """Each cheaper way of training against the full mixture, on the relations where both have run."""
+        """Each cheaper way of training against the full mixture, on the relations where both have run
+        (cached: the findings and the table both read it, and each row resamples 10000 times)."""
         full = full_mixture()
         rows = []
         for unit in units("scaling"):
             rels = [r for r in self.done(full) if r in self.done(unit)]
             if unit.is_full_mixture or not rels:
                 continue
-            a, b = self.rows(full, rels), self.rows(unit, rels)
-            paired = pair_runs(a, b, "p@1")
+            paired = pair_runs(self.rows(full, rels), self.rows(unit, rels), "p@1")
             low, high = paired_bootstrap_interval(paired.a, paired.b, paired.groups, CONFIDENCE, 10000)
             seconds = [sum(d["seconds"]["total"] for d in self.docs(u, rels).values()) for u in (unit, full)]
+            p1, full_p1 = (100 * self.macro(u, rels)["p@1"] for u in (unit, full))
             rows.append({"label": self.scaling_label(unit), "n": len(rels), "relations": rels,
-                         "p@1": 100 * self.macro(unit, rels)["p@1"], "full": 100 * self.macro(full, rels)["p@1"],
-                         "difference": 100 * (macro_mean(paired.b, paired.groups)
-                                              - macro_mean(paired.a, paired.groups)),
-                         "low": 100 * low, "high": 100 * high, "p": p_value(a, b, "p@1"),
+                         "p@1": p1, "full": full_p1, "difference": p1 - full_p1, "low": 100 * low,
+                         "high": 100 * high,
+                         "p": paired_permutation_test(paired.a, paired.b, paired.groups, permutations=10000),
                          "time": seconds[0] / seconds[1], "step": self.step_ratio(unit, rels)})
         return rows
 
     def against_full_table(self) -> list[str]:
-        rows = self.against_full()
+        rows = self.against_full
         if not rows:
             return []
         lines = ["## Cheaper training against the full mixture (P@1, min. prompts, soft)", "",

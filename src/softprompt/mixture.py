@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 
@@ -232,9 +232,8 @@ def _drawn_pairs(posterior: torch.Tensor, taken: torch.Tensor, m: int,
     if len(drawable):
         drawn = torch.multinomial(rest[drawable].cpu(), m, replacement=True, generator=generator)
         counts = torch.zeros(len(drawable), rest.shape[1]).scatter_add_(1, drawn, torch.ones(drawn.shape))
-        counts = counts.to(rest.device)
-        weight = counts * mass[drawable, None] / (m * rest[drawable].clamp(min=torch.finfo(rest.dtype).tiny))
-        scale[drawable] = weight
+        tiny = torch.finfo(rest.dtype).tiny  # a drawn pair's posterior is positive; the clamp only guards 0 / 0
+        scale[drawable] = counts.to(rest.device) * mass[drawable, None] / (m * rest[drawable].clamp(min=tiny))
     return scale.T
 
 
@@ -467,7 +466,7 @@ class MixtureSettings:
     prune_after: int = 0  # epochs of training the whole mixture before top_k prunes it (0: prune untrained)
     sparse_k: int | None = None  # backpropagate through each fact's k most probable prompts (see sparse_score)
     sparse_m: int | None = None  # ... and through each prompt's m most probable facts of the batch
-    sparse_draw: str = "top"  # or "sample": draw each prompt's m facts by posterior (see sparse_score)
+    sparse_draw: SparseDraw = "top"  # or "sample": draw each prompt's m facts by posterior (see sparse_score)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -541,7 +540,7 @@ def run_mixture(
     def objective(mixture: MixturePrompt, data: MixtureData) -> MixtureObjective:
         return MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], settings.method,
                                 settings.max_rows, settings.weights_lr, settings.sparse_k, settings.sparse_m,
-                                cast(SparseDraw, settings.sparse_draw), config.seed)
+                                settings.sparse_draw, config.seed)
 
     warmed: TrainResult | None = None
     if warmup:
