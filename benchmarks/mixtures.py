@@ -730,28 +730,28 @@ class Report:
                  f"goal, P@1 within {WITHIN:g} point of the full mixture, is shown only when its lower end is "
                  f"above -{WITHIN:g}; a p-value above 0.02 alone only says the difference is not significant. "
                  "Time: the configuration's train+test seconds over the full mixture's (cores shared unevenly, "
-                 "see above); per step: the step-cost table's ratio at the whole set's K.", "",
+                 "see above); per step: the step-cost table's ratio at the whole set's K, on the relations it "
+                 "timed.", "",
                  "| configuration | relations | P@1 | full | difference | interval | p | within 1 point | time | "
                  "per step |", "|---|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
-            step = f"{row['step']:.2f}×" if row["step"] else "–"
+            step = f"{row['step'][0]:.2f}× ({' '.join(row['step'][1])})" if row["step"] else "–"
             verdict = "shown" if row["low"] >= -WITHIN else "not shown"
             lines.append(f"| {row['label']} | {' '.join(row['relations'])} | {row['p@1']:.1f} | {row['full']:.1f} | "
                          f"{row['difference']:+.1f} | [{row['low']:+.1f}, {row['high']:+.1f}] | {row['p']:.2f} | "
                          f"{verdict} | {row['time']:.2f}× | {step} |")
         return [*lines, ""]
 
-    def step_ratio(self, unit: Unit, relations: list[str]) -> float | None:
-        """A sparse-posterior unit's step time over the full mixture's at the whole set's K, averaged over the
-        relations timed by --step-cost (wall-clock run times depend on what else shared the cores)."""
-        ratios = []
+    def step_ratio(self, unit: Unit, relations: list[str]) -> tuple[float, list[str]] | None:
+        """A sparse-posterior unit's step time over the full mixture's at the whole set's K, averaged over those
+        of ``relations`` that --step-cost timed (wall-clock run times depend on what else shared the cores)."""
+        timed = {}
         for r in relations:
             path = step_cost_path(self.store, r)
-            t = json.loads(path.read_text())["rows"][-1]["seconds"] if path.is_file() else {}
-            if unit.step_method not in t:
-                return None
-            ratios.append(t[unit.step_method] / t["full"])
-        return sum(ratios) / len(ratios) if ratios else None
+            seconds = json.loads(path.read_text())["rows"][-1]["seconds"] if path.is_file() else {}
+            if unit.step_method in seconds:
+                timed[r] = seconds[unit.step_method] / seconds["full"]
+        return (sum(timed.values()) / len(timed), list(timed)) if timed else None
 
     def step_cost_table(self) -> list[str]:
         paths = sorted((self.store / "step_cost").glob("*.json")) if (self.store / "step_cost").is_dir() else []
