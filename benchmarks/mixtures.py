@@ -545,6 +545,17 @@ class Report:
         if any(d for _, d in deep):
             lines.append("- Deep over soft: " + "; ".join(
                 f"{s}. {b - a:+.1f} (n={n})" for s, (a, b, n) in ((s, d) for s, d in deep if d)) + ".")
+        ablation = self.ablation_units()
+        if rels := [r for r in self.relations if all(r in self.done(u) for _, u in ablation)]:
+            lines.append("- What is tuned (Table 4; the paper: each helps, the vectors most): " + "; ".join(
+                f"{label} {100 * self.macro(u, rels)['p@1']:.1f}" for label, u in ablation) + f" (n={len(rels)}).")
+        distinct = {u.name.removeprefix("distinct-"): u for u in units("distinct")}
+        if rels := [r for r in self.relations if all(r in self.done(u) for u in distinct.values())]:
+            lines.append("- Soft prompts when no answer recurs across splits (Table 9; the paper: still some "
+                         "benefit): " + "; ".join(
+                             f"{s}. " + " → ".join(f"{100 * self.macro(distinct[f'{s}-{stage}'], rels)['p@1']:.1f}"
+                                                   for stage in ("init", "soft")) for s in ("sin", "min"))
+                         + f" (n={len(rels)}).")
         against = self.against_full
         if against:
             shown = [row for row in against if row["low"] >= -WITHIN]
@@ -631,12 +642,28 @@ class Report:
                          f"{100 * m['mrr']:.1f} | {eff:.2f} | {best_epochs(docs)} | {secs:.0f} |")
         return [*lines, ""]
 
+    @staticmethod
+    def ablation_units() -> list[tuple[str, Unit]]:
+        return [("neither (initial mixture)", Unit("min-init", "min", mode="hard", tune="none")),
+                ("mixture weights only", Unit("min-soft-weights", "min", tune="weights")),
+                ("token vectors only", Unit("min-soft-prompts", "min", tune="prompts")),
+                ("both", Unit("min-soft", "min"))]
+
     def ablation_table(self) -> list[str]:
-        return self._simple_table(
-            "Ablation: what is tuned (Table 4, min. prompts)", "",
-            [("mixture weights only", Unit("min-soft-weights", "min", tune="weights")),
-             ("token vectors only", Unit("min-soft-prompts", "min", tune="prompts")),
-             ("both", Unit("min-soft", "min"))])
+        named = self.ablation_units()
+        table = self._simple_table("Ablation: what is tuned (Table 4, min. prompts)", "", named)
+        if not table:
+            return table
+        rels = self.common([u for _, u in named])
+        (_, init), *tuned = named
+
+        def test(a: Unit, b: Unit) -> str:
+            gain = 100 * (self.macro(b, rels)["p@1"] - self.macro(a, rels)["p@1"])
+            return f"{gain:+.1f} (p = {self.p_value(a, b, 'p@1', rels):.2f})"
+
+        return [*table[:-1], "", "P@1, paired permutation test: against the initial mixture, " + "; ".join(
+            f"{label} {test(init, u)}" for label, u in tuned) + f"; both against token vectors only, "
+            f"{test(tuned[1][1], tuned[2][1])}.", ""]
 
     def extras_table(self) -> list[str]:
         named = [("gradient (main)", Unit("min-soft", "min")), ("EM", Unit("min-soft-em", "min", method="em")),
