@@ -644,10 +644,11 @@ class Report:
 
     @staticmethod
     def ablation_units() -> list[tuple[str, Unit]]:
-        return [("neither (initial mixture)", Unit("min-init", "min", mode="hard", tune="none")),
-                ("mixture weights only", Unit("min-soft-weights", "min", tune="weights")),
-                ("token vectors only", Unit("min-soft-prompts", "min", tune="prompts")),
-                ("both", Unit("min-soft", "min"))]
+        """Table 4's rows: the ablation experiment between main's untuned and fully tuned min. mixtures."""
+        named = {u.name: u for e in ("main", "ablation") for u in units(e)}
+        return [(label, named[name]) for label, name in (
+            ("neither (initial mixture)", "min-init"), ("mixture weights only", "min-soft-weights"),
+            ("token vectors only", "min-soft-prompts"), ("both", "min-soft"))]
 
     def ablation_table(self) -> list[str]:
         named = self.ablation_units()
@@ -909,6 +910,7 @@ class Report:
                                  if r in self.done(u)) or "–" for s in ("sin", "min")]
             lines.append(f"| {r} | {sizes[r]} | " + " | ".join(cells) + " |")
         return [*lines, ""]
+
 
 if __name__ == "__main__":
     main()
