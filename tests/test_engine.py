@@ -6,6 +6,7 @@ engine's batching, padding, position ids, vector insertion and layer hooks are a
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 from conftest import byte_bpe_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from softprompt.engine import Engine, length_batches
+from softprompt.engine import Engine, length_batches, length_groups
 from softprompt.models import LanguageModel
 from softprompt.prompts import DeepPrompt, HardPrompt, SoftPrompt
 from softprompt.templates import Example, TemplateEncoder
@@ -319,6 +320,47 @@ def test_length_batches_shuffle_is_seeded():
     for batch in a:
         lengths = [len(examples[i]) for i in batch]
         assert lengths == sorted(lengths)
+
+
+def group_cost(groups, lengths, overhead):
+    return sum(len(g) * max(lengths[i] for i in g) + overhead for g in groups)
+
+
+def contiguous_splits(n):
+    """Every way to cut 0..n-1 into contiguous runs."""
+    for cuts in itertools.product([False, True], repeat=max(n - 1, 0)):
+        groups, current = [], [0]
+        for i, cut in enumerate(cuts, start=1):
+            if cut:
+                groups.append(current)
+                current = []
+            current.append(i)
+        yield [*groups, current]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("overhead", [0, 5, 64])
+def test_length_groups_is_the_cheapest_split(seed, overhead):
+    """Every row in exactly one group, groups in increasing length, and no split of the length-sorted rows
+    into contiguous runs (which includes every split that keeps equal lengths together) costs less."""
+    rng = random.Random(seed)
+    lengths = [rng.choice([3, 4, 9, 10, 30]) for _ in range(rng.randint(1, 11))]
+    groups = length_groups(lengths, overhead)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    spans = [(min(lengths[i] for i in g), max(lengths[i] for i in g)) for g in groups]
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(spans))
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    cheapest = min(group_cost([[order[i] for i in g] for g in split], lengths, overhead)
+                   for split in contiguous_splits(len(lengths)))
+    assert group_cost(groups, lengths, overhead) == cheapest
+
+
+def test_length_groups_by_hand():
+    # One call: 4 * 30 + 64 = 184 token positions; two: (3 * 5 + 64) + (30 + 64) = 173.
+    assert length_groups([5, 30, 5, 5], call_overhead=64) == [[0, 2, 3], [1]]
+    assert length_groups([5, 30, 5, 5], call_overhead=100) == [[0, 2, 3, 1]]
+    assert length_groups([7, 3, 7, 3], call_overhead=0) == [[1, 3], [0, 2]]
+    assert length_groups([]) == []
 
 
 def test_masked_lm_refuses_left_padding(masked_lm):

@@ -124,6 +124,32 @@ def test_results_do_not_depend_on_how_rows_are_chunked(lm):
     assert torch.allclose(a.posteriors, b.posteriors, atol=1e-5)
 
 
+def test_rows_grouped_by_length_score_as_one_padded_batch(lm):
+    """Prompts of different lengths run in separate length groups; the scores, p(x | t) and the gradients
+    are those of one padded batch of all rows."""
+    engine = Engine(lm)
+    mixture = build(lm, init="random", data_dependent=True)
+    items = encode_mixture_data(RELATION, mixture).splits["train"][:5]
+    rows = [row for item in items for row in item.rows]
+    assert len({len(row) for row in rows}) > 1
+    grouped = score(engine, mixture, items)
+    (grouped.log_weights + grouped.logprobs).logsumexp(-1).sum().backward()
+    grads = [p.grad.clone() for p in mixture.parameters()]
+    mixture.zero_grad()
+    batch = engine.collate(rows)
+    vectors, deltas = mixture.vectors(), mixture.deltas()
+    hidden = engine.final_hidden(batch, vectors, deltas)
+    logprobs = engine.project(engine.at_answers(hidden, batch)).log_softmax(-1)
+    logprobs = logprobs.gather(1, batch.answer_ids[:, None])[:, 0].view(len(items), -1)
+    subject = engine.subject_logprob(batch, vectors, deltas, hidden=hidden).view(len(items), -1)
+    log_weights = mixture.log_weights(subject)
+    assert torch.allclose(grouped.logprobs, logprobs, atol=1e-5)
+    assert torch.allclose(grouped.log_weights, log_weights, atol=1e-5)
+    (log_weights + logprobs).logsumexp(-1).sum().backward()
+    for grad, p in zip(grads, mixture.parameters(), strict=True):
+        assert torch.allclose(grad, p.grad, atol=1e-5)
+
+
 def test_subject_logprob_matches_the_full_forward_pass(causal_lm):
     """Causal p(x | t): the subject's tokens after its first, read off the model's ordinary logits."""
     engine = Engine(causal_lm)

@@ -9,6 +9,7 @@ table (mixtures use this).
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -86,6 +87,40 @@ def length_batches(
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+# What one more engine call costs beyond its tokens, in token positions: a call runs every layer's kernels
+# once however few rows it has, so splitting a batch into many tiny groups would cost more than padding.
+CALL_OVERHEAD_TOKENS = 64
+
+
+def length_groups(lengths: Sequence[int], call_overhead: int = CALL_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Split one batch's rows into groups of similar length that cost the least to run.
+
+    A group costs (its rows × its longest length) token positions plus ``call_overhead``. The cheapest split
+    of the rows sorted by length is contiguous in that order, so dynamic programming over the distinct
+    lengths finds it exactly. Mixtures need this: a fact's K prompts differ in length, and padding every row
+    to the longest prompt wasted 25-40% of the training compute of the T-REx mined-prompt mixtures.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sorted_lengths = [lengths[i] for i in order]
+    distinct = sorted(set(lengths))
+    ends = [bisect.bisect_right(sorted_lengths, length) for length in distinct]  # rows at most that long
+    best = [0.0] + [float("inf")] * len(distinct)  # best[j]: cheapest cost of the rows up to distinct[j - 1]
+    cut = [0] * (len(distinct) + 1)
+    for j in range(1, len(distinct) + 1):
+        for i in range(j):  # one group holds the rows longer than distinct[i - 1], up to distinct[j - 1]
+            start = ends[i - 1] if i else 0
+            cost = best[i] + (ends[j - 1] - start) * distinct[j - 1] + call_overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups = []
+    j = len(distinct)
+    while j:
+        i = cut[j]
+        groups.append(order[(ends[i - 1] if i else 0) : ends[j - 1]])
+        j = i
+    return groups[::-1]
 
 
 class Seq2SeqTokens(Tokens, Protocol):

@@ -1,8 +1,9 @@
 """Knowledge probing with mixtures of prompts (Qin & Eisner §3.3–3.5): encode a relation under a prompt
 set, train by gradient descent or EM, evaluate, prune to the prompts that matter, write a run.
 
-A query is scored under all K prompts in one engine call (its K rows share one padded batch), and the
-vocabulary projection is computed only at the K answer positions. Training splits a batch into chunks
+A batch of queries is scored under all K prompts together: its rows are grouped by length, so that the
+K prompts' different lengths cost little padding (``engine.length_groups``), and the vocabulary projection
+is computed only at the answer positions. Training splits a batch into chunks
 of at most ``max_rows`` rows to bound memory; gradients add up over the chunks.
 
 Causal LMs predict [Y] as the next token, so answer-first templates (most LPAQA mined prompts, e.g.
@@ -25,7 +26,7 @@ from typing import Any, Literal
 import torch
 
 from softprompt.data import Relation
-from softprompt.engine import Engine, length_batches
+from softprompt.engine import Engine, length_batches, length_groups
 from softprompt.errors import SoftpromptError
 from softprompt.io import write_json, write_jsonl
 from softprompt.metrics import answer_ranks, ranking_metrics
@@ -145,15 +146,22 @@ def _score_rows(
     engine: Engine, mixture: MixturePrompt, rows: Sequence[Example], full_vocab: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(y | t, x) for each row (over the vocabulary, or of its gold answer) and, for a data-dependent
-    mixture, log p(x | t) from the same forward pass."""
-    batch = engine.collate(rows)
+    mixture, log p(x | t) from the same forward pass. Rows run in groups of similar length (a fact's prompts
+    differ in length), and the results come back in the rows' order."""
     vectors, deltas = mixture.vectors(), mixture.deltas()
-    hidden = engine.final_hidden(batch, vectors, deltas)
-    logprobs = engine.project(engine.at_answers(hidden, batch)).log_softmax(-1)
-    if not full_vocab:
-        logprobs = logprobs.gather(1, batch.answer_ids[:, None])[:, 0]
-    subject = engine.subject_logprob(batch, vectors, deltas, hidden=hidden) if mixture.data_dependent else None
-    return logprobs, subject
+    groups = length_groups([len(row) for row in rows])
+    logprobs, subject = [], []
+    for group in groups:
+        batch = engine.collate([rows[i] for i in group])
+        hidden = engine.final_hidden(batch, vectors, deltas)
+        scores = engine.project(engine.at_answers(hidden, batch)).log_softmax(-1)
+        logprobs.append(scores if full_vocab else scores.gather(1, batch.answer_ids[:, None])[:, 0])
+        if mixture.data_dependent:
+            subject.append(engine.subject_logprob(batch, vectors, deltas, hidden=hidden))
+    place = torch.empty(len(rows), dtype=torch.long)
+    place[[i for group in groups for i in group]] = torch.arange(len(rows))
+    place = place.to(logprobs[0].device)
+    return torch.cat(logprobs)[place], torch.cat(subject)[place] if subject else None
 
 
 def score(
