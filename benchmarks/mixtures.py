@@ -205,6 +205,7 @@ def publish(run: Path, record: Path) -> None:
         "words_before_subject": [len(t.split("[X]")[0].split()) for t in metrics["templates"]],
         "fact_ids": [digest([row["subject"], row["answer"]], 12) for row in rows],
         "ranks": [row["rank"] for row in rows],
+        "rows_grouped_by_length": True,
     }, sort_keys=True, separators=(",", ":")) + "\n")
 
 
@@ -269,7 +270,8 @@ def time_steps(lm: LanguageModel, engine: Engine, relation: Relation, templates:
         rows.append({"K": size, "seconds": {name: sorted(t)[len(t) // 2] for name, t in seconds.items()}})
         print(f"step cost K={size:2}  " + "  ".join(f"{n} {t:.2f}s" for n, t in rows[-1]["seconds"].items()),
               flush=True)
-    return {"batch": len(items), "repeats": repeats, "threads": torch.get_num_threads(), "rows": rows}
+    return {"batch": len(items), "repeats": repeats, "threads": torch.get_num_threads(), "rows": rows,
+            "rows_grouped_by_length": True}
 
 
 def main() -> None:
@@ -493,7 +495,11 @@ class Report:
             "two benchmark processes shared the cores, and three or four while the sparse-posterior and "
             "step-cost runs went on, which slowed the runs of P101, P138 and P407 by up to 2.5×, and three "
             "for part of the P36 full, warm-up and drawn-fact runs and P37's drawn-fact run: compare times "
-            "within a table, not across sessions).",
+            "within a table, not across sessions). Runs published with `rows_grouped_by_length` in their "
+            "record scored each step's rows in groups of similar length; the earlier ones padded them to the "
+            "step's longest prompt, which made a step of 29 mined prompts about 1.8× slower "
+            "(`benchmarks/mixture_step.py`): on the relations where the two kinds meet, compare times only "
+            "between runs of the same kind.",
             "",
             "Answer-first templates (most LPAQA mined prompts) are reordered to end in [Y] for the causal LM "
             "(`[Y] native [X] .` → `native [X] . [Y]`); the prompt-set table says how many.",
@@ -793,7 +799,11 @@ class Report:
                       f"the first K mined prompts; median of {doc['repeats']} repeats, the methods timed in turn "
                       f"within each repeat, {doc['threads']} thread(s) (other benchmark processes shared the "
                       "cores, so compare the columns, not the absolute times). Reproduce: `.venv/bin/python "
-                      f"benchmarks/mixtures.py --step-cost --relations {path.stem}`.", "",
+                      f"benchmarks/mixtures.py --step-cost --relations {path.stem}`."
+                      + ("" if doc.get("rows_grouped_by_length") else
+                         " Timed before a step's rows were grouped by length (each step was one batch padded to "
+                         "its longest prompt), so the absolute times are those of the older code; "
+                         "`benchmarks/mixture_step.py` measures what the grouping saves."), "",
                       "| K | full | " + " | ".join(sparse_label(*parse_sparse_method(n)) for n in sparse)
                       + " | " + " | ".join(f"{n.removeprefix('sparse')} / full" for n in sparse) + " |",
                       "|---|" + "---|" * (1 + 2 * len(sparse))]
