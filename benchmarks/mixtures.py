@@ -63,6 +63,7 @@ from softprompt.train import TrainConfig
 from softprompt.visualise import read_mixture, save_png
 
 ROOT = Path(__file__).resolve().parent
+DEFAULT_OUT = ROOT.parent / "docs" / "results" / "mixtures.md"
 SETS = ("sin", "par", "min", "ran")
 HEAVIEST = (1, 2, 4, 8)  # the trained full mixture cut to its k heaviest prompts
 ALPHA = 0.02
@@ -242,6 +243,11 @@ STEP_SIZES = (4, 8, 16)  # mixture sizes K timed per training step, besides the 
 STEP_SPARSE = ((2, None, "top"), (4, None, "top"), (4, 1, "top"), (4, 1, "sample"))  # (k, m, draw) timed
 
 
+def machine_path(store: Path) -> Path:
+    """Where a store run on a GPU says which one: its report describes that machine instead of the 2 cores."""
+    return store / "machine.json"
+
+
 def step_cost_path(store: Path, relation: str) -> Path:
     return store / "step_cost" / f"{relation}.json"
 
@@ -283,20 +289,25 @@ def main() -> None:
     parser.add_argument("--units", nargs="*", metavar="NAME",
                         help="run only these configurations of the chosen experiments (e.g. min-soft ran-soft)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--store", metavar="NAME",
+                        help="results folder under benchmarks/results/mixtures/<model>/ (default: the profile's "
+                             "name); runs on another kind of machine keep their own, e.g. --device cuda --store "
+                             "cpu-cuda, so that a report never mixes them")
     parser.add_argument("--max-rows", type=int, default=512)
     parser.add_argument("--render-only", action="store_true", help="only rewrite the report from the published records")
     parser.add_argument("--step-cost", action="store_true",
                         help="time training steps of the full and the sparse-posterior mixture against K (min. "
                              "prompts, first relation given) instead of running configurations")
-    parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "mixtures.md")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     shared = shared_data_dir()
     if shared is None:
         sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
     profile = PROFILES[args.profile]
     model_dir = re.sub(r"[^\w.-]", "_", args.model)
-    cache = ROOT / "cache" / "mixtures" / model_dir / args.profile
-    store = ROOT / "results" / "mixtures" / model_dir / args.profile
+    args.store = args.store or args.profile
+    cache = ROOT / "cache" / "mixtures" / model_dir / args.store
+    store = ROOT / "results" / "mixtures" / model_dir / args.store
     # Relation by relation: a stopped run leaves every table complete on the relations it reached.
     todo = [(u, r) for r in args.relations for e in args.experiments for u in units(e)
             if not args.units or u.name in args.units]
@@ -304,6 +315,10 @@ def main() -> None:
     if unknown := sorted(set(args.units or ()) - known):
         sys.exit(f"unknown --units {' '.join(unknown)}; the chosen experiments have {' '.join(sorted(known))}")
     lm = load_model(args.model, device=args.device)
+    if lm.device.type == "cuda" and not args.render_only:
+        write_text(machine_path(store), json.dumps({
+            "device": torch.cuda.get_device_name(lm.device), "torch": torch.__version__,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}, sort_keys=True, indent=1) + "\n")
     for unit, rel in todo:  # runs that finished before they could be published
         out, record = run_dir(cache, unit, rel), record_path(store, unit, rel)
         if not is_current(record, profile) and (out / "metrics.json").is_file() and trained_with(
@@ -488,32 +503,64 @@ class Report:
             + ". Ranking over the full vocabulary; all numbers ×100, macro-averaged over the relations named "
             "under each table (those on which all of its configurations have finished).",
             "",
-            f"Reproduce: `.venv/bin/python benchmarks/mixtures.py --profile {self.args.profile}` "
+            f"Reproduce: `{self.reproduce_command()}` "
             f"(resumable; finished runs are published under `{self.store.relative_to(ROOT.parent)}`, and "
-            "`--render-only` rewrites this file from those records). Times are wall-clock seconds on a 2-core "
-            f"machine with {' or '.join(map(str, self.threads()))} PyTorch thread(s) per process (with one thread, "
-            "two benchmark processes shared the cores, and three or four while the sparse-posterior and "
-            "step-cost runs went on, which slowed the runs of P101, P138 and P407 by up to 2.5×, and three "
-            "for part of the P36 full, warm-up and drawn-fact runs and P37's drawn-fact run: compare times "
-            "within a table, not across sessions). Runs published with `rows_grouped_by_length` in their "
-            "record scored each step's rows in groups of similar length; the earlier ones padded them to the "
-            "step's longest prompt, which made a step of 29 mined prompts about 1.8× slower "
-            "(`benchmarks/mixture_step.py`): on the relations where the two kinds meet, compare times only "
-            "between runs of the same kind.",
+            "`--render-only` rewrites this file from those records). " + self.machine_note(),
             "",
             "Answer-first templates (most LPAQA mined prompts) are reordered to end in [Y] for the causal LM "
             "(`[Y] native [X] .` → `native [X] . [Y]`); the prompt-set table says how many.",
             "",
         ]
         lines += self.findings()
-        lines += self.main_table() + self.prompt_set_table() + self.ablation_table() + self.extras_table()
-        lines += self.scaling_table() + self.against_full_table() + self.step_cost_table()
-        lines += self.heaviest_table() + self.figure()
-        lines += self.entropy_table()
-        lines += self.distinct_table()
-        if self.missing:
-            lines += ["## Not yet run", "", *[f"- {m}" for m in self.missing.values()], ""]
+        # Only the chosen experiments' tables, so that a store holding one experiment (another machine's) reports
+        # that experiment instead of empty tables and a list of everything else as not yet run.
+        sections = [("main", self.main_table), ("main", self.prompt_set_table), ("ablation", self.ablation_table),
+                    ("extras", self.extras_table), ("scaling", self.scaling_table),
+                    ("scaling", self.against_full_table), ("scaling", self.step_cost_table),
+                    ("scaling", self.heaviest_table), ("scaling", self.figure), ("main", self.entropy_table),
+                    ("distinct", self.distinct_table)]
+        lines += [line for experiment, section in sections if experiment in self.args.experiments
+                  for line in section()]
+        chosen = {u.name for e in self.args.experiments for u in units(e)}
+        if missing := [m for name, m in self.missing.items() if name in chosen]:
+            lines += ["## Not yet run", "", *[f"- {m}" for m in missing], ""]
         return "\n".join(lines) + "\n"
+
+    @functools.cached_property
+    def gpu(self) -> dict[str, Any] | None:
+        """The GPU that made this store's runs (None: the 2-core CPU machine)."""
+        path = machine_path(self.store)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def reproduce_command(self) -> str:
+        command = ".venv/bin/python benchmarks/mixtures.py"
+        if self.gpu and self.gpu["tf32_matmul"]:
+            command = "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 " + command
+        command += f" --profile {self.args.profile}"
+        if set(self.args.experiments) != set(EXPERIMENTS):
+            command += f" --experiments {' '.join(self.args.experiments)}"
+        if self.args.store != self.args.profile:
+            command += (" --device cuda" if self.gpu else "") + f" --store {self.args.store}"
+        out = self.args.out.resolve()
+        if out != DEFAULT_OUT:
+            command += f" --out {out.relative_to(ROOT.parent) if out.is_relative_to(ROOT.parent) else out}"
+        return command
+
+    def machine_note(self) -> str:
+        if self.gpu:
+            return (f"Times are wall-clock seconds on one {self.gpu['device']} (torch {self.gpu['torch']}, TF32 "
+                    f"matrix products {'on' if self.gpu['tf32_matmul'] else 'off'}), which six benchmark "
+                    "processes of 2 CPU threads each shared: compare times within a table, not with the CPU runs.")
+        return ("Times are wall-clock seconds on a 2-core "
+                f"machine with {' or '.join(map(str, self.threads()))} PyTorch thread(s) per process (with one thread, "
+                "two benchmark processes shared the cores, and three or four while the sparse-posterior and "
+                "step-cost runs went on, which slowed the runs of P101, P138 and P407 by up to 2.5×, and three "
+                "for part of the P36 full, warm-up and drawn-fact runs and P37's drawn-fact run: compare times "
+                "within a table, not across sessions). Runs published with `rows_grouped_by_length` in their "
+                "record scored each step's rows in groups of similar length; the earlier ones padded them to the "
+                "step's longest prompt, which made a step of 29 mined prompts about 1.8× slower "
+                "(`benchmarks/mixture_step.py`): on the relations where the two kinds meet, compare times only "
+                "between runs of the same kind.")
 
     def findings(self) -> list[str]:
         """The paper's four claims, each checked on the relations where its runs exist (macro P@1)."""
@@ -720,10 +767,8 @@ class Report:
             "highest posterior (found by a pass without gradients over all K): the objective and the mixture "
             "weights' gradient are exact; \"each prompt's top m facts\" adds each prompt's m facts of highest "
             "posterior in the batch, and \"drawn by posterior\" draws them instead, importance-weighted, so that "
-            "each prompt's gradient is an unbiased estimate of its gradient in the full mixture. Run times "
-            "compare only runs that shared the cores alike: the "
-            "sparse-posterior runs shared them with two or three other benchmark processes, the others with one; "
-            "the step-cost table below compares the methods within one process.", named)
+            "each prompt's gradient is an unbiased estimate of its gradient in the full mixture." + self.sharing_note(),
+            named)
         rels = self.common([u for _, u in named])
         if table and rels and named[-1][0] == "all prompts":
             full = named[-1][1]
@@ -731,6 +776,15 @@ class Report:
                      f"(p = {self.p_value(u, full, 'p@1', rels):.2f})" for label, u in named[:-1]]
             table[-1:] = ["", f"P@1 against all prompts, paired permutation test: {'; '.join(tests)}.", ""]
         return table
+
+    def sharing_note(self) -> str:
+        if self.gpu:
+            return (" All of them ran as six processes sharing the GPU, so their times compare only roughly; "
+                    "on the GPU, unlike the CPU, the sparse-posterior training saved little time (why was not "
+                    "measured).")
+        return (" Run times compare only runs that shared the cores alike: the sparse-posterior runs shared them "
+                "with two or three other benchmark processes, the others with one; the step-cost table below "
+                "compares the methods within one process.")
 
     @functools.cached_property
     def against_full(self) -> list[dict[str, Any]]:
@@ -763,8 +817,8 @@ class Report:
                  f"({CONFIDENCE:.0%}, facts resampled within each relation) of the macro P@1 difference: the "
                  f"goal, P@1 within {WITHIN:g} point of the full mixture, is shown only when its lower end is "
                  f"above -{WITHIN:g}; a p-value above 0.02 alone only says the difference is not significant. "
-                 "Time: the configuration's train+test seconds over the full mixture's (cores shared unevenly, "
-                 "see above); per step: the step-cost table's ratio at the whole set's K, on the relations it "
+                 "Time: the configuration's train+test seconds over the full mixture's (see above on what "
+                 "shared the machine); per step: the step-cost table's ratio at the whole set's K, on the relations it "
                  "timed.", "",
                  "| configuration | relations | P@1 | full | difference | interval | p | within 1 point | time | "
                  "per step |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -852,7 +906,8 @@ class Report:
             done = self.done(unit)
             for relation in done:
                 run = run_dir(self.cache, unit, relation)
-                figure = self.args.out.parent / "figures" / f"mixture-{relation}-{name}.png"
+                store = "" if self.args.store == self.args.profile else f"{self.args.store}-"
+                figure = self.args.out.parent / "figures" / f"mixture-{store}{relation}-{name}.png"
                 title = f"{relation} {name}"
                 if (run / "prompt.safetensors").is_file():
                     save_png(read_mixture(load_prompt(run / "prompt.safetensors", self.lm)), figure, title, top=8)
