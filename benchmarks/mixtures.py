@@ -517,7 +517,8 @@ class Report:
         sections = [("main", self.main_table), ("main", self.prompt_set_table), ("ablation", self.ablation_table),
                     ("extras", self.extras_table), ("scaling", self.scaling_table),
                     ("scaling", self.against_full_table), ("scaling", self.step_cost_table),
-                    ("scaling", self.heaviest_table), ("scaling", self.figure), ("main", self.entropy_table),
+                    ("scaling", self.heaviest_table), ("scaling", self.across_machines_table),
+                    ("scaling", self.figure), ("main", self.entropy_table),
                     ("distinct", self.distinct_table)]
         lines += [line for experiment, section in sections if experiment in self.args.experiments
                   for line in section()]
@@ -623,6 +624,11 @@ class Report:
                 + ("; ".join(f"{row['label']}, {row['difference']:+.1f} [{row['low']:+.1f}, {row['high']:+.1f}] "
                              f"(n={row['n']})" for row in close) if close else "none")
                 + ".")
+        if self.across_machines:
+            lines.append(f"- The same configuration and seed here and in the `{self.args.profile}` store (table \"The "
+                         "same runs on two machines\"): " + "; ".join(
+                             f"{row['label']} {row['difference']:+.1f} (n={row['n']}, up to {row['largest']:+.1f} on "
+                             "one relation)" for row in self.across_machines) + ".")
         if len(lines) == 2:
             lines.append("- Not enough runs yet.")
         return [*lines, ""]
@@ -828,6 +834,50 @@ class Report:
             lines.append(f"| {row['label']} | {' '.join(row['relations'])} | {row['p@1']:.1f} | {row['full']:.1f} | "
                          f"{row['difference']:+.1f} | [{row['low']:+.1f}, {row['high']:+.1f}] | {row['p']:.2f} | "
                          f"{verdict} | {row['time']:.2f}× | {step} |")
+        return [*lines, ""]
+
+    @functools.cached_property
+    def across_machines(self) -> list[dict[str, Any]]:
+        """Each configuration of this store (another machine's) against the same configuration in the profile's
+        own store: same settings and seed, so they differ only by floating-point rounding, which sends training
+        down another path. The spread is the noise floor of comparing two configurations by one run each."""
+        other = self.store.parent / self.args.profile
+        if other == self.store:
+            return []
+        rows = []
+        for unit in (u for e in self.args.experiments for u in units(e)):
+            rels = [r for r in self.done(unit) if is_current(record_path(other, unit, r), self.profile)]
+            if not rels:
+                continue
+            theirs = {r: json.loads(record_path(other, unit, r).read_text()) for r in rels}
+            paired = pair_runs(fact_rows(theirs), self.rows(unit, rels), "p@1")
+            low, high = paired_bootstrap_interval(paired.a, paired.b, paired.groups, CONFIDENCE, 10000)
+            gaps = [self.record(unit, r)["metrics"]["test"]["p@1"] - theirs[r]["metrics"]["test"]["p@1"]
+                    for r in rels]
+            rows.append({"label": unit.name, "relations": rels, "n": len(rels),
+                         "here": 100 * self.macro(unit, rels)["p@1"],
+                         "there": 100 * macro_average({r: d["metrics"]["test"] for r, d in theirs.items()})["p@1"],
+                         "difference": 100 * sum(gaps) / len(gaps), "low": 100 * low, "high": 100 * high,
+                         "p": paired_permutation_test(paired.a, paired.b, paired.groups, permutations=10000),
+                         "largest": 100 * max(gaps, key=abs)})
+        return rows
+
+    def across_machines_table(self) -> list[str]:
+        rows = self.across_machines
+        if not rows:
+            return []
+        lines = [f"## The same runs on two machines (P@1: this store against `{self.args.profile}`)", "",
+                 "Each configuration here against the same configuration, settings and seed in the "
+                 f"`{self.args.profile}` store (the 2-core CPU, `docs/results/mixtures.md`), on the relations "
+                 "both ran. Only floating-point rounding differs, yet it changes the path training takes: the "
+                 "differences below are what a single run per configuration cannot tell apart from a real "
+                 "effect. Interval: paired bootstrap over test facts, as above; it does not include this "
+                 "training noise.", "",
+                 "| configuration | relations | here | there | difference | interval | p | largest on one relation |",
+                 "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {row['label']} | {' '.join(row['relations'])} | {row['here']:.1f} | {row['there']:.1f} | "
+                  f"{row['difference']:+.1f} | [{row['low']:+.1f}, {row['high']:+.1f}] | {row['p']:.2f} | "
+                  f"{row['largest']:+.1f} |" for row in rows]
         return [*lines, ""]
 
     def step_ratio(self, unit: Unit, relations: list[str]) -> tuple[float, list[str]] | None:
