@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import re
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -102,6 +103,7 @@ class Unit:
     sparse_k: int | None = None  # gradient only through each fact's sparse_k most probable prompts
     sparse_m: int | None = None  # ... and each prompt's sparse_m most probable facts of the batch
     sparse_draw: str = "top"  # or "sample": each prompt's sparse_m facts drawn by posterior
+    seed: int = 0  # the profile's seed is 0; another seed is the same configuration trained again (--seeds)
 
     @property
     def is_full_mixture(self) -> bool:
@@ -165,6 +167,11 @@ def units(experiment: str) -> list[Unit]:
 
 
 EXPERIMENTS = ("main", "ablation", "extras", "scaling", "distinct")
+
+
+def with_seed(unit: Unit, seed: int) -> Unit:
+    """``unit`` trained with another seed (shuffle order and posterior draws); seed 0 is the unit itself."""
+    return unit if seed == 0 else replace(unit, name=f"{unit.name}-seed{seed}", seed=seed)
 
 
 def full_mixture() -> Unit:
@@ -293,6 +300,10 @@ def main() -> None:
                         help="results folder under benchmarks/results/mixtures/<model>/ (default: the profile's "
                              "name); runs on another kind of machine keep their own, e.g. --device cuda --store "
                              "cpu-cuda, so that a report never mixes them")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
+                        help="train each configuration with each of these seeds (0 is the profile's; the others "
+                             "are published as <name>-seed<S>), so that differences can be set against the "
+                             "spread between seeds")
     parser.add_argument("--max-rows", type=int, default=512)
     parser.add_argument("--render-only", action="store_true", help="only rewrite the report from the published records")
     parser.add_argument("--step-cost", action="store_true",
@@ -309,8 +320,8 @@ def main() -> None:
     cache = ROOT / "cache" / "mixtures" / model_dir / args.store
     store = ROOT / "results" / "mixtures" / model_dir / args.store
     # Relation by relation: a stopped run leaves every table complete on the relations it reached.
-    todo = [(u, r) for r in args.relations for e in args.experiments for u in units(e)
-            if not args.units or u.name in args.units]
+    todo = [(with_seed(u, seed), r) for r in args.relations for seed in args.seeds for e in args.experiments
+            for u in units(e) if not args.units or u.name in args.units]
     known = {u.name for e in args.experiments for u in units(e)}
     if unknown := sorted(set(args.units or ()) - known):
         sys.exit(f"unknown --units {' '.join(unknown)}; the chosen experiments have {' '.join(sorted(known))}")
@@ -321,8 +332,8 @@ def main() -> None:
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}, sort_keys=True, indent=1) + "\n")
     for unit, rel in todo:  # runs that finished before they could be published
         out, record = run_dir(cache, unit, rel), record_path(store, unit, rel)
-        if not is_current(record, profile) and (out / "metrics.json").is_file() and trained_with(
-                json.loads((out / "config.json").read_text()), profile):
+        if not is_current(record, profile, unit) and (out / "metrics.json").is_file() and trained_with(
+                json.loads((out / "config.json").read_text()), profile, unit.seed):
             publish(out, record)
     if args.step_cost:
         rel = args.relations[0]
@@ -333,7 +344,7 @@ def main() -> None:
         engine = Engine(lm)
         for unit, rel in todo:
             out, record = run_dir(cache, unit, rel), record_path(store, unit, rel)
-            if is_current(record, profile):
+            if is_current(record, profile, unit):
                 continue
             relation = trex_relation(shared, unit.split, rel)
             pset = prompt_set(unit.prompts, rel, shared)
@@ -343,7 +354,8 @@ def main() -> None:
                                        selection=unit.selection, prune_after=unit.prune_after,
                                        sparse_k=unit.sparse_k, sparse_m=unit.sparse_m,
                                        sparse_draw=unit.sparse_draw)
-            if copy_identical_record(record, mixture_settings(lm, relation, settings, profile.config, profile.limits)):
+            config = replace(profile.config, seed=unit.seed)
+            if copy_identical_record(record, mixture_settings(lm, relation, settings, config, profile.limits)):
                 print(f"{unit.split:13} {rel:6} {unit.name:22} copied from an identical run", flush=True)
                 continue
             claim = out.with_name(out.name + ".claim")
@@ -352,7 +364,7 @@ def main() -> None:
                 continue
             try:
                 start = time.perf_counter()
-                doc = run_mixture(lm, relation, settings, out, profile.config, profile.limits, resume=True,
+                doc = run_mixture(lm, relation, settings, out, config, profile.limits, resume=True,
                                   progress=False, engine=engine)
                 t = doc["test"]
                 print(f"{unit.split:13} {rel:6} {unit.name:22} K={doc['num_prompts']:2}  P@1 {100 * t['p@1']:5.1f}  "
@@ -364,7 +376,7 @@ def main() -> None:
         full = full_mixture()
         for rel in args.relations if "scaling" in args.experiments else ():
             run, record, out = run_dir(cache, full, rel), record_path(store, full, rel), heaviest_path(store, rel)
-            if not (is_current(record, profile) and (run / "prompt.safetensors").is_file()):
+            if not (is_current(record, profile, full) and (run / "prompt.safetensors").is_file()):
                 continue
             identity = json.loads(record.read_text())["identity"]
             if out.is_file() and json.loads(out.read_text())["of"] == identity:
@@ -407,13 +419,15 @@ def is_alive(pid: int) -> bool:
     return True
 
 
-def trained_with(settings: dict[str, Any], profile: Profile) -> bool:
-    """Whether a record's or a run's config (its "train" and "limits") is ``profile`` as it is now."""
-    return settings.get("train") == asdict(profile.config) and settings.get("limits") == profile.limits
+def trained_with(settings: dict[str, Any], profile: Profile, seed: int = 0) -> bool:
+    """Whether a record's or a run's config (its "train" and "limits") is ``profile`` as it is now, with
+    ``seed``."""
+    return (settings.get("train") == asdict(replace(profile.config, seed=seed))
+            and settings.get("limits") == profile.limits)
 
 
-def is_current(record: Path, profile: Profile) -> bool:
-    return record.is_file() and trained_with(json.loads(record.read_text()), profile)
+def is_current(record: Path, profile: Profile, unit: Unit) -> bool:
+    return record.is_file() and trained_with(json.loads(record.read_text()), profile, unit.seed)
 
 
 def copy_identical_record(record: Path, identity: dict[str, Any]) -> bool:
@@ -424,6 +438,11 @@ def copy_identical_record(record: Path, identity: dict[str, Any]) -> bool:
             write_text(record, other.read_text())
             return True
     return False
+
+
+def mean_sd(values: Sequence[float], sign: bool = False) -> str:
+    """Mean ± sample standard deviation, as the seed tables print them."""
+    return f"{statistics.mean(values):{'+' if sign else ''}.1f} ± {statistics.stdev(values):.1f}"
 
 
 def fact_rows(ranked: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -458,7 +477,7 @@ class Report:
 
     def done(self, unit: Unit) -> list[str]:
         return [r for r in self.relations if record_path(self.store, unit, r).is_file()
-                and trained_with(self.record(unit, r), self.profile)]
+                and trained_with(self.record(unit, r), self.profile, unit.seed)]
 
     def common(self, group: list[Unit]) -> list[str]:
         """Relations on which every unit of ``group`` has finished; the others are noted as missing."""
@@ -482,7 +501,8 @@ class Report:
 
     def threads(self) -> list[int]:
         records = (json.loads(p.read_text()) for p in self.store.rglob("*.json"))
-        return sorted({r["metrics"]["threads"] for r in records if trained_with(r, self.profile)})
+        return sorted({r["metrics"]["threads"] for r in records
+                       if trained_with(r, self.profile, r.get("train", {}).get("seed", 0))})
 
     def p_value(self, a: Unit, b: Unit, metric: str, relations: list[str]) -> float:
         return p_value(self.rows(a, relations), self.rows(b, relations), metric)
@@ -516,7 +536,8 @@ class Report:
         # that experiment instead of empty tables and a list of everything else as not yet run.
         sections = [("main", self.main_table), ("main", self.prompt_set_table), ("ablation", self.ablation_table),
                     ("extras", self.extras_table), ("scaling", self.scaling_table),
-                    ("scaling", self.against_full_table), ("scaling", self.step_cost_table),
+                    ("scaling", self.against_full_table),
+                    ("scaling", self.over_seeds_table), ("scaling", self.step_cost_table),
                     ("scaling", self.heaviest_table), ("scaling", self.across_machines_table),
                     ("scaling", self.figure), ("main", self.entropy_table),
                     ("distinct", self.distinct_table)]
@@ -538,6 +559,8 @@ class Report:
         if self.gpu and self.gpu["tf32_matmul"]:
             command = "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 " + command
         command += f" --profile {self.args.profile}"
+        if self.args.seeds != [0]:
+            command += f" --seeds {' '.join(map(str, self.args.seeds))}"
         if set(self.args.experiments) != set(EXPERIMENTS):
             command += f" --experiments {' '.join(self.args.experiments)}"
         if self.args.store != self.args.profile:
@@ -624,6 +647,9 @@ class Report:
                 + ("; ".join(f"{row['label']}, {row['difference']:+.1f} [{row['low']:+.1f}, {row['high']:+.1f}] "
                              f"(n={row['n']})" for row in close) if close else "none")
                 + ".")
+        for row in self.over_seeds:
+            lines.append(f"- Over seeds {' '.join(map(str, self.args.seeds))} ({' '.join(row['relations'])}): "
+                         f"{row['label']} {mean_sd(row['differences'], sign=True)} P@1 against the full mixture.")
         if self.across_machines:
             lines.append(f"- The same configuration and seed here and in the `{self.args.profile}` store (table \"The "
                          "same runs on two machines\"): " + "; ".join(
@@ -837,6 +863,39 @@ class Report:
         return [*lines, ""]
 
     @functools.cached_property
+    def over_seeds(self) -> list[dict[str, Any]]:
+        """Each cheaper configuration against the full mixture seed by seed (--seeds), on the relations where
+        every seed of both has run: the spread over seeds is the training noise one run per configuration hides."""
+        if len(self.args.seeds) < 2:
+            return []
+        full, rows = full_mixture(), []
+        for unit in (u for u in units("scaling") if not u.is_full_mixture):
+            pairs = [(with_seed(unit, seed), with_seed(full, seed)) for seed in self.args.seeds]
+            rels = [r for r in self.relations if all(r in self.done(u) for pair in pairs for u in pair)]
+            if not rels:
+                continue
+            cheap, whole = ([100 * self.macro(pair[i], rels)["p@1"] for pair in pairs] for i in (0, 1))
+            rows.append({"label": self.scaling_label(unit), "relations": rels, "cheap": cheap, "full": whole,
+                         "differences": [a - b for a, b in zip(cheap, whole, strict=True)]})
+        return rows
+
+    def over_seeds_table(self) -> list[str]:
+        if not self.over_seeds:
+            return []
+        lines = [f"## Cheaper training against the full mixture over seeds {' '.join(map(str, self.args.seeds))} "
+                 "(P@1, min. prompts, soft)", "",
+                 "Each configuration and the full mixture trained once per seed (the order of the training facts "
+                 "and the posterior draws change; the initial prompts do not), on the relations where every seed "
+                 "of both has run: macro P@1 as mean ± standard deviation over seeds, and the difference seed "
+                 "by seed. Unlike the intervals above, the spread here includes the noise of training.", "",
+                 "| configuration | relations | P@1 | full | difference per seed | difference |",
+                 "|---|---|---|---|---|---|"]
+        lines += [f"| {row['label']} | {' '.join(row['relations'])} | {mean_sd(row['cheap'])} | {mean_sd(row['full'])} "
+                  f"| {' '.join(f'{d:+.1f}' for d in row['differences'])} | {mean_sd(row['differences'])} |"
+                  for row in self.over_seeds]
+        return [*lines, ""]
+
+    @functools.cached_property
     def across_machines(self) -> list[dict[str, Any]]:
         """Each configuration of this store (another machine's) against the same configuration in the profile's
         own store: same settings and seed, so they differ only by floating-point rounding, which sends training
@@ -846,7 +905,7 @@ class Report:
             return []
         rows = []
         for unit in (u for e in self.args.experiments for u in units(e)):
-            rels = [r for r in self.done(unit) if is_current(record_path(other, unit, r), self.profile)]
+            rels = [r for r in self.done(unit) if is_current(record_path(other, unit, r), self.profile, unit)]
             if not rels:
                 continue
             theirs = {r: json.loads(record_path(other, unit, r).read_text()) for r in rels}
