@@ -811,9 +811,7 @@ class Report:
 
     def sharing_note(self) -> str:
         if self.gpu:
-            return (" All of them ran as six processes sharing the GPU, so their times compare only roughly; "
-                    "on the GPU, unlike the CPU, the sparse-posterior training saved little time (why was not "
-                    "measured).")
+            return " All of them ran as six processes sharing the GPU, so their times compare only roughly."
         return (" Run times compare only runs that shared the cores alike: the sparse-posterior runs shared them "
                 "with two or three other benchmark processes, the others with one; the step-cost table below "
                 "compares the methods within one process.")
