@@ -889,7 +889,7 @@ class Report:
                  "| configuration | relations | P@1 | full | difference per seed | difference |",
                  "|---|---|---|---|---|---|"]
         lines += [f"| {row['label']} | {' '.join(row['relations'])} | {mean_sd(row['cheap'])} | {mean_sd(row['full'])} "
-                  f"| {' '.join(f'{d:+.1f}' for d in row['differences'])} | {mean_sd(row['differences'])} |"
+                  f"| {' '.join(f'{d:+.1f}' for d in row['differences'])} | {mean_sd(row['differences'], sign=True)} |"
                   for row in self.over_seeds]
         return [*lines, ""]
 
