@@ -419,7 +419,7 @@ def is_alive(pid: int) -> bool:
     return True
 
 
-def trained_with(settings: dict[str, Any], profile: Profile, seed: int = 0) -> bool:
+def trained_with(settings: dict[str, Any], profile: Profile, seed: int) -> bool:
     """Whether a record's or a run's config (its "train" and "limits") is ``profile`` as it is now, with
     ``seed``."""
     return (settings.get("train") == asdict(replace(profile.config, seed=seed))
@@ -911,10 +911,10 @@ class Report:
             low, high = paired_bootstrap_interval(paired.a, paired.b, paired.groups, CONFIDENCE, 10000)
             gaps = [self.record(unit, r)["metrics"]["test"]["p@1"] - theirs[r]["metrics"]["test"]["p@1"]
                     for r in rels]
-            rows.append({"label": unit.name, "relations": rels, "n": len(rels),
-                         "here": 100 * self.macro(unit, rels)["p@1"],
-                         "there": 100 * macro_average({r: d["metrics"]["test"] for r, d in theirs.items()})["p@1"],
-                         "difference": 100 * sum(gaps) / len(gaps), "low": 100 * low, "high": 100 * high,
+            here = 100 * self.macro(unit, rels)["p@1"]
+            there = 100 * macro_average({r: d["metrics"]["test"] for r, d in theirs.items()})["p@1"]
+            rows.append({"label": unit.name, "relations": rels, "n": len(rels), "here": here, "there": there,
+                         "difference": here - there, "low": 100 * low, "high": 100 * high,
                          "p": paired_permutation_test(paired.a, paired.b, paired.groups, permutations=10000),
                          "largest": 100 * max(gaps, key=abs)})
         return rows
