@@ -30,13 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nlu
 
 from softprompt.analysis import Analysis, AnalysisConfig, analyse, load_runs, spearman, token_perplexity
-from softprompt.data import shared_data_dir
+from softprompt.analysis.report import SECTIONS, render, screenshot, token_text
 from softprompt.engine import Engine
 from softprompt.io import write_json, write_text
 from softprompt.models import load_model
-from softprompt.report import SECTIONS, render, screenshot, token_text
+from softprompt.optimizers import TrainConfig
+from softprompt.paths import shared_data_dir
 from softprompt.tasks import TaskSettings, load_task, run_task
-from softprompt.train import TrainConfig
+
+# The staged datasets beside this checkout, unless $SOFTPROMPT_SHARED_DATA says otherwise.
+SHARED_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = shared_data_dir(default=SHARED_DEFAULT)
 
 ROOT = Path(__file__).resolve().parent
 DOCS = ROOT.parent / "docs"
@@ -62,7 +66,7 @@ def train_lengths(lm: Any, p: dict[str, Path], tasks: list[str]) -> None:
     profile = nlu.PROFILES["cpu"]
     for name in tasks:
         task = load_task(name)
-        train, evaluation = task.load("train"), task.load("validation")
+        train, evaluation = task.load("train", SHARED), task.load("validation", SHARED)
         for length in (5, 100):
             out = length_run(p, name, length)
             if (out / "metrics.json").is_file():
@@ -80,7 +84,7 @@ def run_analysis(lm: Any, dirs: list[Path], out: Path, config: AnalysisConfig) -
         return None
     runs = load_runs(dirs, lm)
     tasks = {r.task: load_task(r.task) for r in runs}
-    examples = {name: t.load("validation") for name, t in tasks.items()}
+    examples = {name: t.load("validation", SHARED) for name, t in tasks.items()}
     return analyse(Analysis(lm, runs, tasks, examples, config, reference=lm), out,
                    progress=lambda s: print(s, flush=True))
 
@@ -347,7 +351,7 @@ def main() -> None:
                         help="main stage: compute only these parts (units are cached, so two processes can share "
                              "the work by parts)")
     args = parser.parse_args()
-    if shared_data_dir() is None:
+    if SHARED is None:
         sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
     p = paths(args.model)
     lm = load_model(args.model)

@@ -16,13 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-from softprompt.data import TREX10, load_relation, shared_data_dir
 from softprompt.engine import Engine
 from softprompt.metrics import macro_average
 from softprompt.models import load_model
-from softprompt.probe import run_probe
+from softprompt.optimizers import TrainConfig
+from softprompt.paths import shared_data_dir
+from softprompt.probing import TREX10, load_relation
+from softprompt.probing.probe import run_probe
 from softprompt.significance import load_predictions, pair_runs, paired_permutation_test
-from softprompt.train import TrainConfig
+
+# The staged datasets beside this checkout, unless $SOFTPROMPT_SHARED_DATA says otherwise.
+SHARED_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 MODES = ("hard", "soft", "deep")
 ROOT = Path(__file__).resolve().parent
@@ -35,7 +39,7 @@ def main() -> None:
     parser.add_argument("--test-limit", type=int, default=300, help="first N single-token test facts")
     parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "lama.md")
     args = parser.parse_args()
-    shared = shared_data_dir()
+    shared = shared_data_dir(default=SHARED_DEFAULT)
     if shared is None:
         sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
     lm = load_model(args.model)

@@ -26,12 +26,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mixtures import trex_relation
 
-from softprompt.data import shared_data_dir
-from softprompt.data.prompt_sets import prompt_set
 from softprompt.engine import Engine, length_groups
-from softprompt.mixture import MixtureItem, MixtureObjective, encode_mixture_data, encode_prompt_set
 from softprompt.models import load_model
+from softprompt.paths import shared_data_dir
+from softprompt.probing.mixture import MixtureItem, MixtureObjective, encode_mixture_data, encode_prompt_set
+from softprompt.probing.prompt_sets import prompt_set
 from softprompt.prompts import MixturePrompt
+
+# The staged datasets beside this checkout, unless $SOFTPROMPT_SHARED_DATA says otherwise.
+SHARED_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def padded_step(engine: Engine, mixture: MixturePrompt, items: list[MixtureItem]) -> float:
@@ -55,7 +58,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    shared = shared_data_dir()
+    shared = shared_data_dir(default=SHARED_DEFAULT)
     if shared is None:
         raise SystemExit("needs ../shared/data (T-REx and the LPAQA prompts)")
     lm = load_model("smollm2-135m")

@@ -43,12 +43,15 @@ from typing import Any
 
 import torch
 
-from softprompt.data import TREX10, Relation, load_relation, shared_data_dir
-from softprompt.data.prompt_sets import prompt_set
+from softprompt.analysis.visualise import read_mixture, save_png
 from softprompt.engine import Engine
 from softprompt.io import read_jsonl, write_text
 from softprompt.metrics import macro_average
-from softprompt.mixture import (
+from softprompt.models import LanguageModel, load_model
+from softprompt.optimizers import TrainConfig
+from softprompt.paths import shared_data_dir
+from softprompt.probing import TREX10, Relation, load_relation
+from softprompt.probing.mixture import (
     MixtureObjective,
     MixtureSettings,
     encode_mixture_data,
@@ -57,11 +60,12 @@ from softprompt.mixture import (
     mixture_settings,
     run_mixture,
 )
-from softprompt.models import LanguageModel, load_model
+from softprompt.probing.prompt_sets import prompt_set
 from softprompt.prompts import MixturePrompt, load_prompt
 from softprompt.significance import pair_runs, paired_bootstrap_interval, paired_permutation_test
-from softprompt.train import TrainConfig
-from softprompt.visualise import read_mixture, save_png
+
+# The staged datasets beside this checkout, unless $SOFTPROMPT_SHARED_DATA says otherwise.
+SHARED_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT.parent / "docs" / "results" / "mixtures.md"
@@ -311,7 +315,7 @@ def main() -> None:
                              "prompts, first relation given) instead of running configurations")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
-    shared = shared_data_dir()
+    shared = shared_data_dir(default=SHARED_DEFAULT)
     if shared is None:
         sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
     profile = PROFILES[args.profile]

@@ -31,13 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.data import shared_data_dir
 from softprompt.engine import Engine
 from softprompt.io import write_text
 from softprompt.metrics import accuracy, macro_f1
 from softprompt.models import load_model
+from softprompt.optimizers import TrainConfig
+from softprompt.paths import shared_data_dir
 from softprompt.tasks import TaskSettings, load_task, run_task
-from softprompt.train import TrainConfig
+
+# The staged datasets beside this checkout, unless $SOFTPROMPT_SHARED_DATA says otherwise.
+SHARED_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = shared_data_dir(default=SHARED_DEFAULT)
 
 ROOT = Path(__file__).resolve().parent
 TASKS = ("sst2", "cb", "rte", "copa", "wsc", "boolq")
@@ -88,7 +92,7 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "nlu.md")
     args = parser.parse_args()
-    if shared_data_dir() is None:
+    if SHARED is None:
         sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
     profile = PROFILES[args.profile]
     cache = ROOT / "cache" / "nlu" / re.sub(r"[^\w.-]", "_", args.model) / args.profile
@@ -99,7 +103,7 @@ def main() -> None:
         for seed in sorted(set(args.seeds)):
             for name in args.tasks:
                 task = load_task(name)
-                train, evaluation = task.load("train"), task.load("validation")
+                train, evaluation = task.load("train", SHARED), task.load("validation", SHARED)
                 for method in args.methods:
                     if seed not in seeds_of(method, args.seeds):
                         continue
@@ -178,7 +182,7 @@ def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
             expected = len(seeds_of(m, args.seeds))
             if len(docs[m]) < expected:
                 missing.append(f"{name} {m} ({len(docs[m])}/{expected} seeds)")
-        labels = [e.label for e in task.load("validation")[: profile.eval_limit]]
+        labels = [e.label for e in task.load("validation", SHARED)[: profile.eval_limit]]
         majority = max(set(labels), key=labels.count)
         floor = {"accuracy": accuracy([majority] * len(labels), labels),
                  "macro_f1": macro_f1([majority] * len(labels), labels, task.num_choices), "roc_auc": 0.5}

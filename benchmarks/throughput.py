@@ -59,19 +59,23 @@ import torch
 import torch.nn.functional as F
 from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
-from softprompt.data import geo_relation, load_relation, shared_data_dir
 from softprompt.engine import Batch, Engine, collate, length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.metrics import answer_ranks
 from softprompt.models import LanguageModel, load_model
-from softprompt.probe import encode_relation
+from softprompt.paths import shared_data_dir
+from softprompt.probing import geo_relation, load_relation, train_step
+from softprompt.probing.probe import encode_relation
 from softprompt.prompts import SoftPrompt
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks import TaskEncoder, load_task
-from softprompt.tasks.run import ChoiceObjective
+from softprompt.tasks.objective import ChoiceObjective
 from softprompt.tasks.task import Task, TaskExample
 from softprompt.templates import Example
-from softprompt.train import train_step
+
+# The staged datasets beside this checkout, unless $SOFTPROMPT_SHARED_DATA says otherwise.
+SHARED_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = shared_data_dir(default=SHARED_DEFAULT)
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP_K = 10
@@ -378,7 +382,7 @@ class Phase:
 
 def load_examples(lm: LanguageModel) -> tuple[str, object, list[Example], list[Example]]:
     """(description, encoder, training examples, evaluation examples) in dataset order."""
-    shared = shared_data_dir()
+    shared = SHARED
     p19 = shared / "qin_eisner_soft_prompts" / "db" / "trex_original" / "P19" if shared else None
     templates = shared / "lama" / "relations.jsonl" if shared else None
     if p19 is not None and p19.is_dir() and templates.is_file():
@@ -514,7 +518,7 @@ def peft_phase(lm: LanguageModel, args: argparse.Namespace, device: torch.device
     """Prefix prompt-tuning training on SST-2: softprompt's task prompts vs PEFT's PromptTuningConfig."""
     task = load_task("sst2")
     try:
-        train = task.load("train")
+        train = task.load("train", SHARED)
     except SoftpromptError as err:
         sys.exit(f"the peft phase trains on SST-2: {err}")
     bs = args.batch_size

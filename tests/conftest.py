@@ -190,7 +190,7 @@ def chromium() -> str:
     import shutil
     import subprocess
 
-    from softprompt.report import find_chromium
+    from softprompt.analysis.report import find_chromium
 
     found = find_chromium()
     if found is None and shutil.which("apt-get") and os.geteuid() == 0:

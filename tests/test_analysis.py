@@ -35,11 +35,11 @@ from softprompt.analysis.readings import vocabulary
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
+from softprompt.optimizers import TrainConfig
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks import TaskSettings, predict, run_task
 from softprompt.tasks.run import task_metrics
 from softprompt.tasks.task import Task, task_from_dict
-from softprompt.train import TrainConfig
 
 COUNTRIES = ["France", "Germany", "Japan", "Italy", "Spain", "Peru", "Chile", "Egypt", "Kenya"]
 
@@ -121,7 +121,7 @@ def test_a_prompt_of_token_embeddings_is_perfectly_faithful(causal_lm: LanguageM
 
 def test_deep_prompts_are_read_at_layer_0_and_lose_their_deeper_deltas(causal_lm: LanguageModel) -> None:
     task, engine = capital_task(), Engine(causal_lm)
-    deep = TaskPrompt(causal_lm, "prefix", 3, kind="deep", init="random", task="capital").requires_grad_(False)
+    deep = TaskPrompt(causal_lm, "prefix", 3, tuning="deep", init="random", task="capital").requires_grad_(False)
     with torch.no_grad():
         deep.weight.copy_(vocabulary(causal_lm)[torch.tensor([12, 30, 7])])
         deep.delta[1:].normal_(0, 0.5)  # layer 0 untouched: the vectors still are token embeddings

@@ -12,7 +12,7 @@ import huggingface_hub.constants
 import pytest
 from test_cli import assert_user_error, invoke
 
-from softprompt.report import SECTIONS, headless_command
+from softprompt.analysis.report import SECTIONS, headless_command
 
 COUNTRIES = ["France", "Germany", "Japan", "Italy", "Spain", "Peru"]
 TASKS = {

@@ -1,4 +1,4 @@
-"""Tests for the command line (softprompt.cli) and the demo (softprompt.demo), on tiny random models."""
+"""Tests for the command line (softprompt.cli) and the demo (softprompt.probing.demo), on tiny random models."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import huggingface_hub.constants
 import pytest
 from typer.testing import CliRunner, Result
 
-import softprompt.demo
+import softprompt.probing.demo
 from softprompt.cli import app
-from softprompt.data import Fact, Relation
-from softprompt.demo import run_demo
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
+from softprompt.optimizers import TrainConfig
+from softprompt.probing import Fact, Relation
+from softprompt.probing.demo import run_demo
 from softprompt.prompts import read_prompt_file
-from softprompt.train import TrainConfig
 
 TEMPLATE = "the capital of [X] is [Y] ."
 # Subjects and answers are words of the tiny tokenizers (conftest.WORDS), so answers are single tokens;
@@ -103,7 +103,7 @@ def test_train_then_eval_reproduces_metrics(
     meta, _ = read_prompt_file(run / "prompt.safetensors")
     assert meta["model"] == str(model_dirs["causal"])
     assert (meta["hidden_size"], meta["num_layers"]) == (32, 2)
-    assert (meta["template"], meta["init"], meta["mode"]) == (TEMPLATE, "template", mode)
+    assert (meta["template"], meta["init"], meta["kind"]) == (TEMPLATE, "template", mode)
     trained = read_json(run / "metrics.json")
     assert trained["test"]["n"] == 3
 
@@ -252,7 +252,7 @@ def test_demo_runs_resumes_and_summarises(causal_lm: LanguageModel, tmp_path: Pa
 def test_demo_command(model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     relations = [tiny_relation("capital", CAPITALS, TEMPLATE),
                  tiny_relation("language", LANGUAGES, "[X] speaks [Y] .")]
-    monkeypatch.setattr(softprompt.demo, "geo_relations", lambda: relations)
+    monkeypatch.setattr(softprompt.probing.demo, "geo_relations", lambda: relations)
     result = invoke("demo", "--model", model_dirs["causal"], "--quick", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     assert "macro-average" in result.output and "language" in result.output

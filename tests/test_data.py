@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from softprompt.data import (
+from softprompt.errors import SoftpromptError
+from softprompt.paths import shared_data_dir
+from softprompt.probing import (
     GEO_RELATIONS,
     TREX10,
     Fact,
@@ -20,9 +22,10 @@ from softprompt.data import (
     load_split_dir,
     read_facts,
     read_templates,
-    shared_data_dir,
 )
-from softprompt.errors import SoftpromptError
+
+# The staged datasets beside this checkout, unless $SOFTPROMPT_SHARED_DATA says otherwise.
+SHARED_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def write_lines(path: Path, rows: list[object], trailing_newline: bool = True) -> Path:
@@ -275,11 +278,15 @@ def test_shared_data_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.delenv("SOFTPROMPT_SHARED_DATA")
     monkeypatch.chdir(tmp_path)
     assert shared_data_dir() is None
+    # A caller's default counts only when no variable is set and the directory exists.
+    assert shared_data_dir(default=tmp_path) == tmp_path.resolve()
+    assert shared_data_dir(default=tmp_path / "missing") is None
+    assert shared_data_dir(tmp_path / "given", default=tmp_path) == tmp_path / "given"
 
 
 @pytest.fixture
 def shared() -> Path:
-    directory = shared_data_dir()
+    directory = shared_data_dir(default=SHARED_DEFAULT)
     if directory is None:
         pytest.skip("shared data not found (set SOFTPROMPT_SHARED_DATA or run next to ../shared/data)")
     return directory
@@ -316,7 +323,7 @@ def test_real_lama_templates_and_files(shared: Path) -> None:
 
 def test_real_prompt_sets_and_splits(shared: Path) -> None:
     """Every prompt source and split the mixtures benchmark reads loads, with the paper's counts."""
-    from softprompt.data.prompt_sets import prompt_set
+    from softprompt.probing.prompt_sets import prompt_set
 
     assert len(prompt_set("min", "P19", shared).templates) == 29
     assert len(prompt_set("par", "P19", shared).templates) == 30

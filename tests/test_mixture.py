@@ -12,16 +12,15 @@ import torch
 from conftest import tiny_causal
 from safetensors import safe_open
 
-from softprompt.data import Fact, Relation
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
-from softprompt.mixture import (
+from softprompt.optimizers import EM, GradientDescent, TrainConfig, fit_weights, greedy_selection
+from softprompt.probing import Fact, Relation, train_prompt
+from softprompt.probing.mixture import (
     MixtureObjective,
     MixtureSettings,
     encode_mixture_data,
     encode_prompt_set,
-    fit_weights,
-    greedy_selection,
     log_likelihoods,
     posteriors,
     predict_mixture,
@@ -30,10 +29,9 @@ from softprompt.mixture import (
     select_prompts,
     sparse_score,
 )
-from softprompt.probe import predict
+from softprompt.probing.probe import predict
 from softprompt.prompts import MixturePrompt, SoftPrompt, effective_prompts, load_prompt
 from softprompt.templates import TemplateEncoder
-from softprompt.train import TrainConfig, optimise, train_prompt
 
 TEMPLATES = ["[X] is [Y] .", "the capital of [X] is [Y] .", "[X] speaks [Y] ."]
 EURO = ["France", "Germany", "Italy", "Spain"]
@@ -228,8 +226,8 @@ def test_em_and_gradient_reach_the_same_optimum():
     losses = {}
     for method in ("gradient", "em"):
         mixture.load_state_dict(specialised)
-        objective = MixtureObjective(engine, mixture.set_tune("weights"), train, train, method, weights_lr=0.1)
-        optimise(objective, config, progress=False)
+        objective = MixtureObjective(engine, mixture.set_tune("weights"), train, train, weights_lr=0.1)
+        (EM if method == "em" else GradientDescent)(config, progress=False).fit(objective)
         assert mixture.weights() == pytest.approx(closed, abs=0.01)
         losses[method] = -float(log_likelihoods(engine, mixture, train).mean())
     assert losses["em"] == pytest.approx(losses["gradient"], abs=1e-4)
@@ -265,8 +263,8 @@ def test_tune_changes_only_what_it_names(causal_lm, tune):
     before = mixture.vectors().detach().clone()
     data = encode_mixture_data(RELATION, mixture)
     model_state = {k: v.clone() for k, v in causal_lm.model.state_dict().items()}
-    optimise(MixtureObjective(engine, mixture, data.splits["train"], data.splits["train"]),
-             TrainConfig(lr=0.05, batch_size=8, max_epochs=2, patience=5), progress=False)
+    GradientDescent(TrainConfig(lr=0.05, batch_size=8, max_epochs=2, patience=5), progress=False).fit(
+        MixtureObjective(engine, mixture, data.splits["train"], data.splits["train"]))
     vectors_changed = not torch.equal(mixture.vectors(), before)
     weights_changed = mixture.weights() != pytest.approx([1 / 3] * 3, abs=1e-7)
     assert vectors_changed == (tune != "weights")
@@ -278,8 +276,8 @@ def test_training_a_mixture_lowers_dev_loss(causal_lm):
     engine = Engine(causal_lm)
     mixture = build(causal_lm, data_dependent=True)
     data = encode_mixture_data(RELATION, mixture)
-    result = optimise(MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], "em"),
-                      TrainConfig(lr=0.05, batch_size=8, max_epochs=3, patience=3), progress=False)
+    result = EM(TrainConfig(lr=0.05, batch_size=8, max_epochs=3, patience=3), progress=False).fit(
+        MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"]))
     assert result.best_dev_loss < result.history[0]["dev_loss"]
     assert mixture.temperature != 1.0  # log T is learned too
 
@@ -484,14 +482,14 @@ def test_pruning_after_warmup_trains_all_prompts_then_the_chosen_ones(causal_lm,
     engine = Engine(causal_lm)
     mixture = build(causal_lm)
     data = encode_mixture_data(RELATION, mixture)
-    warmed = optimise(MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"]),
-                      TrainConfig(lr=0.05, batch_size=8, max_epochs=1, patience=3), progress=False)
+    warmed = GradientDescent(TrainConfig(lr=0.05, batch_size=8, max_epochs=1, patience=3), progress=False).fit(
+        MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"]))
     chosen, fitted = select_prompts(engine, mixture, data.splits["dev"], 2)
     assert fitted != pytest.approx(select_prompts(engine, build(causal_lm), data.splits["dev"], 2)[1])  # tuned
     pruned = mixture.subset(chosen)
     data = encode_mixture_data(RELATION, pruned)
-    rest = optimise(MixtureObjective(engine, pruned, data.splits["train"], data.splits["dev"]),
-                    TrainConfig(lr=0.05, batch_size=8, max_epochs=2, patience=3), progress=False)
+    rest = GradientDescent(TrainConfig(lr=0.05, batch_size=8, max_epochs=2, patience=3), progress=False).fit(
+        MixtureObjective(engine, pruned, data.splits["train"], data.splits["dev"]))
     assert doc["num_prompts"] == 2 and doc["selection_weights"] == pytest.approx(fitted)
     assert doc["weights"] == pytest.approx(pruned.weights())
     assert [h["epoch"] for h in doc["history"]] == [0, 1, 1, 2, 3]
@@ -519,7 +517,7 @@ def test_run_mixture_writes_a_complete_run_and_the_prompt_round_trips(causal_lm,
     assert len(rows) == doc["test"]["n"] == 16
     assert all(sum(p for _, p in row["prompt_posterior"]) == pytest.approx(1.0, abs=1e-4) for row in rows)
     loaded = load_prompt(tmp_path / "prompt.safetensors", causal_lm)
-    assert isinstance(loaded, MixturePrompt) and loaded.component_mode == "deep" and loaded.data_dependent
+    assert isinstance(loaded, MixturePrompt) and loaded.component_kind == "deep" and loaded.data_dependent
     assert loaded.sources == doc["sources"] and loaded.weights() == pytest.approx(doc["weights"])
     engine = Engine(causal_lm)
     items = encode_mixture_data(RELATION, loaded).splits["test"]
@@ -568,7 +566,7 @@ def test_mixture_training_resumes_to_the_same_result(causal_lm, tmp_path):
 
     def objective(mixture, crash_after=None):
         data = encode_mixture_data(RELATION, mixture)
-        obj = MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"], "em")
+        obj = MixtureObjective(engine, mixture, data.splits["train"], data.splits["dev"])
         if crash_after is not None:
             calls = {"n": 0}
             real = obj.dev_loss
@@ -583,12 +581,12 @@ def test_mixture_training_resumes_to_the_same_result(causal_lm, tmp_path):
         return obj
 
     straight = build(causal_lm, data_dependent=True)
-    optimise(objective(straight), config, progress=False)
+    EM(config, progress=False).fit(objective(straight))
     interrupted = build(causal_lm, data_dependent=True)
     with pytest.raises(KeyboardInterrupt):
-        optimise(objective(interrupted, crash_after=2), config, tmp_path / "ck.st", progress=False)
+        EM(config, progress=False).fit(objective(interrupted, crash_after=2), tmp_path / "ck.st")
     resumed = build(causal_lm, data_dependent=True)
-    optimise(objective(resumed), config, tmp_path / "ck.st", resume=True, progress=False)
+    EM(config, progress=False).fit(objective(resumed), tmp_path / "ck.st", resume=True)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 

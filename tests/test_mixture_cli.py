@@ -9,8 +9,8 @@ import huggingface_hub.constants
 import pytest
 from test_cli import assert_user_error, invoke
 
-from softprompt.data.prompt_sets import prompt_set, prompt_set_from_file, read_template_list
 from softprompt.errors import SoftpromptError
+from softprompt.probing.prompt_sets import prompt_set, prompt_set_from_file, read_template_list
 from softprompt.prompts import read_prompt_file
 
 EURO = ["France", "Germany", "Italy", "Spain"]
@@ -104,7 +104,7 @@ def test_train_show_and_compare(relation_dir, prompt_root, model_dirs, tmp_path,
     metrics = json.loads((tmp_path / "soft" / "metrics.json").read_text())
     assert metrics["test"]["n"] == 16 and metrics["num_prompts"] == 2 and metrics["method"] == "em"
     meta, _ = read_prompt_file(tmp_path / "soft")
-    assert meta["mode"] == "mixture" and meta["sources"] == ["[Y] native [X] .", "[X] is [Y] ."]
+    assert meta["kind"] == "mixture" and meta["sources"] == ["[Y] native [X] .", "[X] is [Y] ."]
     assert meta["templates"] == ["native [X] . [Y]", "[X] is [Y] ."]
 
     shown = invoke("mixture", "show", tmp_path / "soft", "--model", model_dirs["causal"])

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from softprompt.data import Fact, Relation
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.metrics import answer_ranks, ranking_metrics
-from softprompt.probe import encode_relation, evaluate, make_prompt, predict, run_probe
+from softprompt.optimizers import TrainConfig
+from softprompt.probing import Fact, Relation
+from softprompt.probing.probe import encode_relation, evaluate, make_prompt, predict, run_probe
 from softprompt.prompts import HardPrompt, SoftPrompt, load_prompt
-from softprompt.train import TrainConfig
 
 COUNTRIES = ["France", "Germany", "Japan", "Italy", "Spain", "Peru", "Chile", "Egypt", "Kenya"]
 CAPITALS = {"France": "Paris", "Germany": "Berlin", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid",

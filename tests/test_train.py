@@ -9,12 +9,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import softprompt.train as train_module
+import softprompt.probing.objective as train_module
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
+from softprompt.optimizers import TrainConfig
+from softprompt.probing import mean_loss, train_prompt
 from softprompt.prompts import DeepPrompt, HardPrompt, SoftPrompt
 from softprompt.templates import TemplateEncoder
-from softprompt.train import TrainConfig, mean_loss, train_prompt
 
 TEMPLATE = "[X] is [Y] ."
 # The answer is a function of the subject's first word: a currency shared by half of the countries.

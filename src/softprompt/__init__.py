@@ -3,22 +3,36 @@
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.models import DEFAULT_MODEL, LanguageModel, load_model
-from softprompt.prompts import DeepPrompt, HardPrompt, MixturePrompt, Prompt, SoftPrompt, load_prompt
+from softprompt.optimizers import EM, FitResult, GradientDescent, Optimizer, TrainConfig
+from softprompt.probing import train_prompt
+from softprompt.prompts import (
+    DeepPrompt,
+    HardPrompt,
+    MixturePrompt,
+    Prompt,
+    SoftPrompt,
+    TaskPrompt,
+    load_prompt,
+)
 from softprompt.templates import Template, TemplateEncoder
-from softprompt.train import TrainConfig, train_prompt
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "EM",
     "DeepPrompt",
     "Engine",
+    "FitResult",
+    "GradientDescent",
     "HardPrompt",
     "LanguageModel",
     "MixturePrompt",
+    "Optimizer",
     "Prompt",
     "SoftPrompt",
     "SoftpromptError",
+    "TaskPrompt",
     "Template",
     "TemplateEncoder",
     "TrainConfig",

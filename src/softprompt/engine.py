@@ -47,19 +47,42 @@ class Tokens(Protocol):
     prompt_slots: torch.Tensor
 
 
+# Most sequences in one forward pass: a memory bound (results do not depend on it).
+MAX_ROWS = 512
+
+
+class TokenRow(Protocol):
+    """What padding needs of a row: its token ids and, per token, its prompt slot (-1 for a word)."""
+
+    input_ids: Sequence[int]
+    prompt_slots: Sequence[int]
+
+
+def pad_rows(
+    rows: Sequence[TokenRow], pad_id: int, padding_side: Literal["left", "right"]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """Token ids, attention mask and prompt slots of ``rows`` padded to one width, ``(B, T)`` each, and where
+    each row starts (every batch of the engine, probing's and tasks' alike, is padded here)."""
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    slots = torch.full((len(rows), width), -1, dtype=torch.long)
+    starts = []
+    for i, r in enumerate(rows):
+        start = width - len(r.input_ids) if padding_side == "left" else 0
+        ids[i, start : start + len(r.input_ids)] = torch.tensor(r.input_ids)
+        mask[i, start : start + len(r.input_ids)] = 1
+        slots[i, start : start + len(r.input_ids)] = torch.tensor(r.prompt_slots)
+        starts.append(start)
+    return ids, mask, slots, starts
+
+
 def collate(examples: Sequence[Example], pad_id: int, padding_side: Literal["left", "right"]) -> Batch:
-    width = max(len(e) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    slots = torch.full((len(examples), width), -1, dtype=torch.long)
-    answer_positions = torch.empty(len(examples), dtype=torch.long)
-    subject_mask = torch.zeros((len(examples), width), dtype=torch.bool)
-    for row, e in enumerate(examples):
-        start = width - len(e) if padding_side == "left" else 0
-        ids[row, start : start + len(e)] = torch.tensor(e.input_ids)
-        mask[row, start : start + len(e)] = 1
-        slots[row, start : start + len(e)] = torch.tensor(e.prompt_slots)
-        answer_positions[row] = start + e.answer_position
+    ids, mask, slots, starts = pad_rows(examples, pad_id, padding_side)
+    answer_positions = torch.tensor([start + e.answer_position for e, start in zip(examples, starts, strict=True)],
+                                    dtype=torch.long)
+    subject_mask = torch.zeros(ids.shape, dtype=torch.bool)
+    for row, (e, start) in enumerate(zip(examples, starts, strict=True)):
         subject_mask[row, start + e.subject_span[0] : start + e.subject_span[1]] = True
     answer_ids = torch.tensor([e.answer_id for e in examples], dtype=torch.long)
     return Batch(ids, mask, slots, answer_positions, answer_ids, subject_mask)

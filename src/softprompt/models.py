@@ -9,10 +9,10 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-import platformdirs
 import torch
 from torch import nn
 from transformers import (
@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from softprompt.errors import SoftpromptError
+from softprompt.paths import cache_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 # Alias -> (pip package that ships the GGUF, how to install it).
@@ -88,9 +89,16 @@ class LanguageModel:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
 
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SOFTPROMPT_CACHE") or platformdirs.user_cache_dir("softprompt"))
+    @cached_property
+    def special_affixes(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer wraps around any text (e.g. BERT's [CLS] ... [SEP]), found by
+        tokenising a probe word with and without them."""
+        bare = self.tokenizer("x", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("x", add_special_tokens=True)["input_ids"]
+        for start in range(len(full) - len(bare) + 1):
+            if full[start : start + len(bare)] == bare:
+                return full[:start], full[start + len(bare) :]
+        return [], []
 
 
 def load_model(

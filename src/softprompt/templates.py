@@ -101,7 +101,7 @@ class TemplateEncoder:
             self._space_before["Y"] = answer_space
         pieces = [self._ids(before, False), self._ids(middle, middle[:1].isspace()),
                   self._ids(after, after[:1].isspace())]
-        specials_before, specials_after = self._special_tokens()
+        specials_before, specials_after = lm.special_affixes
         if lm.kind == "causal":
             specials_after = []  # e.g. an appended </s>: it would come after the answer position
         self.prompt_ids: tuple[int, ...] = tuple(pieces[0] + pieces[1] + pieces[2])
@@ -142,14 +142,6 @@ class TemplateEncoder:
         if leading_space:
             text = " " + text
         return self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def _special_tokens(self) -> tuple[list[int], list[int]]:
-        """The tokens a tokenizer wraps around any text (e.g. BERT's [CLS] ... [SEP])."""
-        tok = self.lm.tokenizer
-        bare = tok("x", add_special_tokens=False)["input_ids"]
-        full = tok("x", add_special_tokens=True)["input_ids"]
-        start = next(i for i in range(len(full)) if full[i : i + len(bare)] == bare)
-        return full[:start], full[start + len(bare) :]
 
     def answer_id(self, answer: str) -> int | None:
         """The single token id of ``answer`` in this template's context, or None if it is several tokens

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +47,9 @@ def distance_differential(lm: LanguageModel, vectors: torch.Tensor, metric: str 
 
 def projected_prompt(prompt: TaskPrompt, lm: LanguageModel, ids: Sequence[int]) -> TaskPrompt:
     """A soft prompt with the same layout whose vectors are the embeddings of ``ids`` (no deep deltas)."""
-    meta = {**prompt.metadata(), "kind": "soft"}
+    meta = {**prompt.metadata(), "tuning": "soft"}
     weight = vocabulary(lm)[torch.tensor(list(ids), device=lm.device)].clone()
-    projected = TaskPrompt.from_saved(meta, {"weight": weight}, lm)
+    projected = TaskPrompt.from_file(meta, {"weight": weight}, lm, Path("<projected prompt>"))
     projected.requires_grad_(False)
     return projected
 

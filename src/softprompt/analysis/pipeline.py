@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,8 @@ from softprompt.prompts import load_prompt
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks.run import TaskSettings, predict, task_metrics
 from softprompt.tasks.task import Task, TaskExample
+
+log = logging.getLogger(__name__)
 
 PARTS = ("readings", "faithfulness", "stochasticity", "similarity", "transfer")
 FORMAT = "softprompt.analysis/1"
@@ -98,7 +101,7 @@ def load_runs(paths: Sequence[Path], lm: LanguageModel) -> list[Run]:
         prompt = load_prompt(d / "prompt.safetensors", lm)
         if not isinstance(prompt, TaskPrompt) or prompt.length == 0:
             raise SoftpromptError(f"{d}: analysis reads trained task prompts; this run holds "
-                                  f"{'a prompt without vectors' if isinstance(prompt, TaskPrompt) else prompt.mode}")
+                                  f"{'a prompt without vectors' if isinstance(prompt, TaskPrompt) else prompt.kind}")
         try:
             doc = json.loads((d / "metrics.json").read_text())
             task = doc["task"]
@@ -147,7 +150,7 @@ def _safe(label: str) -> str:
     return label.replace("/", "__")
 
 
-def analyse(a: Analysis, out: Path, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def analyse(a: Analysis, out: Path) -> dict[str, Any]:
     """Run the configured parts, write OUT/analysis.json, and return its content."""
     cache = out / "cache" / a.key()
     lm, runs = a.lm, a.runs
@@ -155,29 +158,29 @@ def analyse(a: Analysis, out: Path, progress: Callable[[str], None] = lambda _: 
         "format": FORMAT, "model": lm.name, "config": asdict(a.config),
         "reference": None if a.reference is None else a.reference.name,
         "runs": [{"label": r.label, "task": r.task, "path": str(r.path), "length": r.prompt.length,
-                  "kind": r.prompt.kind, "layout": r.prompt.layout, "init": r.prompt.init,
+                  "kind": r.prompt.tuning, "layout": r.prompt.layout, "init": r.prompt.init,
                   "metrics": r.doc.get("metrics", {}), "norm": float(r.vectors.norm())} for r in runs],
     }
     parts = a.config.parts
     if "readings" in parts:
-        progress("nearest tokens")
+        log.info("nearest tokens")
         result["readings"] = {r.label: readings(lm, r.prompt, a.config.top_k) for r in runs}
     if "faithfulness" in parts:
         result["faithfulness"] = {}
         for r in runs:
-            progress(f"faithfulness {r.label}")
+            log.info(f"faithfulness {r.label}")
             result["faithfulness"][r.label] = cached(cache / "faithfulness" / f"{_safe(r.label)}.json", lambda r=r: (
                 faithfulness(a.engine, r.prompt, a.tasks[r.task], a.eval_set(r.task), reference=a.reference,
                              batch_size=a.config.batch_size).to_dict()))
     if "stochasticity" in parts:
-        progress("stochasticity")
+        log.info("stochasticity")
         result["stochasticity"] = stochasticity_part(runs, a.config.seed)
     similarities = None
     if "similarity" in parts:
-        similarities = similarity_part(a, cache, progress)
+        similarities = similarity_part(a, cache)
         result["similarity"] = similarities
     if "transfer" in parts:
-        result["transfer"] = transfer_part(a, cache, similarities, progress)
+        result["transfer"] = transfer_part(a, cache, similarities)
     write_json(out / "analysis.json", result)
     return result
 
@@ -218,7 +221,7 @@ def stochasticity_part(runs: Sequence[Run], seed: int) -> dict[str, Any]:
     return out
 
 
-def similarity_part(a: Analysis, cache: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+def similarity_part(a: Analysis, cache: Path) -> dict[str, Any]:
     runs = a.runs
     vectors = [r.vectors for r in runs]
     matrices = {name: pairwise(vectors, fn) for name, fn in SIMILARITIES.items()}
@@ -228,7 +231,7 @@ def similarity_part(a: Analysis, cache: Path, progress: Callable[[str], None]) -
     for positions in POSITIONS:
         patterns = []
         for r in runs:
-            progress(f"neurons ({positions}) {r.label}")
+            log.info(f"neurons ({positions}) {r.label}")
 
             def compute(r: Run = r, positions: str = positions) -> list:
                 acts = [mean_activations(a.engine, r.prompt, a.tasks[t], ex, positions, a.config.batch_size)
@@ -244,14 +247,13 @@ def similarity_part(a: Analysis, cache: Path, progress: Callable[[str], None]) -
             "prompts": matrices, "task_level": {n: group_mean(m, groups) for n, m in matrices.items()}}
 
 
-def transfer_part(a: Analysis, cache: Path, similarities: dict[str, Any] | None,
-                  progress: Callable[[str], None]) -> dict[str, Any]:
+def transfer_part(a: Analysis, cache: Path, similarities: dict[str, Any] | None) -> dict[str, Any]:
     runs = a.runs
     targets = list(dict.fromkeys(r.task for r in runs))
 
     def evaluate(i: int | None, target: str) -> float:
         label = "no-prompt" if i is None else _safe(runs[i].label)
-        progress(f"transfer {label} -> {target}")
+        log.info(f"transfer {label} -> {target}")
 
         def compute() -> float:
             task, examples = a.tasks[target], a.eval_set(target)

@@ -35,7 +35,7 @@ def prompt_vectors(prompt: Prompt) -> torch.Tensor:
     """What enters the LM at the prompt positions, (P, d): the vectors, plus a deep prompt's layer-0 delta."""
     vectors = prompt.vectors()
     if vectors is None:
-        raise SoftpromptError(f"a {prompt.mode} prompt without vectors has nothing to read")
+        raise SoftpromptError(f"a {prompt.kind} prompt without vectors has nothing to read")
     deltas = prompt.deltas()
     out = vectors if deltas is None else vectors + deltas[0]
     return out.detach().float()

@@ -1,18 +1,24 @@
-"""The prompt interface shared by hard, soft and deep prompts, and the prompt file format.
+"""The prompt family's interface: what every kind of prompt (hard, soft, deep, task, mixture) gives the
+engine, the optimizers and the prompt files.
 
-A prompt owns ``n`` vectors for the template's own tokens (its *prompt positions*). The engine asks it
-for ``vectors()`` (what enters the LM at layer 0, or None to embed the template's words) and
-``deltas()`` (per-layer additive perturbations at the prompt positions, or None).
+A prompt owns a table of ``length`` vectors for its *prompt positions*. The engine asks it for
+``vectors()`` (what enters the LM at layer 0 there, or None to embed the prompt's own words) and
+``deltas()`` (per-layer additive perturbations of those positions, ``(L+1, length, d)``, or None).
+Optimizers train ``trainable_parameters()``. A prompt file stores ``tensors()`` with ``metadata()``
+(see ``prompts.files``); each kind rebuilds itself from them in ``from_file``.
+
+``TemplatePrompt`` is the base of the prompts over a LAMA template ("[X] was born in [Y] ."): hard, soft
+and deep, and the components of a mixture.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -21,29 +27,105 @@ from softprompt.io import atomic_write
 from softprompt.models import LanguageModel
 from softprompt.templates import TemplateEncoder
 
-if TYPE_CHECKING:
-    from softprompt.prompts.mixture import MixturePrompt
-
-FORMAT = "softprompt.prompt/1"
-PROMPT_TYPES: dict[str, type[Prompt]] = {}
+FORMAT = "softprompt.prompt/2"
+# kind name -> class; every subclass that names a ``kind`` registers itself here.
+PROMPT_KINDS: dict[str, type[Prompt]] = {}
 
 
 class Prompt(nn.Module):
-    """Base class; subclasses register themselves under their ``mode`` name."""
+    """Base class of every kind of prompt."""
 
-    mode: ClassVar[str]
+    kind: ClassVar[str]
 
-    def __init__(self, encoder: TemplateEncoder, init: str) -> None:
+    def __init__(self, lm: LanguageModel) -> None:
         super().__init__()
-        self.encoder = encoder
-        self.init = init
-        self.model_name = encoder.lm.name
-        self.hidden_size = encoder.lm.hidden_size
-        self.num_layers = encoder.lm.num_layers
+        self.lm = lm
+        self.model_name = lm.name
+        self.hidden_size = lm.hidden_size
+        self.num_layers = lm.num_layers
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        PROMPT_TYPES[cls.mode] = cls
+        if "kind" in cls.__dict__:
+            PROMPT_KINDS[cls.kind] = cls
+
+    @property
+    def length(self) -> int:
+        raise NotImplementedError
+
+    def vectors(self) -> torch.Tensor | None:
+        return None
+
+    def deltas(self) -> torch.Tensor | None:
+        return None
+
+    def input_vectors(self) -> torch.Tensor:
+        """The vectors that enter the LM at the prompt positions, ``(length, d)``: ``vectors()``, or the
+        embeddings of the prompt's own words when it has none (so that prompts can share one table)."""
+        vectors = self.vectors()
+        if vectors is not None:
+            return vectors
+        return self.lm.embed(torch.tensor(self.word_ids(), dtype=torch.long, device=self.lm.device)).detach().float()
+
+    def word_ids(self) -> Sequence[int]:
+        raise SoftpromptError(f"a {self.kind} prompt has no words of its own")
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def metadata(self) -> dict[str, Any]:
+        """What a prompt file needs besides the tensors; subclasses add their own fields."""
+        return {"format": FORMAT, "kind": self.kind, "model": self.model_name, "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Everything needed to rebuild the prompt, besides the metadata."""
+        return {name: t.detach().contiguous() for name, t in self.state_dict().items()}
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write a prompt file (safetensors, with the metadata as JSON under the header key "softprompt")."""
+        meta = {**self.metadata(), **(extra or {})}
+        tensors = self.tensors() or {"empty": torch.zeros(0)}  # safetensors cannot write a file without tensors
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"softprompt": json.dumps(meta)}))
+
+    @classmethod
+    def from_file(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], lm: LanguageModel,
+                  path: Path) -> Prompt:
+        """Rebuild a saved prompt for ``lm`` (its shape has been checked against the file)."""
+        raise NotImplementedError
+
+
+def stack_prompts(prompts: Sequence[Prompt]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[int]]:
+    """One vector table for several prompts (one engine call can then score rows under any of them), one
+    delta table if any prompt is deep, and the row where each prompt's vectors start."""
+    offsets = [sum(p.length for p in prompts[:i]) for i in range(len(prompts))]
+    return stack_vectors(prompts), stack_deltas(prompts), offsets
+
+
+def stack_vectors(prompts: Sequence[Prompt]) -> torch.Tensor | None:
+    """The prompts' input vectors in one table, ``(Σ lengths, d)``; None when no prompt has a position."""
+    present = [p.input_vectors() for p in prompts if p.length]
+    return torch.cat(present) if present else None
+
+
+def stack_deltas(prompts: Sequence[Prompt]) -> torch.Tensor | None:
+    """The prompts' deltas in one table, ``(L+1, Σ lengths, d)``, zeros for prompts that are not deep;
+    None when none is deep."""
+    present = [(p, p.deltas()) for p in prompts if p.length]
+    deep = next((d for _, d in present if d is not None), None)
+    if deep is None:
+        return None
+    return torch.cat([d if d is not None else deep.new_zeros(deep.shape[0], p.length, deep.shape[2])
+                      for p, d in present], dim=1)
+
+
+class TemplatePrompt(Prompt):
+    """A prompt over a LAMA template: one vector per template token (the subject and answer stay words)."""
+
+    def __init__(self, encoder: TemplateEncoder, init: str) -> None:
+        super().__init__(encoder.lm)
+        self.encoder = encoder
+        self.init = init
 
     @property
     def length(self) -> int:
@@ -53,87 +135,34 @@ class Prompt(nn.Module):
     def template(self) -> str:
         return self.encoder.template.text
 
-    def vectors(self) -> torch.Tensor | None:
-        return None
-
-    def deltas(self) -> torch.Tensor | None:
-        return None
+    def word_ids(self) -> Sequence[int]:
+        return self.encoder.prompt_ids
 
     def metadata(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "mode": self.mode,
-            "model": self.model_name,
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "template": self.template,
-            "init": self.init,
-            "prompt_token_ids": list(self.encoder.prompt_ids),
-        }
+        return super().metadata() | {"template": self.template, "init": self.init,
+                                     "prompt_token_ids": list(self.encoder.prompt_ids)}
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Everything needed to rebuild the prompt, besides the metadata."""
-        return {name: t.detach().contiguous() for name, t in self.state_dict().items()}
+    @classmethod
+    def from_file(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], lm: LanguageModel,
+                  path: Path) -> TemplatePrompt:
+        encoder = TemplateEncoder(meta["template"], lm)
+        cls.check_tokens(encoder, meta, lm, path)
+        prompt = cls.from_encoder(encoder, meta["init"])
+        prompt.load_state_dict(tensors)
+        return prompt
 
-    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        meta = {**self.metadata(), **(extra or {})}
-        tensors = self.tensors() or {"empty": torch.zeros(0)}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"softprompt": json.dumps(meta)}))
+    @classmethod
+    def check_tokens(cls, encoder: TemplateEncoder, meta: dict[str, Any], lm: LanguageModel, path: Path) -> None:
+        """A saved prompt fits ``lm`` only if its template has as many prompt tokens for it."""
+        saved = meta["prompt_token_ids"]
+        if len(encoder.prompt_ids) != len(saved):
+            raise SoftpromptError(
+                f"{path}: its template has {len(saved)} prompt tokens for model '{meta['model']}' but "
+                f"{len(encoder.prompt_ids)} for '{lm.name}'; use --model {meta['model']}"
+            )
 
+    @classmethod
+    def from_encoder(cls, encoder: TemplateEncoder, init: str = "template", seed: int = 0) -> TemplatePrompt:
+        """A new prompt of this kind over ``encoder``'s template."""
+        return cls(encoder, init=init, seed=seed)
 
-def read_prompt_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "prompt.safetensors"
-    if not path.is_file():
-        raise SoftpromptError(f"prompt file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys() if k != "empty"}  # noqa: SIM118
-        meta = json.loads(header["softprompt"])
-    except (KeyError, json.JSONDecodeError, OSError, Exception) as err:
-        raise SoftpromptError(
-            f"{path} is not a softprompt prompt file (safetensors with 'softprompt' JSON metadata): {err}"
-        ) from err
-    if meta.get("format") != FORMAT:
-        raise SoftpromptError(f"{path}: unsupported prompt format {meta.get('format')!r}; expected {FORMAT}")
-    return meta, tensors
-
-
-def load_prompt(path: str | Path, lm: LanguageModel) -> Prompt | MixturePrompt:
-    """Load a saved prompt for ``lm``, refusing one trained for a model of another shape."""
-    meta, tensors = read_prompt_file(path)
-    if meta["hidden_size"] != lm.hidden_size:
-        raise SoftpromptError(
-            f"{path} holds a prompt trained for model '{meta['model']}' (hidden size {meta['hidden_size']}), "
-            f"but the loaded model '{lm.name}' has hidden size {lm.hidden_size}; "
-            f"load it with --model {meta['model']} or train a new prompt for this model"
-        )
-    deep = meta["mode"] == "deep" or meta.get("component_mode") == "deep" or meta.get("kind") == "deep"
-    if deep and meta["num_layers"] != lm.num_layers:
-        raise SoftpromptError(
-            f"{path} holds a deep prompt for {meta['num_layers']} layers, but model '{lm.name}' has "
-            f"{lm.num_layers}; load it with --model {meta['model']}"
-        )
-    if meta["mode"] == "mixture":
-        from softprompt.prompts.mixture import MixturePrompt  # the mixture module builds on this one
-
-        return MixturePrompt.from_saved(meta, tensors, lm, path)
-    if meta["mode"] == "task":
-        from softprompt.prompts.task import TaskPrompt
-
-        return TaskPrompt.from_saved(meta, tensors, lm)
-    if meta["mode"] not in PROMPT_TYPES:
-        raise SoftpromptError(f"{path}: unknown prompt mode {meta['mode']!r}; known: {', '.join(PROMPT_TYPES)}")
-    encoder = TemplateEncoder(meta["template"], lm)
-    if list(encoder.prompt_ids) != meta["prompt_token_ids"] and meta["mode"] == "hard":
-        raise SoftpromptError(f"{path}: the template tokenises differently for model '{lm.name}'")
-    if len(encoder.prompt_ids) != len(meta["prompt_token_ids"]):
-        raise SoftpromptError(
-            f"{path}: its template has {len(meta['prompt_token_ids'])} prompt tokens for model "
-            f"'{meta['model']}' but {len(encoder.prompt_ids)} for '{lm.name}'; use --model {meta['model']}"
-        )
-    prompt = PROMPT_TYPES[meta["mode"]](encoder, init=meta["init"])
-    prompt.load_state_dict(tensors)
-    return prompt

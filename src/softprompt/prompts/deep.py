@@ -9,13 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from softprompt.prompts.base import Prompt
+from softprompt.prompts.base import TemplatePrompt
 from softprompt.prompts.soft import initial_vectors
 from softprompt.templates import TemplateEncoder
 
 
-class DeepPrompt(Prompt):
-    mode = "deep"
+class DeepPrompt(TemplatePrompt):
+    kind = "deep"
 
     def __init__(self, encoder: TemplateEncoder, init: str = "template", seed: int = 0) -> None:
         super().__init__(encoder, init)

@@ -12,62 +12,60 @@ K prompts (each query row says which slice of the table it reads).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from softprompt.errors import SoftpromptError
-from softprompt.io import atomic_write
 from softprompt.models import LanguageModel
-from softprompt.prompts.base import FORMAT, PROMPT_TYPES
+from softprompt.prompts.base import Prompt, TemplatePrompt, stack_deltas, stack_vectors
+from softprompt.prompts.deep import DeepPrompt
+from softprompt.prompts.hard import HardPrompt
+from softprompt.prompts.soft import SoftPrompt
 from softprompt.templates import TemplateEncoder
 
-COMPONENT_MODES = ("hard", "soft", "deep")
+COMPONENT_KINDS: dict[str, type[TemplatePrompt]] = {cls.kind: cls for cls in (HardPrompt, SoftPrompt, DeepPrompt)}
 # What training may change: everything, only the mixture weights (and temperature), only the prompts,
 # or nothing (the initial mixture, uniformly weighted).
 TUNE_CHOICES = ("both", "weights", "prompts", "none")
 
 
-class MixturePrompt(nn.Module):
-    mode = "mixture"
+class MixturePrompt(Prompt):
+    kind = "mixture"
 
     def __init__(
         self,
         encoders: Sequence[TemplateEncoder],
-        component_mode: str = "soft",
+        component_kind: str = "soft",
         init: str | Sequence[str] = "template",
         seed: int | Sequence[int] = 0,
         data_dependent: bool = False,
         sources: Sequence[str] | None = None,
     ) -> None:
-        super().__init__()
         if not encoders:
             raise SoftpromptError("a mixture needs at least one prompt")
-        if component_mode not in COMPONENT_MODES:
-            choices = ", ".join(COMPONENT_MODES)
-            raise SoftpromptError(f"unknown component mode {component_mode!r}; choose one of: {choices}")
+        super().__init__(encoders[0].lm)
+        if component_kind not in COMPONENT_KINDS:
+            choices = ", ".join(COMPONENT_KINDS)
+            raise SoftpromptError(f"unknown component kind {component_kind!r}; choose one of: {choices}")
         inits = [init] * len(encoders) if isinstance(init, str) else list(init)
         # Each component draws its random init from its own seed, so a subset keeps the same vectors.
         seeds = [seed * 1000 + k for k in range(len(encoders))] if isinstance(seed, int) else list(seed)
         if not len(inits) == len(seeds) == len(encoders):
             raise SoftpromptError(f"{len(inits)} inits and {len(seeds)} seeds for {len(encoders)} prompts")
-        lm = encoders[0].lm
-        self.lm = lm
-        self.component_mode = component_mode
+        lm = self.lm
+        self.component_kind = component_kind
         self.data_dependent = data_dependent
         # The original wording of each prompt (before any reordering for a causal LM), for reports.
         self.sources = list(sources) if sources is not None else [e.template.text for e in encoders]
-        cls = PROMPT_TYPES[component_mode]
+        cls = COMPONENT_KINDS[component_kind]
         self.seeds = seeds
         self.components = nn.ModuleList(
-            cls(e) if component_mode == "hard" else cls(e, init=i, seed=s)
-            for e, i, s in zip(encoders, inits, seeds, strict=True)
+            cls.from_encoder(e, init=i, seed=s) for e, i, s in zip(encoders, inits, seeds, strict=True)
         )
         self.weight_logits = nn.Parameter(torch.zeros(len(encoders), device=lm.device))
         self.log_temperature = nn.Parameter(torch.zeros((), device=lm.device)) if data_dependent else None
@@ -77,6 +75,10 @@ class MixturePrompt(nn.Module):
 
     def __len__(self) -> int:
         return len(self.components)
+
+    @property
+    def length(self) -> int:
+        return sum(c.length for c in self.components)
 
     @property
     def encoders(self) -> list[TemplateEncoder]:
@@ -100,7 +102,7 @@ class MixturePrompt(nn.Module):
     def subset(self, indices: Sequence[int]) -> MixturePrompt:
         """A mixture of the chosen components, with their current parameters and mixture logits."""
         pick = list(indices)
-        sub = MixturePrompt([self.encoders[k] for k in pick], self.component_mode, [self.inits[k] for k in pick],
+        sub = MixturePrompt([self.encoders[k] for k in pick], self.component_kind, [self.inits[k] for k in pick],
                             [self.seeds[k] for k in pick], self.data_dependent, [self.sources[k] for k in pick])
         with torch.no_grad():
             for new, k in zip(sub.components, pick, strict=True):
@@ -111,20 +113,12 @@ class MixturePrompt(nn.Module):
         return sub.set_tune(self.tune)
 
     def vectors(self) -> torch.Tensor:
-        """All components' layer-0 vectors stacked, (Σ lengths, d)."""
-        parts = []
-        for c in self.components:
-            v = c.vectors()
-            if v is None:  # a hard prompt enters as its words' embeddings
-                ids = torch.tensor(c.encoder.prompt_ids, dtype=torch.long, device=self.lm.device)
-                v = self.lm.embed(ids).detach().float()
-            parts.append(v)
-        return torch.cat(parts)
+        """All components' layer-0 vectors stacked, (Σ lengths, d); hard prompts enter as their words."""
+        return stack_vectors(list(self.components))
 
     def deltas(self) -> torch.Tensor | None:
-        if self.component_mode != "deep":
-            return None
-        return torch.cat([c.deltas() for c in self.components], dim=1)
+        """All components' deltas stacked, (L+1, Σ lengths, d), for deep components; else None."""
+        return stack_deltas(list(self.components))
 
     def log_weights(self, subject_logprob: torch.Tensor | None = None) -> torch.Tensor:
         """log p(t | r), (K,); or, for a data-dependent mixture, log p(t | r, x) per query, (n, K), from
@@ -144,13 +138,8 @@ class MixturePrompt(nn.Module):
         return None if self.log_temperature is None else math.exp(self.log_temperature.item())
 
     def metadata(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "mode": self.mode,
-            "component_mode": self.component_mode,
-            "model": self.lm.name,
-            "hidden_size": self.lm.hidden_size,
-            "num_layers": self.lm.num_layers,
+        return super().metadata() | {
+            "component_kind": self.component_kind,
             "templates": [e.template.text for e in self.encoders],
             "sources": self.sources,
             "inits": self.inits,
@@ -163,14 +152,9 @@ class MixturePrompt(nn.Module):
             "effective_prompts": effective_prompts(self.weights()),
         }
 
-    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        meta = {**self.metadata(), **(extra or {})}
-        tensors = {name: t.detach().contiguous() for name, t in self.state_dict().items()}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"softprompt": json.dumps(meta)}))
-
     @classmethod
-    def from_saved(
-        cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], lm: LanguageModel, path: str | Path
+    def from_file(
+        cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], lm: LanguageModel, path: Path
     ) -> MixturePrompt:
         encoders = [TemplateEncoder(t, lm, answer_space=meta["answer_space"]) for t in meta["templates"]]
         for k, (encoder, ids) in enumerate(zip(encoders, meta["prompt_token_ids"], strict=True)):
@@ -179,7 +163,7 @@ class MixturePrompt(nn.Module):
                     f"{path}: prompt {k} ({meta['templates'][k]!r}) has {len(ids)} tokens for model "
                     f"'{meta['model']}' but {len(encoder.prompt_ids)} for '{lm.name}'; use --model {meta['model']}"
                 )
-        mixture = cls(encoders, meta["component_mode"], meta["inits"], meta["seeds"], meta["data_dependent"],
+        mixture = cls(encoders, meta["component_kind"], meta["inits"], meta["seeds"], meta["data_dependent"],
                       meta["sources"])
         mixture.load_state_dict(tensors)
         return mixture

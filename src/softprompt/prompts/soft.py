@@ -9,7 +9,7 @@ from torch import nn
 
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
-from softprompt.prompts.base import Prompt
+from softprompt.prompts.base import TemplatePrompt
 from softprompt.templates import TemplateEncoder
 
 INITS = ("template", "random")
@@ -54,8 +54,8 @@ def embedding_gaussian(lm: LanguageModel) -> EmbeddingGaussian:
     return _GAUSSIANS[key]
 
 
-class SoftPrompt(Prompt):
-    mode = "soft"
+class SoftPrompt(TemplatePrompt):
+    kind = "soft"
 
     def __init__(self, encoder: TemplateEncoder, init: str = "template", seed: int = 0) -> None:
         super().__init__(encoder, init)

@@ -7,22 +7,24 @@ the task's own template places soft tokens within it (P-tuning style), and ``{in
 manual (hard) prompt. Each ``[P]`` is one vector; ``[P*N]`` is N of them. Vectors are numbered in
 reading order, layout first, then the template.
 
-Soft prompts train the vectors; deep prompts keep them fixed and train an additive perturbation of the
-prompt positions at every layer, including the input (as the deep prompts of P-tuning v2 / Qin & Eisner
+What training tunes (``tuning``): nothing (``hard``: a layout without [P] markers, the manual or hybrid-hard
+prompt), the vectors (``soft``), or, with the vectors fixed, an additive perturbation of the prompt
+positions at every layer including the input (``deep``, as the deep prompts of P-tuning v2 / Qin & Eisner
 §3.2, here as hidden-state perturbations rather than per-layer key/value prefixes).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
-from softprompt.prompts.base import FORMAT, Prompt
+from softprompt.prompts.base import Prompt
 from softprompt.prompts.soft import embedding_gaussian
 
 LAYOUTS = {
@@ -33,6 +35,7 @@ LAYOUTS = {
     "template": "{input}",
 }
 INITS = ("text", "vocab", "random")
+TUNINGS = ("hard", "soft", "deep")
 MARKER = re.compile(r"\[P(?:\*(\d+))?\]")
 FIELDS = re.compile(r"\{(\w+)\}")
 # Lester et al. sample initial vectors from the 5,000 most common tokens; BPE ids roughly follow
@@ -71,8 +74,7 @@ def split_markers(text: str) -> list[str | int]:
 
 
 class TaskPrompt(Prompt):
-    mode = "task"
-    kinds: ClassVar[tuple[str, ...]] = ("soft", "deep")
+    kind = "task"
 
     def __init__(
         self,
@@ -80,27 +82,30 @@ class TaskPrompt(Prompt):
         layout: str,
         length: int,
         template_markers: int = 0,
-        kind: str = "soft",
+        tuning: str = "soft",
         init: str = "text",
         init_text: str = "",
         seed: int = 0,
         task: str = "",
     ) -> None:
-        nn.Module.__init__(self)  # the LAMA base class wants a template encoder; a task prompt has a layout
-        if kind not in self.kinds:
-            raise SoftpromptError(f"unknown task prompt kind {kind!r}; choose one of: {', '.join(self.kinds)}")
+        super().__init__(lm)
+        if tuning not in TUNINGS:
+            raise SoftpromptError(f"unknown task prompt tuning {tuning!r}; choose one of: {', '.join(TUNINGS)}")
         if init not in INITS:
             raise SoftpromptError(f"unknown prompt init {init!r}; choose one of: {', '.join(INITS)}")
         self.layout = expand_layout(layout, length)
-        self.kind, self.init, self.init_text, self.seed, self.task = kind, init, init_text, seed, task
-        self.model_name, self.hidden_size, self.num_layers = lm.name, lm.hidden_size, lm.num_layers
+        self.tuning, self.init, self.init_text, self.seed, self.task = tuning, init, init_text, seed, task
         self.template_markers = template_markers
         n = count_markers(self.layout) + template_markers
+        if tuning == "hard" and n:
+            raise SoftpromptError(f"a hard prompt has no vectors, but layout {self.layout!r} and the task template "
+                                  f"have {n} [P] markers; use a soft or deep prompt")
         base = initial_task_vectors(lm, n, init, init_text, seed)
-        if kind == "soft":
+        if tuning == "soft":
             self.weight = nn.Parameter(base)
         else:
             self.register_buffer("weight", base)
+        if tuning == "deep":
             self.delta = nn.Parameter(torch.zeros(self.num_layers + 1, n, self.hidden_size, device=base.device))
 
     @property
@@ -115,22 +120,23 @@ class TaskPrompt(Prompt):
         return self.weight if self.length else None
 
     def deltas(self) -> torch.Tensor | None:
-        return self.delta if self.kind == "deep" and self.length else None
+        return self.delta if self.tuning == "deep" and self.length else None
 
     def metadata(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT, "mode": self.mode, "model": self.model_name, "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers, "layout": self.layout, "template_markers": self.template_markers,
-            "kind": self.kind, "init": self.init, "init_text": self.init_text, "seed": self.seed, "task": self.task,
+        return super().metadata() | {
+            "layout": self.layout, "template_markers": self.template_markers, "tuning": self.tuning,
+            "init": self.init, "init_text": self.init_text, "seed": self.seed, "task": self.task,
         }
 
     @classmethod
-    def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], lm: LanguageModel) -> TaskPrompt:
-        prompt = cls(lm, meta["layout"], 0, meta["template_markers"], meta["kind"], "vocab", meta["init_text"],
+    def from_file(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], lm: LanguageModel,
+                  path: Path) -> TaskPrompt:
+        # "vocab" only fills the vectors that the file's tensors then replace.
+        prompt = cls(lm, meta["layout"], 0, meta["template_markers"], meta["tuning"], "vocab", meta["init_text"],
                      meta["seed"], meta["task"])
         prompt.init = meta["init"]
         if prompt.length != tensors["weight"].shape[0]:
-            raise SoftpromptError(f"prompt file: layout {meta['layout']!r} does not match its {len(tensors['weight'])} "
+            raise SoftpromptError(f"{path}: layout {meta['layout']!r} does not match its {len(tensors['weight'])} "
                                   "vectors")
         prompt.load_state_dict({k: v.to(lm.device) for k, v in tensors.items()})
         return prompt

@@ -11,7 +11,7 @@ import torch
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
-from softprompt.prompts.task import TaskPrompt
+from softprompt.prompts import TaskPrompt, stack_prompts
 from softprompt.tasks.scoring import (
     Encoded,
     Row,
@@ -20,29 +20,8 @@ from softprompt.tasks.scoring import (
     choice_scores,
     collate_rows,
     layout_tokens,
-    special_affixes,
 )
 from softprompt.tasks.task import Task, TaskExample
-
-
-def stack_prompts(prompts: Sequence[TaskPrompt]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[int]]:
-    """One vector table (and one delta table if any prompt is deep) for several prompts, and the row
-    each prompt's vectors start at. Soft prompts get zero deltas next to deep ones."""
-    offsets, total = [], 0
-    for p in prompts:
-        offsets.append(total)
-        total += p.length
-    vectors = [p.vectors() for p in prompts if p.length]
-    if not vectors:
-        return None, None, offsets
-    table = torch.cat(vectors)
-    deltas = None
-    if any(p.deltas() is not None for p in prompts):
-        deep = next(p.deltas() for p in prompts if p.deltas() is not None)
-        deltas = torch.cat([p.deltas() if p.deltas() is not None else deep.new_zeros(deep.shape[0], p.length,
-                                                                                   deep.shape[2])
-                            for p in prompts if p.length], dim=1)
-    return table, deltas, offsets
 
 
 class PromptedClassifier:
@@ -56,7 +35,7 @@ class PromptedClassifier:
                  normalise: bool = False, calibrated: bool = False, batch_size: int = 32) -> None:
         self.lm, self.task, self.engine = lm, task, Engine(lm)
         listed = list(prompts) if isinstance(prompts, Sequence) else [prompts]
-        self.prompts = [p if p is not None else TaskPrompt(lm, "manual", 0) for p in listed]
+        self.prompts = [p if p is not None else TaskPrompt(lm, "manual", 0, tuning="hard") for p in listed]
         self.encoders = [TaskEncoder(lm, task, p) for p in self.prompts]
         self.vectors, self.deltas, self.offsets = stack_prompts(self.prompts)
         self.normalise, self.calibrated, self.batch_size = normalise, calibrated, batch_size
@@ -101,10 +80,10 @@ def generate(lm: LanguageModel, prompt: TaskPrompt | None, text: str, max_new_to
     vectors enter as input embeddings, and decoding reuses the KV cache as ``model.generate`` does."""
     if lm.kind != "causal":
         raise SoftpromptError(f"generation needs a causal LM; model {lm.name!r} is {lm.kind}")
-    prompt = prompt or TaskPrompt(lm, "manual", 0)
+    prompt = prompt or TaskPrompt(lm, "manual", 0, tuning="hard")
     engine = Engine(lm)
     ids, slots = layout_tokens(lm, prompt.layout, {"input": text, "description": description, "options": ""},
-                               prompt.length, special_affixes(lm.tokenizer)[0])
+                               prompt.length, lm.special_affixes[0])
     batch = collate_rows([Row(tuple(ids), tuple(slots), (), ())], lm.tokenizer.pad_token_id, True, lm.device)
     generate_kwargs.setdefault("do_sample", False)
     generate_kwargs.setdefault("pad_token_id", lm.tokenizer.pad_token_id)

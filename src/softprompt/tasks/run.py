@@ -14,21 +14,14 @@ import torch
 
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
-from softprompt.io import write_json, write_jsonl
 from softprompt.metrics import accuracy, macro_f1, roc_auc
 from softprompt.models import LanguageModel
+from softprompt.optimizers import FitResult, GradientDescent, TrainConfig
 from softprompt.prompts.task import INITS, LAYOUTS, TaskPrompt, count_markers
-from softprompt.tasks.scoring import (
-    Encoded,
-    TaskEncoder,
-    calibrate,
-    choice_loss,
-    choice_scores,
-    example_rows,
-    row_scores,
-)
+from softprompt.runs import RunDir
+from softprompt.tasks.objective import ChoiceObjective
+from softprompt.tasks.scoring import TaskEncoder, calibrate, choice_scores
 from softprompt.tasks.task import Task, TaskExample
-from softprompt.train import TrainConfig, TrainResult, optimise
 
 KINDS = ("hard", "soft", "deep")
 
@@ -69,14 +62,11 @@ def build_prompt(lm: LanguageModel, task: Task, settings: TaskSettings, seed: in
         if count_markers(LAYOUTS.get(layout, layout)) or count_markers(task.template):
             raise SoftpromptError(f"a hard prompt has no vectors, but layout {layout!r} or the task template has "
                                   "[P] markers; use --kind soft or deep")
-    prompt = TaskPrompt(lm, layout, settings.length, count_markers(task.template),
-                        "deep" if settings.kind == "deep" else "soft", settings.init,
+    prompt = TaskPrompt(lm, layout, settings.length, count_markers(task.template), settings.kind, settings.init,
                         task.description if settings.init_text is None else settings.init_text, seed, task.name)
     if settings.kind != "hard" and prompt.length == 0:
         raise SoftpromptError(f"layout {LAYOUTS.get(layout, layout)!r} has no [P] positions to train; use "
                               "--kind hard, a prefix/hybrid layout, or [P] markers in the task template")
-    if settings.kind == "hard":
-        prompt.requires_grad_(False)
     return prompt
 
 
@@ -106,52 +96,15 @@ def split_data(task: Task, train: Sequence[TaskExample], settings: TaskSettings,
     return (rest[: settings.train_limit] if settings.train_limit else rest), dev
 
 
-@dataclass
-class ChoiceObjective:
-    """Cross-entropy of the gold choice among the task's choices (``optimise``'s Objective)."""
-
-    engine: Engine
-    module: TaskPrompt
-    train: Encoded
-    dev: Encoded
-    normalise: bool
-    eval_batch_size: int
-
-    @property
-    def items(self) -> list[range]:
-        # length_batches only needs each example's size: its rows' total token count.
-        per = 1 if self.train.shared_ids is not None else self.train.num_choices
-        rows = self.train.rows
-        return [range(sum(len(rows[i * per + c]) for c in range(per))) for i in range(self.train.num_examples)]
-
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        return [{"params": [p for p in self.module.parameters() if p.requires_grad], "lr": lr}]
-
-    def backward(self, indices: list[int]) -> float:
-        scores = row_scores(self.engine, self.train, example_rows(self.train, indices), self.module.vectors(),
-                            self.module.deltas()).view(len(indices), -1)
-        lengths = self.train.choice_lengths[indices] if self.normalise else None
-        loss = choice_loss(scores, self.train.labels[indices], lengths)
-        loss.backward()
-        return loss.item()
-
-    def dev_loss(self) -> float:
-        scores = choice_scores(self.engine, self.dev, self.module.vectors(), self.module.deltas(), self.eval_batch_size)
-        return choice_loss(scores, self.dev.labels, self.dev.choice_lengths if self.normalise else None).item()
-
-    def start_epoch(self, epoch: int) -> None:
-        pass
-
-
 def fit(engine: Engine, prompt: TaskPrompt, task: Task, train: Sequence[TaskExample], dev: Sequence[TaskExample],
         settings: TaskSettings, config: TrainConfig, checkpoint: Path | None = None, resume: bool = False,
-        progress: bool = True) -> TrainResult:
+        progress: bool = True) -> FitResult:
     """Train ``prompt`` in place on ``train`` with early stopping on ``dev``."""
     encoder = TaskEncoder(engine.lm, task, prompt)
     objective = ChoiceObjective(engine, prompt, encoder.encode(train), encoder.encode(dev), settings.normalise,
                                 config.eval_batch_size)
-    return optimise(objective, config, checkpoint, resume, progress,
-                    settings={"task": task.name, **asdict(settings)})
+    return GradientDescent(config, progress).fit(objective, checkpoint, resume,
+                                                 settings={"task": task.name, **asdict(settings)})
 
 
 def predict(engine: Engine, prompt: TaskPrompt | None, task: Task, examples: Sequence[TaskExample],
@@ -187,26 +140,35 @@ def task_metrics(task: Task, scores: torch.Tensor, labels: Sequence[int]) -> dic
     return out
 
 
+def task_run_settings(lm: LanguageModel, task: Task, settings: TaskSettings, config: TrainConfig) -> dict[str, Any]:
+    """The entries of a task run's config.json that must be equal for the run to be resumed."""
+    return {"task": task.name, "model": lm.name, "settings": asdict(settings), "config": asdict(config)}
+
+
 def run_task(lm: LanguageModel, task: Task, settings: TaskSettings, config: TrainConfig, out: Path,
              train: Sequence[TaskExample] | None, evaluation: Sequence[TaskExample], resume: bool = False,
              progress: bool = True, engine: Engine | None = None) -> dict[str, Any]:
-    """Train (unless the prompt is hard), evaluate, and write ``out``/{prompt.safetensors, metrics.json,
-    predictions.jsonl}. A finished run's metrics.json is the last file written."""
+    """Train (unless the prompt is hard), evaluate, and write the run directory ``out``."""
     engine = engine or Engine(lm)
     seed = config.seed
     torch.manual_seed(seed)
     prompt = build_prompt(lm, task, settings, seed)
-    doc: dict[str, Any] = {"task": task.name, "model": lm.name, "settings": asdict(settings), "config": asdict(config)}
+    if settings.kind != "hard" and train is None:
+        raise SoftpromptError(f"task {task.name!r}: training a {settings.kind} prompt needs a train split")
+    identity = task_run_settings(lm, task, settings, config)
+    run = RunDir(out, "softprompt task train")
+    run.start(identity)
+    doc: dict[str, Any] = dict(identity)
     start = time.perf_counter()
+    earlier = 0.0
     if settings.kind != "hard":
-        if train is None:
-            raise SoftpromptError(f"task {task.name!r}: training a {settings.kind} prompt needs a train split")
         train_part, dev_part = split_data(task, train, settings, seed)
-        result = fit(engine, prompt, task, train_part, dev_part, settings, config, out / "checkpoint.safetensors",
-                     resume, progress)
+        result = fit(engine, prompt, task, train_part, dev_part, settings, config, run.checkpoint, resume, progress)
+        earlier = result.earlier_seconds
         doc |= {"train_examples": len(train_part), "dev_examples": len(dev_part), "best_epoch": result.best_epoch,
                 "best_dev_loss": result.best_dev_loss, "history": result.history}
-    doc["train_seconds"] = time.perf_counter() - start
+    # A resumed run's training time includes what its interrupted calls had checkpointed.
+    doc["train_seconds"] = earlier + time.perf_counter() - start
     evaluation = list(evaluation)[: settings.eval_limit] if settings.eval_limit else list(evaluation)
     start = time.perf_counter()
     scores = predict(engine, prompt, task, evaluation, settings, config.eval_batch_size)
@@ -214,13 +176,9 @@ def run_task(lm: LanguageModel, task: Task, settings: TaskSettings, config: Trai
     labels = [e.label for e in evaluation]
     doc["metrics"] = task_metrics(task, scores, labels)
     doc["num_vectors"] = prompt.length
-    out.mkdir(parents=True, exist_ok=True)
-    prompt.save(out / "prompt.safetensors")
-    write_jsonl(out / "predictions.jsonl", [
-        {"index": i, "label": y, "prediction": int(s.argmax()), "scores": [round(v, 5) for v in s.tolist()]}
-        for i, (s, y) in enumerate(zip(scores, labels, strict=True))])
-    write_json(out / "metrics.json", doc)
-    (out / "checkpoint.safetensors").unlink(missing_ok=True)
+    predictions = [{"index": i, "label": y, "prediction": int(s.argmax()), "scores": [round(v, 5) for v in s.tolist()]}
+                   for i, (s, y) in enumerate(zip(scores, labels, strict=True))]
+    run.finish(doc, predictions, prompt)
     return doc
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from softprompt.engine import Engine, length_batches
+from softprompt.engine import Engine, length_batches, pad_rows
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
 from softprompt.prompts.task import FIELDS, TaskPrompt, split_markers
@@ -63,16 +63,6 @@ class Encoded:
                        torch.cat([p.labels for p in parts]))
 
 
-def special_affixes(tokenizer: object) -> tuple[list[int], list[int]]:
-    """The special tokens the tokenizer wraps a text in (e.g. [CLS] ... [SEP]), found by comparison."""
-    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a")["input_ids"]
-    for start in range(len(full) - len(bare) + 1):
-        if full[start : start + len(bare)] == bare:
-            return full[:start], full[start + len(bare) :]
-    return [], []
-
-
 class TaskEncoder:
     """Encodes a task's examples for one model under one prompt layout."""
 
@@ -80,8 +70,7 @@ class TaskEncoder:
         self.lm, self.task = lm, task
         self.layout = prompt.layout if prompt is not None else "{input}"
         self.length = prompt.length if prompt is not None else 0
-        tok = lm.tokenizer
-        self.prefix, self.suffix = special_affixes(tok)
+        self.prefix, self.suffix = lm.special_affixes
         if lm.kind == "causal":
             self.suffix = []  # the answer follows the input directly
         self.verbalizer_ids = None
@@ -210,16 +199,9 @@ class RowBatch:
 
 
 def collate_rows(rows: Sequence[Row], pad_id: int, left: bool, device: torch.device) -> RowBatch:
-    width = max(len(r.input_ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    slots = torch.full((len(rows), width), -1, dtype=torch.long)
+    ids, mask, slots, starts = pad_rows(rows, pad_id, "left" if left else "right")
     q_rows, q_pos, targets = [], [], []
-    for i, r in enumerate(rows):
-        start = width - len(r.input_ids) if left else 0
-        ids[i, start : start + len(r.input_ids)] = torch.tensor(r.input_ids)
-        mask[i, start : start + len(r.input_ids)] = 1
-        slots[i, start : start + len(r.input_ids)] = torch.tensor(r.prompt_slots)
+    for i, (r, start) in enumerate(zip(rows, starts, strict=True)):
         shift = 0 if r.decoder_ids else start
         q_rows += [i] * len(r.query_positions)
         q_pos += [p + shift for p in r.query_positions]

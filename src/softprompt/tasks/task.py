@@ -13,8 +13,8 @@ tuple of choice texts and the index of the gold choice.
     labels: {entailment: "True", contradiction: "False", neutral: "Neither"}
     metrics: [accuracy, macro_f1]
 
-Templates are Jinja; relative data paths are read from the staged data directory (../shared/data or
-$SOFTPROMPT_SHARED_DATA) unless a data directory is given; ``hf:NAME[#CONFIG][@SPLIT]`` reads a Hugging
+Templates are Jinja; relative data paths are read from the data directory given, else from
+$SOFTPROMPT_SHARED_DATA; ``hf:NAME[#CONFIG][@SPLIT]`` reads a Hugging
 Face dataset instead (needs the ``datasets`` package and a connection).
 """
 
@@ -33,6 +33,7 @@ import yaml
 
 from softprompt.errors import SoftpromptError
 from softprompt.io import read_jsonl
+from softprompt.paths import shared_data_dir
 
 METRICS = ("accuracy", "macro_f1", "roc_auc")
 SPLITS = ("train", "validation", "test")
@@ -169,8 +170,6 @@ class Task:
         if path.is_absolute():
             return path
         if data_dir is None:
-            from softprompt.data import shared_data_dir
-
             data_dir = shared_data_dir()
             if data_dir is None:
                 raise SoftpromptError(

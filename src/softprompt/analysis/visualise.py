@@ -16,7 +16,7 @@ import torch
 
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_write, write_text
-from softprompt.prompts.mixture import MixturePrompt
+from softprompt.prompts import MixturePrompt
 from softprompt.prompts.soft import initial_vectors
 
 

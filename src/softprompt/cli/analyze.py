@@ -12,18 +12,17 @@ from rich.table import Table
 from softprompt.analysis import Analysis, AnalysisConfig, analyse, load_runs, nearest_tokens, prompt_vectors
 from softprompt.analysis.pipeline import PARTS
 from softprompt.analysis.readings import METRICS
-from softprompt.cli import Model, Quiet, _load_model, console
+from softprompt.analysis.report import render, screenshot, token_text
+from softprompt.analysis.visualise import html_fragment, read_mixture
+from softprompt.cli.common import Model, Quiet, console, load_lm, staged_data
 from softprompt.errors import SoftpromptError
 from softprompt.io import write_text
 from softprompt.models import DEFAULT_MODEL
-from softprompt.prompts import load_prompt
-from softprompt.prompts.base import read_prompt_file
-from softprompt.report import render, screenshot, token_text
+from softprompt.prompts import load_prompt, read_prompt_file
 from softprompt.tasks import load_task
 from softprompt.tasks.task import Task
-from softprompt.visualise import html_fragment, read_mixture
 
-analyze_app = typer.Typer(help="Interpret trained prompts: nearest tokens, faithfulness, scrutability, "
+app = typer.Typer(help="Interpret trained prompts: nearest tokens, faithfulness, scrutability, "
                           "stochasticity, similarity and zero-shot transfer.", no_args_is_help=True)
 
 Runs = Annotated[list[Path], typer.Argument(help="Task prompt run directories (or folders holding them).",
@@ -47,7 +46,7 @@ def _tasks(names: set[str], specs: list[str], data_dir: Path | None) -> dict[str
     return out
 
 
-@analyze_app.command("run")
+@app.command("run")
 def analyze_run(
     runs: Runs,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for analysis.json and its cache.",
@@ -73,16 +72,17 @@ def analyze_run(
         raise SoftpromptError(f"--out {out} is a file; give a folder")
     config = AnalysisConfig(parts=tuple(p.strip() for p in parts.split(",") if p.strip()), top_k=top_k,
                             eval_limit=eval_limit, probe_size=probe_size)
-    lm = _load_model(model)
+    lm = load_lm(model, quiet=quiet)
     found = load_runs(runs, lm)
     tasks = _tasks({r.task for r in found}, task or [], data_dir)
+    data_dir = staged_data(data_dir)
     needs_data = {"faithfulness", "similarity", "transfer"} & set(config.parts)
     examples = {name: t.load("validation", data_dir) for name, t in tasks.items()} if needs_data else {}
     reference = None
     if "faithfulness" in config.parts:
-        reference = _load_model(reference_model) if reference_model else (lm if lm.kind == "causal" else None)
+        reference = load_lm(reference_model, quiet=quiet) if reference_model else (lm if lm.kind == "causal" else None)
     analysis = Analysis(lm, found, tasks, examples, config, reference)
-    result = analyse(analysis, out, progress=(lambda _: None) if quiet else (lambda s: console.print(s, style="dim")))
+    result = analyse(analysis, out)
     _print_summary(result)
     console.print(f"written: {out / 'analysis.json'}  (render it: softprompt report {out} -o report.html)")
 
@@ -114,7 +114,7 @@ def _print_summary(result: dict[str, Any]) -> None:
                           f"{c['points']} points)")
 
 
-@analyze_app.command("nearest")
+@app.command("nearest")
 def analyze_nearest(
     prompt_file: Annotated[Path, typer.Argument(help="A prompt file or run directory.", show_default=False)],
     model: Model = DEFAULT_MODEL,
@@ -122,9 +122,9 @@ def analyze_nearest(
     metric: Annotated[str, typer.Option(help=f"One of: {', '.join(METRICS)}.")] = "cosine",
 ) -> None:
     """The nearest vocabulary tokens of every vector of a soft, deep or task prompt."""
-    lm = _load_model(model)
+    lm = load_lm(model)
     prompt = load_prompt(prompt_file, lm)
-    if prompt.mode == "mixture":
+    if prompt.kind == "mixture":
         raise SoftpromptError(f"{prompt_file} holds a mixture; read it with softprompt mixture show")
     found = nearest_tokens(lm, prompt_vectors(prompt), top_k, metric)
     console.print(str(prompt_file))
@@ -163,12 +163,12 @@ def report(
             raise SoftpromptError(f"{path} is neither an analysis folder (analysis.json) nor a mixture run; "
                                   f"analyse task runs first: softprompt analyze run {path} --out ANALYSIS")
         meta = read_prompt_file(prompt_path)[0]
-        if meta["mode"] != "mixture":
-            raise SoftpromptError(f"{path} holds a {meta['mode']} prompt; analyse it first: "
+        if meta["kind"] != "mixture":
+            raise SoftpromptError(f"{path} holds a {meta['kind']} prompt; analyse it first: "
                                   f"softprompt analyze run {path} --out ANALYSIS")
-        lm = _load_model(model or meta["model"])
+        lm = load_lm(model or meta["model"])
         readings = read_mixture(load_prompt(prompt_path, lm))
-        name = f"{meta.get('relation', path.name)} ({meta['component_mode']}, 2^H = {meta['effective_prompts']:.2f})"
+        name = f"{meta.get('relation', path.name)} ({meta['component_kind']}, 2^H = {meta['effective_prompts']:.2f})"
         mixtures.append((name, readings, html_fragment(readings)))
     write_text(out, render(analyses, mixtures, title))
     console.print(f"written: {out}")

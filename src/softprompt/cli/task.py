@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import typer
 from rich.table import Table
 
-from softprompt.cli import (
+from softprompt.cli.common import (
     BatchSize,
     Epochs,
     Force,
@@ -18,32 +18,35 @@ from softprompt.cli import (
     Patience,
     Quiet,
     Resume,
-    _check_run_dir,
-    _load_model,
+    check_resume_force,
     console,
+    load_lm,
+    staged_data,
 )
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.io import write_json, write_jsonl
-from softprompt.models import DEFAULT_MODEL
-from softprompt.peft_interop import export_peft, import_peft
+from softprompt.models import DEFAULT_MODEL, LanguageModel
+from softprompt.optimizers import TrainConfig
 from softprompt.prompts import TaskPrompt, load_prompt
 from softprompt.prompts.task import LAYOUTS
+from softprompt.runs import RunDir
 from softprompt.tasks import TaskSettings, builtin_tasks, load_task, run_task
 from softprompt.tasks.inference import PromptedClassifier, generate
-from softprompt.tasks.run import predict, summarise, task_metrics
+from softprompt.tasks.run import predict, summarise, task_metrics, task_run_settings
 from softprompt.tasks.task import Task
-from softprompt.train import TrainConfig
+from softprompt.transfer import export_peft, import_peft
 
 # Prompt tuning of a prefix needs a larger step than LAMA's per-token soft prompts (see docs/design.md).
 TASK_CONFIG = TrainConfig(lr=1e-2, batch_size=16, max_epochs=20, patience=5)
 
-task_app = typer.Typer(help="Prompt tuning on NLU tasks defined in YAML (built-in: sst2, cb, rte, copa, ...).",
+app = typer.Typer(help="Prompt tuning on NLU tasks defined in YAML (built-in: sst2, cb, rte, copa, ...).",
                        no_args_is_help=True)
 
 TaskName = Annotated[str, typer.Argument(help="A built-in task name or a task YAML file.", show_default=False)]
 DataDir = Annotated[Path | None, typer.Option(
-    help="Directory the task's relative data paths are read from (default: ../shared/data).", show_default=False)]
+    help="Directory the task's relative data paths are read from (default: $SOFTPROMPT_SHARED_DATA, else "
+         "../shared/data).", show_default=False)]
 TrainFile = Annotated[Path | None, typer.Option("--train", help="Training data file (overrides the task's).",
                                                 show_default=False)]
 EvalFile = Annotated[Path | None, typer.Option("--eval", help="Evaluation data file (default: the task's "
@@ -55,18 +58,19 @@ Calibrate = Annotated[bool, typer.Option("--calibrate", help="Contextual calibra
 EvalLimit = Annotated[int | None, typer.Option(min=1, help="Evaluate on at most N examples.", show_default=False)]
 
 
-def _task(spec: str, data_dir: Path | None) -> Task:
+def _task(spec: str, data_dir: Path | None) -> tuple[Task, Path | None]:
+    """The task, and the directory its relative data paths are read from."""
     task = load_task(spec)
     if data_dir is not None and not data_dir.is_dir():
         raise SoftpromptError(f"--data-dir {data_dir} is not a directory")
-    return task
+    return task, staged_data(data_dir)
 
 
 def _metrics_row(task: Task, metrics: dict[str, float]) -> list[str]:
     return [f"{100 * metrics[m]:.1f}" for m in task.metrics]
 
 
-@task_app.command("list")
+@app.command("list")
 def task_list() -> None:
     """The built-in tasks."""
     table = Table()
@@ -79,7 +83,7 @@ def task_list() -> None:
     console.print(table)
 
 
-@task_app.command("train")
+@app.command("train")
 def task_train(
     task_name: TaskName,
     out: Out,
@@ -116,25 +120,28 @@ def task_train(
 
     With several --seed values each run goes to OUT/seed-N and OUT/summary.json holds mean ± std.
     """
-    task = _task(task_name, data_dir)
+    check_resume_force(resume, force)
+    task, data_dir = _task(task_name, data_dir)
     settings = TaskSettings(layout=layout, length=length, kind=kind, init=init, init_text=init_text,
                             normalise=normalise, calibrate=calibrate, shots=shots, train_limit=train_limit,
                             eval_limit=eval_limit)
     seeds = seeds or [0]
     outs = [out] if len(seeds) == 1 else [out / f"seed-{s}" for s in seeds]
     for o in outs:
-        _check_run_dir(o, force, resume)
+        RunDir(o, "softprompt task train").prepare(force, resume)
     train = task.load("train", data_dir, train_file)
     evaluation = task.load("validation", data_dir, eval_file)
-    lm = _load_model(model)
+    lm = load_lm(model, quiet=quiet)
+    configs = [TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience, seed=s) for s in seeds]
+    for o, config in zip(outs, configs, strict=True):
+        RunDir(o, "softprompt task train").prepare(force, resume, task_run_settings(lm, task, settings, config))
     engine = Engine(lm)
     n_eval = len(evaluation[:eval_limit])
     table = Table(title=f"{task.name}: {kind} {layout} prompt, {n_eval} evaluation examples (×100)")
     for col in ("seed", *task.metrics, "train s"):
         table.add_column(col, justify="right")
     docs = []
-    for seed, o in zip(seeds, outs, strict=True):
-        config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience, seed=seed)
+    for seed, o, config in zip(seeds, outs, configs, strict=True):
         doc = run_task(lm, task, settings, config, o, train, evaluation, resume=resume, progress=not quiet,
                        engine=engine)
         docs.append(doc)
@@ -148,7 +155,7 @@ def task_train(
     console.print(f"run directory: {out}")
 
 
-@task_app.command("eval")
+@app.command("eval")
 def task_eval(
     task_name: TaskName,
     prompt: Annotated[Path | None, typer.Option(help="A trained task prompt (default: the manual template).",
@@ -165,10 +172,10 @@ def task_eval(
                                              show_default=False)] = None,
 ) -> None:
     """Score a task's validation split zero-shot (manual or hard hybrid prompt) or with a trained prompt."""
-    task = _task(task_name, data_dir)
+    task, data_dir = _task(task_name, data_dir)
     examples = task.load("validation", data_dir, eval_file)[:eval_limit]
-    lm = _load_model(model)
-    task_prompt = _task_prompt(prompt, lm) if prompt else TaskPrompt(lm, layout, 0)
+    lm = load_lm(model)
+    task_prompt = _task_prompt(prompt, lm) if prompt else TaskPrompt(lm, layout, 0, tuning="hard")
     settings = TaskSettings(normalise=normalise, calibrate=calibrate)
     scores = predict(Engine(lm), task_prompt, task, examples, settings)
     labels = [e.label for e in examples]
@@ -186,15 +193,15 @@ def task_eval(
         console.print(f"written: {out}")
 
 
-def _task_prompt(path: Path, lm: object) -> TaskPrompt:
+def _task_prompt(path: Path, lm: LanguageModel) -> TaskPrompt:
     prompt = load_prompt(path, lm)
     if not isinstance(prompt, TaskPrompt):
-        raise SoftpromptError(f"{path} holds a {prompt.mode} prompt for fact probing, not a task prompt; train one "
+        raise SoftpromptError(f"{path} holds a {prompt.kind} prompt for fact probing, not a task prompt; train one "
                               "with softprompt task train")
     return prompt
 
 
-@task_app.command("predict")
+@app.command("predict")
 def task_predict(
     task_name: TaskName,
     inputs: Annotated[Path, typer.Option("--input", help="JSONL/TSV/CSV rows with the task's fields (labels "
@@ -210,7 +217,7 @@ def task_predict(
     """Classify new inputs with trained prompts; one batch may route rows to different prompts."""
     task = load_task(task_name)
     examples = task.load("test", path=inputs, labelled=False)
-    lm = _load_model(model)
+    lm = load_lm(model)
     prompts = [_task_prompt(p, lm) for p in prompt] if prompt else [None]
     ids = [int(e.fields.get("prompt", 0)) for e in examples]
     classifier = PromptedClassifier(lm, task, prompts, normalise=normalise, calibrated=calibrate)
@@ -225,7 +232,7 @@ def task_predict(
     console.print(f"{len(rows)} predictions written to {output}")
 
 
-@task_app.command("generate")
+@app.command("generate")
 def task_generate(
     text: Annotated[str, typer.Argument(help="The input text.", show_default=False)],
     prompt: Annotated[Path | None, typer.Option(help="A trained task prompt.", show_default=False)] = None,
@@ -233,30 +240,30 @@ def task_generate(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
 ) -> None:
     """Continue TEXT with a causal LM, a trained task prompt in front of it."""
-    lm = _load_model(model)
+    lm = load_lm(model)
     console.print(generate(lm, _task_prompt(prompt, lm) if prompt else None, text, max_new_tokens))
 
 
-@task_app.command("export-peft")
+@app.command("export-peft")
 def task_export_peft(
     prompt: Annotated[Path, typer.Argument(help="A trained soft prefix prompt.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="The adapter directory to write.", show_default=False)],
     model: Model = DEFAULT_MODEL,
 ) -> None:
     """Write a soft prefix prompt as a PEFT prompt-tuning adapter (PeftModel.from_pretrained loads it)."""
-    lm = _load_model(model)
+    lm = load_lm(model)
     export_peft(_task_prompt(prompt, lm), lm, out)
     console.print(f"written: {out}/adapter_config.json, {out}/adapter_model.safetensors")
 
 
-@task_app.command("import-peft")
+@app.command("import-peft")
 def task_import_peft(
     adapter: Annotated[Path, typer.Argument(help="A PEFT prompt-tuning adapter directory.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="The prompt file to write.", show_default=False)],
     model: Model = DEFAULT_MODEL,
 ) -> None:
     """Turn a PEFT prompt-tuning adapter into a softprompt prefix prompt file."""
-    lm = _load_model(model)
+    lm = load_lm(model)
     prompt = import_peft(adapter, lm)
     prompt.save(out)
     console.print(f"written: {out} ({prompt.length} vectors)")

@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from softprompt.data.lama import check_template
 from softprompt.errors import SoftpromptError
 from softprompt.io import read_jsonl
+from softprompt.probing.relations import check_template
 
 # (dataset, source) -> path of the per-relation file under the shared data root, "{r}" is the relation.
 _QE = "qin_eisner_soft_prompts/prompts"

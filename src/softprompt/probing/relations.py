@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,14 +60,6 @@ def check_template(template: Any, where: str) -> None:
             f"{where} {template!r} lacks {' and '.join(missing)}; write it with [X] for the subject "
             "and [Y] for the answer, e.g. '[X] was born in [Y] .'"
         )
-
-
-def shared_data_dir() -> Path | None:
-    """The staged datasets: $SOFTPROMPT_SHARED_DATA if set, else ../shared/data if it exists, else None."""
-    if "SOFTPROMPT_SHARED_DATA" in os.environ:
-        return Path(os.environ["SOFTPROMPT_SHARED_DATA"])
-    candidate = Path("..", "shared", "data").resolve()
-    return candidate if candidate.is_dir() else None
 
 
 def _stem(path: Path) -> str:

@@ -35,10 +35,10 @@ def prefix_length(layout: str) -> int | None:
 def export_peft(prompt: TaskPrompt, lm: LanguageModel, out: str | Path) -> Path:
     """Write ``prompt`` as a PEFT prompt-tuning adapter directory; returns it."""
     n = prefix_length(prompt.layout)
-    if n is None or prompt.kind != "soft":
+    if n is None or prompt.tuning != "soft":
         raise SoftpromptError(
             f"only soft prefix prompts (layout '[P*N]{{input}}') export to PEFT prompt tuning; this prompt is "
-            f"{prompt.kind} with layout {prompt.layout!r}"
+            f"{prompt.tuning} with layout {prompt.layout!r}"
         )
     if lm.kind == "seq2seq":
         # PEFT's encoder-decoder prompt tuning repeats the prompt for the decoder; ours sits in the encoder only.

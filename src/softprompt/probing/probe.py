@@ -1,12 +1,8 @@
-"""Factual knowledge probing (LAMA-style): encode a relation, train a prompt, evaluate, write a run.
-
-A run directory holds ``config.json``, ``metrics.json``, ``predictions.jsonl`` and
-``prompt.safetensors`` (plus ``checkpoint.safetensors`` while training), each written atomically.
-"""
+"""Factual knowledge probing (LAMA-style): encode a relation, train a prompt, evaluate, write a run
+directory (``softprompt.runs``)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,17 +10,21 @@ from typing import Any
 
 import torch
 
-from softprompt.data import Relation
 from softprompt.engine import Engine, length_batches
 from softprompt.errors import SoftpromptError
-from softprompt.io import write_json, write_jsonl
 from softprompt.metrics import answer_ranks, ranking_metrics
 from softprompt.models import LanguageModel
-from softprompt.prompts import PROMPT_TYPES, Prompt
+from softprompt.optimizers import FitResult, TrainConfig
+from softprompt.probing.objective import train_prompt
+from softprompt.probing.relations import SPLITS, Relation
+from softprompt.prompts import HardPrompt, Prompt, TemplatePrompt
+from softprompt.prompts.deep import DeepPrompt
+from softprompt.prompts.soft import SoftPrompt
+from softprompt.runs import RunDir
 from softprompt.templates import Example, TemplateEncoder
-from softprompt.train import TrainConfig, TrainResult, train_prompt
 
-SPLITS = ("train", "dev", "test")
+# The kinds of prompt a probe trains or scores, by the name the command line uses.
+MODES: dict[str, type[TemplatePrompt]] = {cls.kind: cls for cls in (HardPrompt, SoftPrompt, DeepPrompt)}
 
 
 @dataclass
@@ -57,19 +57,24 @@ def encode_relation(relation: Relation, lm: LanguageModel, limits: dict[str, int
     return EncodedRelation(relation.name, encoder, splits, kept, dropped)
 
 
-def no_usable_facts(relation: str, split: str, dropped: int) -> SoftpromptError:
+def no_usable_facts(relation: str, split: str, dropped: int, hint: str = "") -> SoftpromptError:
     return SoftpromptError(f"relation {relation}: the {split} split has no usable facts "
-                           f"({dropped} dropped because their answer is not a single token)")
+                           f"({dropped} dropped because their answer is not a single token){hint and '; ' + hint}")
+
+
+def require_facts(data: EncodedRelation | Any, splits: Sequence[str], hint: str = "") -> None:
+    """Refuse encoded data with an empty split among ``splits`` (before anything is written)."""
+    for split in splits:
+        if not data.splits[split]:
+            raise no_usable_facts(data.name, split, data.dropped[split], hint)
 
 
 def make_prompt(mode: str, encoder: TemplateEncoder, init: str = "template", seed: int = 0) -> Prompt:
-    if mode not in PROMPT_TYPES:
-        raise SoftpromptError(f"unknown prompt mode {mode!r}; choose one of: {', '.join(PROMPT_TYPES)}")
-    if mode == "hard":
-        if init != "template":
-            raise SoftpromptError("a hard prompt is the template's own words; --init applies to soft/deep only")
-        return PROMPT_TYPES[mode](encoder)
-    return PROMPT_TYPES[mode](encoder, init=init, seed=seed)
+    if mode not in MODES:
+        raise SoftpromptError(f"unknown prompt mode {mode!r}; choose one of: {', '.join(MODES)}")
+    if mode == "hard" and init != "template":
+        raise SoftpromptError("a hard prompt is the template's own words; --init applies to soft/deep only")
+    return MODES[mode].from_encoder(encoder, init=init, seed=seed)
 
 
 def predict(
@@ -125,20 +130,6 @@ def run_settings(
             "init": init, "train": asdict(config), "limits": dict(limits or {})}
 
 
-def changed_settings(run_dir: Path, settings: Mapping[str, Any]) -> list[str]:
-    """The names of ``settings`` that differ from those of the run in ``run_dir`` (none if it has no run)."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return []
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise SoftpromptError(
-            f"{path}: cannot read it ({err}); delete {run_dir} or use another directory"
-        ) from err
-    return [key for key, value in settings.items() if stored.get(key) != value]
-
-
 def run_probe(
     lm: LanguageModel,
     relation: Relation,
@@ -150,33 +141,56 @@ def run_probe(
     resume: bool = False,
     progress: bool = True,
     engine: Engine | None = None,
+    data: EncodedRelation | None = None,
 ) -> dict[str, Any]:
-    """Train (unless ``mode='hard'``) and test one prompt for one relation; write the run directory."""
+    """Train (unless ``mode='hard'``) and test one prompt for one relation; write the run directory.
+    ``data`` is the relation already encoded for ``lm`` with these ``limits``, if the caller has it."""
     config = config or TrainConfig()
     engine = engine or Engine(lm)
-    data = encode_relation(relation, lm, limits)
+    data = data or encode_relation(relation, lm, limits)
     prompt = make_prompt(mode, data.encoder, init, config.seed)
     # Refuse unusable data before anything is written to the run directory.
-    needed = ("train", "dev", "test") if mode != "hard" else ("test",)
-    for split in needed:
-        if not data.splits[split]:
-            raise no_usable_facts(relation.name, split, data.dropped[split])
-    out.mkdir(parents=True, exist_ok=True)
-    run_config = run_settings(lm, relation, mode, init, config, limits) | {
+    require_facts(data, ("train", "dev", "test") if mode != "hard" else ("test",),
+                  "training needs facts in train, dev and test (a split directory)")
+    run = RunDir(out)
+    run.start(run_settings(lm, relation, mode, init, config, limits) | {
         "examples": {s: len(e) for s, e in data.splits.items()}, "dropped_multi_token": data.dropped,
-    }
-    write_json(out / "config.json", run_config)
-    result: TrainResult | None = None
+    })
+    result: FitResult | None = None
     if mode != "hard":
         result = train_prompt(engine, prompt, data.splits["train"], data.splits["dev"], config,
-                              checkpoint=out / "checkpoint.safetensors", resume=resume, progress=progress)
+                              checkpoint=run.checkpoint, resume=resume, progress=progress)
     metrics, rows = evaluate(engine, prompt, data, "test", config.eval_batch_size)
     metrics_doc = {"relation": relation.name, "mode": mode, "init": init, "test": metrics,
                    "dropped_multi_token": data.dropped}
     if result is not None:
         metrics_doc |= {"best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss,
                         "history": result.history}
-    prompt.save(out / "prompt.safetensors", extra={"relation": relation.name})
-    write_jsonl(out / "predictions.jsonl", rows)
-    write_json(out / "metrics.json", metrics_doc)
+    run.finish(metrics_doc, rows, prompt, {"relation": relation.name})
     return metrics_doc
+
+
+def eval_probe(
+    lm: LanguageModel, relation: Relation, out: Path, prompt: Prompt | None = None, prompt_path: Path | None = None,
+    split: str = "test", limits: dict[str, int] | None = None, engine: Engine | None = None,
+) -> tuple[dict[str, Any], EncodedRelation]:
+    """Score a saved prompt (``prompt``, read from ``prompt_path``), or the relation's template as a hard
+    prompt, on one split; write the run directory (no prompt file: the prompt is the one given)."""
+    data = encode_relation(relation, lm, limits)
+    require_facts(data, (split,), "choose another --split, or data with single-token answers")
+    scored = prompt or make_prompt("hard", data.encoder)
+    if not isinstance(scored, TemplatePrompt):
+        raise SoftpromptError(f"{prompt_path} holds a {scored.kind} prompt; probe eval scores hard, soft and deep "
+                              "prompts (evaluate mixtures with mixture train --tune none, task prompts with task eval)")
+    metrics, rows = evaluate(engine or Engine(lm), scored, data, split)
+    run = RunDir(out)
+    run.start({
+        "model": lm.name, "relation": relation.name, "template": relation.template, "mode": scored.kind,
+        "init": scored.init, "prompt": str(prompt_path) if prompt_path is not None else None, "split": split,
+        "limits": limits or {}, "examples": {split: len(data.splits[split])},
+        "dropped_multi_token": data.dropped,
+    })
+    doc = {"relation": relation.name, "mode": scored.kind, "init": scored.init, split: metrics,
+           "dropped_multi_token": data.dropped}
+    run.finish(doc, rows)
+    return doc, data

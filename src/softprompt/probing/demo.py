@@ -7,31 +7,27 @@ checkpoint.
 
 from __future__ import annotations
 
-import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rich import box
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
-from softprompt.data import Relation, geo_relations
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.io import write_text
 from softprompt.metrics import macro_average
 from softprompt.models import LanguageModel
-from softprompt.probe import changed_settings, run_probe, run_settings
-from softprompt.train import TrainConfig
+from softprompt.optimizers import TrainConfig
+from softprompt.probing.geo import geo_relations
+from softprompt.probing.probe import run_probe, run_settings
+from softprompt.probing.relations import Relation
+from softprompt.progress import progress_bar
+from softprompt.runs import RunDir
+
+log = logging.getLogger(__name__)
 
 # Sized to finish within 15 minutes on 2 CPU cores with SmolLM2-135M (about 1 s per 64-example step):
 # at most 4 steps an epoch, 10 epochs, for 8 trained prompts.
@@ -55,7 +51,7 @@ def run_demo(
     config: TrainConfig = DEMO_CONFIG,
     limits: Mapping[str, int] | None = None,
     force: bool = False,
-    console: Console | None = None,
+    progress: bool = True,
 ) -> Results:
     """Probe each relation (default: the geography ones) with each prompt column; write ``summary.md``.
 
@@ -64,42 +60,33 @@ def run_demo(
     """
     relations = geo_relations() if relations is None else relations
     limits = DEMO_LIMITS if limits is None else limits
-    console = console or Console()
-    plan = [(relation, column, out / relation.name / column) for relation in relations for column in COLUMNS]
+    plan = [(relation, column, RunDir(out / relation.name / column, "softprompt demo"))
+            for relation in relations for column in COLUMNS]
     # Settings are checked for every run first, so that a clash stops the demo now rather than midway.
     restart: set[Path] = set()
-    for relation, column, run_dir in plan:
-        settings = run_settings(lm, relation, COLUMNS[column], "template", config, limits)
-        changed = changed_settings(run_dir, settings)
+    for relation, column, run in plan:
+        changed = run.changed(run_settings(lm, relation, COLUMNS[column], "template", config, limits))
         if changed and not force:
             raise SoftpromptError(
-                f"{run_dir} holds a run made with other settings ({', '.join(changed)}); "
+                f"{run.path} holds a run made with other settings ({', '.join(changed)}); "
                 "choose another --out, or pass --force to redo such runs"
             )
         if changed:
-            restart.add(run_dir)
+            restart.add(run.path)
 
     engine = Engine(lm)
     results: Results = {}
-    columns = [TextColumn("{task.description}"), SpinnerColumn(), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn()]
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("demo", total=len(plan))
-        for relation, column, run_dir in plan:
-            progress.update(task, description=f"{relation.name} · {column}")
-            started = time.monotonic()
-            if (run_dir / "metrics.json").is_file() and run_dir not in restart:
-                doc = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-                note = "finished earlier"
-            else:
-                doc = run_probe(lm, relation, run_dir, mode=COLUMNS[column], config=config, limits=limits,
-                                resume=run_dir not in restart, progress=False, engine=engine)
-                note = f"{time.monotonic() - started:.0f} s"
-            results.setdefault(relation.name, {})[column] = doc["test"]
-            p_at_1 = 100 * doc["test"]["p@1"]
-            progress.console.print(f"{relation.name:<14} {column:<7} P@1 {p_at_1:5.1f}  ({note})",
-                                   highlight=False)
-            progress.advance(task)
+    for relation, column, run in progress_bar(plan, "demo", progress):
+        started = time.monotonic()
+        if run.finished and run.path not in restart:
+            doc = run.metrics()
+            note = "finished earlier"
+        else:
+            doc = run_probe(lm, relation, run.path, mode=COLUMNS[column], config=config, limits=limits,
+                            resume=run.path not in restart, progress=False, engine=engine)
+            note = f"{time.monotonic() - started:.0f} s"
+        results.setdefault(relation.name, {})[column] = doc["test"]
+        log.info("%-14s %-7s P@1 %5.1f  (%s)", relation.name, column, 100 * doc["test"]["p@1"], note)
     write_text(out / "summary.md", summary_markdown(results, lm.name, config, limits))
     return results
 

@@ -1,0 +1,100 @@
+"""The optimizer interface: what is optimised (a prompt, through an ``Objective``) is kept apart from how
+(an ``Optimizer``), as DSPy keeps programs apart from teleprompters.
+
+An objective binds a prompt to its training data and scoring: it adds the gradient of the loss over some
+training items to the prompt's parameters, and it measures the loss on dev data. An optimizer fits the
+prompt (in place) and returns it with its history. Gradient descent and EM implement it on top of
+``backward``; a discrete search (PEZ, a genetic search) or a policy-gradient learner would implement ``fit``
+from ``dev_loss`` and the objective's scores; a projector fit would do the same on pairs of prompts (see
+docs/design.md, "Optimizers").
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence, Sized
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from softprompt.errors import SoftpromptError
+from softprompt.prompts import Prompt
+
+# name -> class; every Optimizer subclass that names itself registers here.
+OPTIMIZERS: dict[str, type[Optimizer]] = {}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the gradient optimizers (Qin & Eisner §4.5's defaults, with lr 3e-3: see docs/design.md)."""
+
+    lr: float = 3e-3
+    batch_size: int = 64
+    max_epochs: int = 16
+    patience: int = 4
+    seed: int = 0
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise SoftpromptError(f"learning rate must be a positive number, got {self.lr}")
+        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise SoftpromptError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class FitResult:
+    """A fitted prompt (the best on dev) and how it got there."""
+
+    prompt: Prompt
+    best_epoch: int
+    best_dev_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    # Seconds of fitting that interrupted calls had checkpointed before this call resumed them: a resumed
+    # run's cost is this plus the resuming call's own time.
+    earlier_seconds: float = 0.0
+
+
+class Objective(Protocol):
+    """A prompt's loss on its training data, and on dev data for model selection.
+
+    ``items`` are the training items (anything with a length, for length-bucketed batches);
+    ``param_groups`` are the trainable parameters as Adam's groups at base learning rate ``lr``;
+    ``backward`` adds the gradient of the mean loss over the given items and returns that loss;
+    ``start_epoch`` runs before each epoch's batches (to seed an objective's own sampling per epoch).
+    """
+
+    prompt: Prompt
+    items: Sequence[Sized]
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]: ...
+
+    def backward(self, indices: list[int]) -> float: ...
+
+    def dev_loss(self) -> float: ...
+
+    def start_epoch(self, epoch: int) -> None: ...
+
+
+class Optimizer(ABC):
+    """Fits an objective's prompt; ``settings`` (besides the optimizer's own) must match for a checkpoint to be
+    resumed."""
+
+    name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            OPTIMIZERS[cls.name] = cls
+
+    @abstractmethod
+    def fit(self, objective: Objective, checkpoint: Path | None = None, resume: bool = False,
+            settings: dict[str, Any] | None = None) -> FitResult: ...
+
+
+def copy_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}

@@ -1,0 +1,132 @@
+"""Gradient descent on a prompt: Adam, early stopping on dev, resumable.
+
+A checkpoint (prompt, best prompt, Adam state, counters, history) is written atomically after every epoch.
+Each epoch's shuffle is seeded by (seed, epoch), so a run resumed from a checkpoint replays exactly the
+batches an uninterrupted run would have seen and ends with the same prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from softprompt.engine import length_batches
+from softprompt.errors import SoftpromptError
+from softprompt.io import atomic_write
+from softprompt.optimizers.base import FitResult, Objective, Optimizer, TrainConfig, copy_state
+from softprompt.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+class GradientDescent(Optimizer):
+    """Adam on the objective's loss with early stopping on its dev loss (Qin & Eisner §4.5). The initial
+    prompt counts as epoch 0, so the result is never worse on dev than the start."""
+
+    name = "gradient"
+
+    def __init__(self, config: TrainConfig | None = None, progress: bool = True) -> None:
+        self.config = config or TrainConfig()
+        self.progress = progress
+
+    def epoch_backward(self, objective: Objective, epoch: int) -> Callable[[list[int]], float]:
+        """What one step backpropagates in this epoch: the objective's own loss (EM changes it)."""
+        return objective.backward
+
+    def fit(self, objective: Objective, checkpoint: Path | None = None, resume: bool = False,
+            settings: dict[str, Any] | None = None) -> FitResult:
+        config, prompt = self.config, objective.prompt
+        groups = [g for g in objective.param_groups(config.lr) if g["params"]]
+        if not groups:
+            raise SoftpromptError("nothing to train: every parameter is frozen")
+        optimizer = torch.optim.Adam(groups, lr=config.lr)
+        identity = {"config": asdict(config), "settings": settings or {}}
+
+        started = time.perf_counter()
+        state = load_checkpoint(checkpoint, prompt, optimizer, identity) if resume and checkpoint else None
+        if state is None:
+            initial = objective.dev_loss()
+            state = {"epoch": 0, "best_epoch": 0, "best_dev_loss": initial, "bad_epochs": 0,
+                     "history": [{"epoch": 0, "dev_loss": initial}]}
+            best = copy_state(prompt)
+        else:
+            state, best = state
+        earlier = state.get("seconds", 0.0)  # checkpoints from before timing was kept count as 0
+
+        for epoch in range(state["epoch"] + 1, config.max_epochs + 1):
+            if state["bad_epochs"] >= config.patience:
+                break
+            objective.start_epoch(epoch)
+            backward = self.epoch_backward(objective, epoch)
+            batches = length_batches(objective.items, config.batch_size, shuffle_seed=config.seed * 1_000_003 + epoch)
+            total = 0.0
+            for idx in progress_bar(batches, f"epoch {epoch}", self.progress):
+                optimizer.zero_grad(set_to_none=True)
+                total += backward(idx) * len(idx)
+                optimizer.step()
+            dev_loss = objective.dev_loss()
+            train_loss = total / len(objective.items)
+            state["history"].append({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss})
+            state["epoch"] = epoch
+            state["seconds"] = earlier + time.perf_counter() - started
+            if dev_loss < state["best_dev_loss"]:
+                state.update(best_epoch=epoch, best_dev_loss=dev_loss, bad_epochs=0)
+                best = copy_state(prompt)
+            else:
+                state["bad_epochs"] += 1
+            if self.progress:
+                log.info("epoch %d: train loss %.4f  dev loss %.4f", epoch, train_loss, dev_loss)
+            if checkpoint:
+                save_checkpoint(checkpoint, prompt, best, optimizer, state, identity)
+        prompt.load_state_dict(best)
+        return FitResult(prompt, state["best_epoch"], state["best_dev_loss"], state["history"], earlier)
+
+
+def save_checkpoint(
+    path: Path, module: nn.Module, best: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+    state: dict[str, Any], identity: dict[str, Any],
+) -> None:
+    tensors = {f"prompt.{k}": v.detach().contiguous() for k, v in module.state_dict().items()}
+    tensors |= {f"best.{k}": v.contiguous() for k, v in best.items()}
+    optim = optimizer.state_dict()
+    for index, slots in optim["state"].items():
+        tensors |= {f"optim.{index}.{k}": torch.as_tensor(v).reshape(-1) if k == "step" else v
+                    for k, v in slots.items()}
+    meta = {"state": state, **identity, "param_groups": optim["param_groups"]}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"softprompt.checkpoint": json.dumps(meta)}))
+
+
+def load_checkpoint(
+    path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, identity: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    if not path.is_file():
+        return None
+    # Loaded on the CPU: load_state_dict copies onto the module's and the optimizer's devices.
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["softprompt.checkpoint"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    stored = {"config": meta["config"], "settings": meta.get("settings", {})}
+    if stored != identity:
+        raise SoftpromptError(
+            f"{path} was written with training settings {stored}, not {identity}; "
+            "resume with the same settings, or start a new run directory"
+        )
+    module.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("prompt.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            slots.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
+    optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
+    return meta["state"], best

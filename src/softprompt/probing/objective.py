@@ -1,0 +1,88 @@
+"""The probing objective: the log-loss of the gold answer under one prompt, and ``train_prompt``, which fits
+a prompt to it by gradient descent."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from softprompt.engine import Batch, Engine, length_batches
+from softprompt.errors import SoftpromptError
+from softprompt.optimizers import FitResult, GradientDescent, TrainConfig
+from softprompt.prompts import Prompt
+from softprompt.templates import Example
+
+
+def mean_loss(engine: Engine, prompt: Prompt, examples: Sequence[Example], batch_size: int) -> float:
+    """Mean negative log-likelihood of the gold answers."""
+    total = 0.0
+    with torch.inference_mode():
+        for idx in length_batches(examples, batch_size):
+            batch = engine.collate([examples[i] for i in idx])
+            logits = engine.answer_logits(batch, prompt.vectors(), prompt.deltas())
+            total += F.cross_entropy(logits, batch.answer_ids, reduction="sum").item()
+    return total / len(examples)
+
+
+def backward_answer_loss(engine: Engine, prompt: Prompt, batch: Batch) -> float:
+    """Add the gradient of the batch's mean answer log-loss; return that loss."""
+    loss = F.cross_entropy(engine.answer_logits(batch, prompt.vectors(), prompt.deltas()), batch.answer_ids)
+    loss.backward()
+    return loss.item()
+
+
+def train_step(engine: Engine, prompt: Prompt, optimizer: torch.optim.Optimizer, batch: Batch) -> float:
+    """One optimizer step on a batch's mean answer log-loss; returns that loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = backward_answer_loss(engine, prompt, batch)
+    optimizer.step()
+    return loss
+
+
+@dataclass
+class AnswerObjective:
+    """The log-loss of the gold answer under one prompt (an ``optimizers.Objective``)."""
+
+    engine: Engine
+    prompt: Prompt
+    items: Sequence[Example]
+    dev: Sequence[Example]
+    eval_batch_size: int
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        return [{"params": self.prompt.trainable_parameters(), "lr": lr}]
+
+    def backward(self, indices: list[int]) -> float:
+        return backward_answer_loss(self.engine, self.prompt, self.engine.collate([self.items[i] for i in indices]))
+
+    def dev_loss(self) -> float:
+        return mean_loss(self.engine, self.prompt, self.dev, self.eval_batch_size)
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+
+def train_prompt(
+    engine: Engine,
+    prompt: Prompt,
+    train: Sequence[Example],
+    dev: Sequence[Example],
+    config: TrainConfig,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``prompt`` in place by gradient descent; on return it holds the parameters that scored best on dev."""
+    if not train:
+        raise SoftpromptError("the training split is empty: nothing to learn from")
+    if not dev:
+        raise SoftpromptError("the dev split is empty: early stopping needs dev data")
+    if not prompt.trainable_parameters():
+        raise SoftpromptError(f"a {prompt.kind} prompt has no trainable parameters; use mode soft or deep")
+    objective = AnswerObjective(engine, prompt, train, dev, config.eval_batch_size)
+    return GradientDescent(config, progress).fit(objective, checkpoint, resume)

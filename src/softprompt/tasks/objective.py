@@ -1,0 +1,47 @@
+"""The task objective: cross-entropy of the gold choice among a task's choices, under one task prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from softprompt.engine import Engine
+from softprompt.prompts import TaskPrompt
+from softprompt.tasks.scoring import Encoded, choice_loss, choice_scores, example_rows, row_scores
+
+
+@dataclass
+class ChoiceObjective:
+    """Cross-entropy of the gold choice among the task's choices (``optimise``'s Objective)."""
+
+    engine: Engine
+    prompt: TaskPrompt
+    train: Encoded
+    dev: Encoded
+    normalise: bool
+    eval_batch_size: int
+
+    @property
+    def items(self) -> list[range]:
+        # length_batches only needs each example's size: its rows' total token count.
+        per = 1 if self.train.shared_ids is not None else self.train.num_choices
+        rows = self.train.rows
+        return [range(sum(len(rows[i * per + c]) for c in range(per))) for i in range(self.train.num_examples)]
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        return [{"params": self.prompt.trainable_parameters(), "lr": lr}]
+
+    def backward(self, indices: list[int]) -> float:
+        scores = row_scores(self.engine, self.train, example_rows(self.train, indices), self.prompt.vectors(),
+                            self.prompt.deltas()).view(len(indices), -1)
+        lengths = self.train.choice_lengths[indices] if self.normalise else None
+        loss = choice_loss(scores, self.train.labels[indices], lengths)
+        loss.backward()
+        return loss.item()
+
+    def dev_loss(self) -> float:
+        scores = choice_scores(self.engine, self.dev, self.prompt.vectors(), self.prompt.deltas(), self.eval_batch_size)
+        return choice_loss(scores, self.dev.labels, self.dev.choice_lengths if self.normalise else None).item()
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
