@@ -18,7 +18,7 @@ OMP_NUM_THREADS=1 gets about 10% more done on 2 cores than one process with two 
 Profiles: "paper" trains every prompt of a set with the paper's settings (batch 64, ≤16 epochs,
 patience 4, all train/dev facts); it is meant for a GPU. "cpu" fits 2 CPU cores: at most 400 train and
 100 dev facts, ≤8 epochs, patience 2, and mixtures pruned to the 4 prompts with the highest EM-fitted
-weight on dev (softprompt.mixture.select_prompts). Both test on the first 300 single-token test facts.
+weight on dev (softprompt.probing.mixture.select_prompts). Both test on the first 300 single-token test facts.
 The cpu profile uses batches of 16: only 240-400 train facts per relation are single tokens for SmolLM2,
 so batches of 64 gave 4-7 Adam steps an epoch, about 40 in a run, and every run was still improving on
 dev at its last epoch; 16 gives the same compute four times the steps (the paper's batch of 64 on its

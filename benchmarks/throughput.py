@@ -7,7 +7,7 @@ One run, one model, the same examples and batch size (64) for the methods compar
 
 Phase ``lama``, softprompt's engine vs a plain Hugging Face loop on LAMA facts:
 
-1. Training examples/s of a soft prompt. "engine" is the step of ``softprompt.train.train_prompt``
+1. Training examples/s of a soft prompt. "engine" is the step of ``softprompt.probing.train_prompt``
    (length-bucketed batches, left padding, ``Engine.answer_logits`` -> cross-entropy -> backward ->
    Adam on the prompt vectors). "plain HF" is written here: the same prompt vectors put into
    ``inputs_embeds`` at the template positions, batches in dataset order padded to the batch maximum
@@ -15,7 +15,7 @@ Phase ``lama``, softprompt's engine vs a plain Hugging Face loop on LAMA facts:
    position (B, T, V), the logits gathered at each answer position, same loss, same Adam step.
    Before timing, both are checked to give the same loss and prompt gradient on the same batch.
 2. Evaluation examples/s (inference_mode, rank of the answer over the full vocabulary, as
-   ``softprompt.probe.predict`` does): engine (bucketed) vs plain HF (unbucketed, full logits).
+   ``softprompt.probing.predict`` does): engine (bucketed) vs plain HF (unbucketed, full logits).
 
 Phase ``peft``, prefix prompt tuning (20 vectors in front of the input, as Lester et al.) on SST-2:
 training examples/s of softprompt's task prompts vs PEFT's ``PromptTuningConfig``, from the same initial
@@ -101,7 +101,7 @@ def engine_train_step(engine: Engine, prompt: SoftPrompt, optimizer: torch.optim
 
 def engine_eval_batch(engine: Engine, prompt: SoftPrompt, examples: Sequence[Example], idx: list[int],
                       ranks: torch.Tensor, device: torch.device) -> None:
-    """The body of ``softprompt.probe.predict``'s batch loop (plus the move to ``device``)."""
+    """The body of ``softprompt.probing.predict``'s batch loop (plus the move to ``device``)."""
     with torch.inference_mode():
         batch = engine.collate([examples[i] for i in idx]).to(device)
         logprobs = engine.answer_logits(batch, prompt.vectors(), prompt.deltas()).log_softmax(-1)
@@ -186,7 +186,7 @@ def check_same_computation(engine: Engine, hf: PlainHF, init: torch.Tensor, exam
 
 
 def softprompt_task_step(objective: ChoiceObjective, optimizer: torch.optim.Optimizer, idx: list[int]) -> float:
-    """The body of ``softprompt.train.optimise``'s batch loop, which ``softprompt.tasks.fit`` runs."""
+    """The body of ``GradientDescent.fit``'s batch loop, which ``softprompt.tasks.fit`` runs."""
     optimizer.zero_grad(set_to_none=True)
     loss = objective.backward(idx)
     optimizer.step()
@@ -497,10 +497,10 @@ evaluation: {len(evaluation)} test (then dev) examples."""
     note = (f"Padding over a full epoch of all {len(train)} training examples: engine "
             f"{epoch_pad['engine']:.2f}, consecutive batches {epoch_pad['hf']:.2f} tokens computed "
             "per real token.")
-    compared = f"""- **softprompt engine**: the training step of `softprompt.train.train_prompt` (batches from
+    compared = f"""- **softprompt engine**: the training step of `softprompt.probing.train_prompt` (batches from
   `length_batches`, left padding, `Engine.answer_logits` computing the vocabulary projection at the
   answer position only, cross-entropy, backward, Adam on the prompt vectors) and the evaluation of
-  `softprompt.probe.predict` (batches sorted by length, log-softmax over the full vocabulary, gold rank,
+  `softprompt.probing.predict` (batches sorted by length, log-softmax over the full vocabulary, gold rank,
   gold log-probability, top-10).
 - **plain HF**: written in the benchmark: the prompt vectors replace the template positions in
   `inputs_embeds`, batches in dataset order padded on the right to the batch maximum,
@@ -591,7 +591,7 @@ vectors in front of the input (layout `{prompt.layout}`), initialised from the e
 description's tokens, the same initial vectors for both; PEFT {peft.__version__}."""
     note = f"Check before timing: {check} (tolerance {CHECK_TOLERANCE:.0e})."
     compared = f"""- **softprompt TaskPrompt**: the training step of `softprompt.tasks.fit`
-  (`ChoiceObjective.backward` as `softprompt.train.optimise` runs it): examples encoded by `TaskEncoder`,
+  (`ChoiceObjective.backward` as `GradientDescent.fit` runs it): examples encoded by `TaskEncoder`,
   batches from `length_batches`, left padding with position ids taken from the attention mask, the final
   hidden states projected to the vocabulary at the answer position only, log-softmax over the vocabulary,
   the two verbalizers' log-probabilities, cross-entropy over them, backward, Adam on the prompt vectors.
