@@ -49,6 +49,8 @@ class Tokens(Protocol):
 
 # Most sequences in one forward pass: a memory bound (results do not depend on it).
 MAX_ROWS = 512
+# Facts per inference batch when scoring over the full vocabulary (a memory bound too).
+EVAL_BATCH_SIZE = 256
 
 
 class TokenRow(Protocol):

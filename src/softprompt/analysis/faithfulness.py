@@ -27,7 +27,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks.run import TaskSettings, predict, task_metrics
-from softprompt.tasks.scoring import TaskEncoder, collate_rows, query_logits, scores_from_logits
+from softprompt.tasks.scoring import CHOICE_BATCH_SIZE, TaskEncoder, collate_rows, query_logits, scores_from_logits
 from softprompt.tasks.task import Task, TaskExample
 
 
@@ -63,7 +63,7 @@ class OutputComparison:
 
 @torch.inference_mode()
 def compare_outputs(engine: Engine, prompt: TaskPrompt, other: TaskPrompt, task: Task,
-                    examples: Sequence[TaskExample], batch_size: int = 32) -> OutputComparison:
+                    examples: Sequence[TaskExample], batch_size: int = CHOICE_BATCH_SIZE) -> OutputComparison:
     """Both prompts on the same rows, one forward pass each: the output differential and, from the same
     logits, every choice's score under each prompt."""
     if prompt.layout != other.layout or prompt.length != other.length:
@@ -87,7 +87,7 @@ def compare_outputs(engine: Engine, prompt: TaskPrompt, other: TaskPrompt, task:
 
 
 def output_differential(engine: Engine, prompt: TaskPrompt, other: TaskPrompt, task: Task,
-                        examples: Sequence[TaskExample], batch_size: int = 32) -> tuple[float, float]:
+                        examples: Sequence[TaskExample], batch_size: int = CHOICE_BATCH_SIZE) -> tuple[float, float]:
     """(mean squared logit difference, top-1 agreement rate) over every position where the task reads an
     answer token, under ``prompt`` and ``other`` (same layout)."""
     c = compare_outputs(engine, prompt, other, task, examples, batch_size)
@@ -115,7 +115,7 @@ class Faithfulness:
 
 def faithfulness(engine: Engine, prompt: TaskPrompt, task: Task, examples: Sequence[TaskExample],
                  settings: TaskSettings | None = None, reference: LanguageModel | None = None,
-                 batch_size: int = 32) -> Faithfulness:
+                 batch_size: int = CHOICE_BATCH_SIZE) -> Faithfulness:
     """All three faithfulness differentials of ``prompt`` on ``examples``, and the perplexity of its
     unembedding under ``reference`` (if given)."""
     lm = engine.lm

@@ -23,7 +23,7 @@ from softprompt.engine import Engine, length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
 from softprompt.prompts.task import TaskPrompt
-from softprompt.tasks.scoring import TaskEncoder, collate_rows
+from softprompt.tasks.scoring import CHOICE_BATCH_SIZE, TaskEncoder, collate_rows
 from softprompt.tasks.task import Task, TaskExample
 
 POSITIONS = ("prompt", "answer")
@@ -52,7 +52,7 @@ def ffn_output_projections(lm: LanguageModel) -> list[nn.Module]:
 
 @torch.inference_mode()
 def mean_activations(engine: Engine, prompt: TaskPrompt, task: Task, probes: Sequence[TaskExample],
-                     positions: str = "prompt", batch_size: int = 32) -> torch.Tensor:
+                     positions: str = "prompt", batch_size: int = CHOICE_BATCH_SIZE) -> torch.Tensor:
     """Neuron activations averaged over ``probes``: (layers, P, neurons) at the prompt positions, or
     (layers, 1, neurons) at the answer position. Positive entries are the activated neurons."""
     if positions not in POSITIONS:

@@ -37,6 +37,7 @@ from softprompt.models import LanguageModel
 from softprompt.prompts import load_prompt
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks.run import TaskSettings, predict, task_metrics
+from softprompt.tasks.scoring import CHOICE_BATCH_SIZE
 from softprompt.tasks.task import Task, TaskExample
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class AnalysisConfig:
     top_k: int = 3
     eval_limit: int = 100  # evaluation examples per task for faithfulness and transfer
     probe_size: int = 8  # probe inputs per task for neuron overlap
-    batch_size: int = 32
+    batch_size: int = CHOICE_BATCH_SIZE
     seed: int = 0  # t-SNE
 
     def __post_init__(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
+from softprompt.engine import EVAL_BATCH_SIZE
 from softprompt.errors import SoftpromptError
 from softprompt.prompts import Prompt
 
@@ -36,7 +37,7 @@ class TrainConfig:
     max_epochs: int = 16
     patience: int = 4
     seed: int = 0
-    eval_batch_size: int = 256
+    eval_batch_size: int = EVAL_BATCH_SIZE
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -94,6 +95,11 @@ class Optimizer(ABC):
     @abstractmethod
     def fit(self, objective: Objective, checkpoint: Path | None = None, resume: bool = False,
             settings: dict[str, Any] | None = None) -> FitResult: ...
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's randomness (shuffle, sampling): a resumed run replays the same epochs."""
+    return seed * 1_000_003 + epoch
 
 
 def copy_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from torch import nn
 from softprompt.engine import length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_write
-from softprompt.optimizers.base import FitResult, Objective, Optimizer, TrainConfig, copy_state
+from softprompt.optimizers.base import FitResult, Objective, Optimizer, TrainConfig, copy_state, epoch_seed
 from softprompt.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class GradientDescent(Optimizer):
                 break
             objective.start_epoch(epoch)
             backward = self.epoch_backward(objective, epoch)
-            batches = length_batches(objective.items, config.batch_size, shuffle_seed=config.seed * 1_000_003 + epoch)
+            batches = length_batches(objective.items, config.batch_size, shuffle_seed=epoch_seed(config.seed, epoch))
             total = 0.0
             for idx in progress_bar(batches, f"epoch {epoch}", self.progress):
                 optimizer.zero_grad(set_to_none=True)

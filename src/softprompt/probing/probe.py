@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from softprompt.engine import Engine, length_batches
+from softprompt.engine import EVAL_BATCH_SIZE, Engine, length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.metrics import answer_ranks, ranking_metrics
 from softprompt.models import LanguageModel
@@ -78,7 +78,8 @@ def make_prompt(mode: str, encoder: TemplateEncoder, init: str = "template", see
 
 
 def predict(
-    engine: Engine, prompt: Prompt, examples: Sequence[Example], batch_size: int = 256, top_k: int = 10
+    engine: Engine, prompt: Prompt, examples: Sequence[Example], batch_size: int = EVAL_BATCH_SIZE,
+    top_k: int = 10
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gold ranks, gold log-probs, and top-k (ids, log-probs) per example, in input order."""
     n = len(examples)
@@ -99,7 +100,8 @@ def predict(
 
 
 def evaluate(
-    engine: Engine, prompt: Prompt, data: EncodedRelation, split: str = "test", batch_size: int = 256
+    engine: Engine, prompt: Prompt, data: EncodedRelation, split: str = "test",
+    batch_size: int = EVAL_BATCH_SIZE
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Metrics on one split and per-example predictions (top-10 with log-probabilities)."""
     examples = data.splits.get(split) or []

@@ -13,6 +13,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
 from softprompt.prompts import TaskPrompt, stack_prompts
 from softprompt.tasks.scoring import (
+    CHOICE_BATCH_SIZE,
     Encoded,
     Row,
     TaskEncoder,
@@ -32,7 +33,8 @@ class PromptedClassifier:
     """
 
     def __init__(self, lm: LanguageModel, task: Task, prompts: TaskPrompt | Sequence[TaskPrompt | None] | None = None,
-                 normalise: bool = False, calibrated: bool = False, batch_size: int = 32) -> None:
+                 normalise: bool = False, calibrated: bool = False,
+                 batch_size: int = CHOICE_BATCH_SIZE) -> None:
         self.lm, self.task, self.engine = lm, task, Engine(lm)
         listed = list(prompts) if isinstance(prompts, Sequence) else [prompts]
         self.prompts = [p if p is not None else TaskPrompt(lm, "manual", 0, tuning="hard") for p in listed]

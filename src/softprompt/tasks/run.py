@@ -20,7 +20,7 @@ from softprompt.optimizers import FitResult, GradientDescent, TrainConfig
 from softprompt.prompts.task import INITS, LAYOUTS, TaskPrompt, count_markers
 from softprompt.runs import RunDir
 from softprompt.tasks.objective import ChoiceObjective
-from softprompt.tasks.scoring import TaskEncoder, calibrate, choice_scores
+from softprompt.tasks.scoring import CHOICE_BATCH_SIZE, TaskEncoder, calibrate, choice_scores
 from softprompt.tasks.task import Task, TaskExample
 
 KINDS = ("hard", "soft", "deep")
@@ -108,7 +108,7 @@ def fit(engine: Engine, prompt: TaskPrompt, task: Task, train: Sequence[TaskExam
 
 
 def predict(engine: Engine, prompt: TaskPrompt | None, task: Task, examples: Sequence[TaskExample],
-            settings: TaskSettings, batch_size: int = 32) -> torch.Tensor:
+            settings: TaskSettings, batch_size: int = CHOICE_BATCH_SIZE) -> torch.Tensor:
     """Per-choice scores (N, C) used for prediction: log-likelihoods, length-normalised and/or
     calibrated as ``settings`` say."""
     encoder = TaskEncoder(engine.lm, task, prompt)

@@ -27,6 +27,9 @@ from softprompt.models import LanguageModel
 from softprompt.prompts.task import FIELDS, TaskPrompt, split_markers
 from softprompt.tasks.task import Task, TaskExample
 
+# Rows per batch when scoring choices (each row may hold a long task input).
+CHOICE_BATCH_SIZE = 32
+
 
 @dataclass(frozen=True)
 class Row:
@@ -248,7 +251,7 @@ def scores_from_logits(encoded: Encoded, batch: RowBatch, logits: torch.Tensor) 
 
 
 def choice_scores(engine: Engine, encoded: Encoded, vectors: torch.Tensor | None = None,
-                  deltas: torch.Tensor | None = None, batch_size: int = 32) -> torch.Tensor:
+                  deltas: torch.Tensor | None = None, batch_size: int = CHOICE_BATCH_SIZE) -> torch.Tensor:
     """Summed log-likelihood of every choice, (N, C), without gradients."""
     out = torch.empty(len(encoded.rows), *(() if encoded.shared_ids is None else (encoded.num_choices,)))
     with torch.inference_mode():

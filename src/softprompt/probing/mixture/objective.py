@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from softprompt.engine import MAX_ROWS, Engine
+from softprompt.optimizers.base import epoch_seed
 from softprompt.probing.mixture.data import MixtureItem
 from softprompt.probing.mixture.scoring import SparseDraw, chunks, log_likelihoods, posteriors, score, sparse_score
 from softprompt.prompts import MixturePrompt
@@ -76,4 +77,4 @@ class MixtureObjective:
 
     def start_epoch(self, epoch: int) -> None:
         # Seeded per epoch, like the shuffle, so a run resumed from an epoch's checkpoint draws the same pairs.
-        self.draws.manual_seed(self.seed * 1_000_003 + epoch)
+        self.draws.manual_seed(epoch_seed(self.seed, epoch))
