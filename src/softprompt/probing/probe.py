@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -62,7 +62,15 @@ def no_usable_facts(relation: str, split: str, dropped: int, hint: str = "") -> 
                            f"({dropped} dropped because their answer is not a single token){hint and '; ' + hint}")
 
 
-def require_facts(data: EncodedRelation | Any, splits: Sequence[str], hint: str = "") -> None:
+class SplitData(Protocol):
+    """Encoded facts per split, and how many each split dropped (a relation's, or a mixture's)."""
+
+    name: str
+    splits: Mapping[str, Sequence[object]]
+    dropped: Mapping[str, int]
+
+
+def require_facts(data: SplitData, splits: Sequence[str], hint: str = "") -> None:
     """Refuse encoded data with an empty split among ``splits`` (before anything is written)."""
     for split in splits:
         if not data.splits[split]:
