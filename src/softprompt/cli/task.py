@@ -25,7 +25,7 @@ from softprompt.cli.common import (
 )
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
-from softprompt.io import write_json, write_jsonl
+from softprompt.io import write_jsonl
 from softprompt.models import DEFAULT_MODEL, LanguageModel
 from softprompt.optimizers import TrainConfig
 from softprompt.prompts import TaskPrompt, load_prompt
@@ -33,7 +33,7 @@ from softprompt.prompts.task import LAYOUTS
 from softprompt.runs import RunDir
 from softprompt.tasks import TaskSettings, builtin_tasks, load_task, run_task
 from softprompt.tasks.inference import PromptedClassifier, generate
-from softprompt.tasks.run import predict, summarise, task_metrics, task_run_settings
+from softprompt.tasks.run import eval_task, task_run_settings, write_summary
 from softprompt.tasks.task import Task
 from softprompt.transfer import export_peft, import_peft
 
@@ -147,10 +147,9 @@ def task_train(
         docs.append(doc)
         table.add_row(str(seed), *_metrics_row(task, doc["metrics"]), f"{doc['train_seconds']:.0f}")
     if len(docs) > 1:
-        summary = summarise(docs)
+        summary = write_summary(out, task, seeds, docs)
         table.add_row("mean ± std", *(f"{100 * summary[m]['mean']:.1f} ± {100 * summary[m]['std']:.1f}"
                                       for m in task.metrics), "")
-        write_json(out / "summary.json", {"task": task.name, "seeds": seeds, "metrics": summary})
     console.print(table)
     console.print(f"run directory: {out}")
 
@@ -176,20 +175,16 @@ def task_eval(
     examples = task.load("validation", data_dir, eval_file)[:eval_limit]
     lm = load_lm(model)
     task_prompt = _task_prompt(prompt, lm) if prompt else TaskPrompt(lm, layout, 0, tuning="hard")
-    settings = TaskSettings(normalise=normalise, calibrate=calibrate)
-    scores = predict(Engine(lm), task_prompt, task, examples, settings)
-    labels = [e.label for e in examples]
-    metrics = task_metrics(task, scores, labels)
+    if out is not None:
+        RunDir(out, "softprompt task eval").prepare(force=True)  # evaluations are rewritten (refuses a file)
+    metrics = eval_task(lm, task, task_prompt, examples, TaskSettings(normalise=normalise, calibrate=calibrate), out,
+                        prompt)
     table = Table(title=f"{task.name}: {len(examples)} examples (×100)")
     for m in task.metrics:
         table.add_column(m, justify="right")
     table.add_row(*_metrics_row(task, metrics))
     console.print(table)
     if out is not None:
-        write_jsonl(out / "predictions.jsonl", [{"index": i, "label": y, "prediction": int(s.argmax())}
-                                                for i, (s, y) in enumerate(zip(scores, labels, strict=True))])
-        write_json(out / "metrics.json", {"task": task.name, "model": lm.name, "prompt": str(prompt),
-                                          "metrics": metrics})
         console.print(f"written: {out}")
 
 
@@ -221,13 +216,7 @@ def task_predict(
     prompts = [_task_prompt(p, lm) for p in prompt] if prompt else [None]
     ids = [int(e.fields.get("prompt", 0)) for e in examples]
     classifier = PromptedClassifier(lm, task, prompts, normalise=normalise, calibrated=calibrate)
-    scores = classifier.scores(examples, ids)
-    names = list(task.labels) if task.labels is not None else None
-    rows = []
-    for e, s, i in zip(examples, scores, ids, strict=True):
-        best = int(s.argmax())
-        rows.append({"prediction": names[best] if names else e.choices[best], "choice": best, "prompt": i,
-                     "scores": [round(v, 5) for v in s.tolist()]})
+    rows = classifier.prediction_rows(examples, ids)
     write_jsonl(output, rows)
     console.print(f"{len(rows)} predictions written to {output}")
 

@@ -67,6 +67,20 @@ class PromptedClassifier:
         scores = choice_scores(self.engine, encoded, self.vectors, self.deltas, self.batch_size)
         return scores / encoded.choice_lengths if self.normalise else scores
 
+    def prediction_rows(self, rows: Sequence[TaskExample | Mapping[str, Any]],
+                        prompt_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """One record per input: the predicted label (or choice text), its index, the prompt used, and the
+        score of every choice."""
+        examples = self.examples(rows)
+        ids = [0] * len(examples) if prompt_ids is None else list(prompt_ids)
+        labels = list(self.task.labels) if self.task.labels is not None else None
+        out = []
+        for e, s, i in zip(examples, self.scores(examples, ids), ids, strict=True):
+            best = int(s.argmax())
+            out.append({"prediction": labels[best] if labels else e.choices[best], "choice": best, "prompt": i,
+                        "scores": [round(v, 5) for v in s.tolist()]})
+        return out
+
     def predict(self, rows: Sequence[TaskExample | Mapping[str, Any]], prompt_ids: Sequence[int] | None = None
                 ) -> list[str]:
         """The predicted label (classification) or choice text (multiple choice) of each input."""

@@ -14,6 +14,7 @@ import torch
 
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
+from softprompt.io import write_json
 from softprompt.metrics import accuracy, macro_f1, roc_auc
 from softprompt.models import LanguageModel
 from softprompt.optimizers import FitResult, GradientDescent, TrainConfig
@@ -180,6 +181,30 @@ def run_task(lm: LanguageModel, task: Task, settings: TaskSettings, config: Trai
                    for i, (s, y) in enumerate(zip(scores, labels, strict=True))]
     run.finish(doc, predictions, prompt)
     return doc
+
+
+def eval_task(lm: LanguageModel, task: Task, prompt: TaskPrompt, examples: Sequence[TaskExample],
+              settings: TaskSettings, out: Path | None = None, prompt_path: Path | None = None,
+              engine: Engine | None = None) -> dict[str, float]:
+    """Metrics of ``prompt`` on ``examples``; with ``out``, also a run directory (predictions, then metrics)."""
+    scores = predict(engine or Engine(lm), prompt, task, examples, settings)
+    labels = [e.label for e in examples]
+    metrics = task_metrics(task, scores, labels)
+    if out is not None:
+        run = RunDir(out, "softprompt task eval")
+        doc = {"task": task.name, "model": lm.name, "prompt": str(prompt_path)}
+        run.start(doc | {"settings": asdict(settings), "examples": len(examples)})
+        run.finish(doc | {"metrics": metrics}, [{"index": i, "label": y, "prediction": int(s.argmax())}
+                                                 for i, (s, y) in enumerate(zip(scores, labels, strict=True))])
+    return metrics
+
+
+def write_summary(out: Path, task: Task, seeds: Sequence[int], docs: Sequence[dict[str, Any]]
+                  ) -> dict[str, dict[str, float]]:
+    """Write ``out``/summary.json (mean and std of every metric over the seeds' runs) and return it."""
+    summary = summarise(docs)
+    write_json(out / "summary.json", {"task": task.name, "seeds": list(seeds), "metrics": summary})
+    return summary
 
 
 def summarise(docs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
