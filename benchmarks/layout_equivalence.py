@@ -166,28 +166,33 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "layout-equivalence")
     # One thread: with two, OpenMP's reductions make two runs of the same code differ at 1e-8 on this CPU.
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--after", help="a commit to take the later code from (default: this checkout)")
     parser.add_argument("--compare-only", action="store_true", help="compare OUT/before and OUT/after as they are")
     args = parser.parse_args()
     git = ["git", "-C", str(ROOT)]
-    commit = subprocess.run([*git, "rev-parse", "--verify", "--quiet", f"{args.before}^{{commit}}"],
-                            capture_output=True, text=True)
-    if commit.returncode:
-        print(f"error: {args.before} is not a commit of {ROOT}", file=sys.stderr)
-        sys.exit(2)
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True).stdout.strip()
+    for rev in (args.before, args.after or "HEAD"):
+        found = subprocess.run([*git, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], capture_output=True)
+        if found.returncode:
+            print(f"error: {rev} is not a commit of {ROOT}", file=sys.stderr)
+            sys.exit(2)
+    short = {rev: subprocess.run([*git, "rev-parse", "--short", rev], capture_output=True, text=True).stdout.strip()
+             for rev in (args.before, args.after or "HEAD")}
+    dirty = not args.after and subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                                              capture_output=True, text=True).stdout.strip()
     out = args.out.resolve()
     if not args.compare_only:
         write_inputs(out / "data")
-        with tempfile.TemporaryDirectory() as scratch:
-            tree = Path(scratch) / "before"
-            subprocess.run([*git, "worktree", "add", "--detach", "--quiet", str(tree), args.before], check=True)
-            try:
-                run_all(tree, out / "before", out / "data", args.threads)
-            finally:
-                subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=True)
-        run_all(ROOT, out / "after", out / "data", args.threads)
+        for side, rev in (("before", args.before), ("after", args.after)):
+            if rev is None:
+                run_all(ROOT, out / side, out / "data", args.threads)
+                continue
+            with tempfile.TemporaryDirectory() as scratch:
+                tree = Path(scratch) / side
+                subprocess.run([*git, "worktree", "add", "--detach", "--quiet", str(tree), rev], check=True)
+                try:
+                    run_all(tree, out / side, out / "data", args.threads)
+                finally:
+                    subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=True)
     before, after = out / "before", out / "after"
     rows = []
     for path in sorted({p.relative_to(before) for p in before.rglob("*") if p.is_file()}
@@ -198,8 +203,9 @@ def main() -> None:
             rows.append((str(path), *compare_file(before / path, after / path, (before, after))))
     rows += loads_old_prompts(before, ROOT, args.threads)
     failures = sum(failed for *_, failed in rows)
-    lines = [f"# Layout equivalence: {commit.stdout.strip()[:7]} (before) against {head}{' + changes' if dirty else ''}"
-             f" (after)", "", f"{args.threads} threads; `{' '.join(sys.argv)}`", "", "| file | result |", "|---|---|"]
+    after_name = f"{short[args.after or 'HEAD']}{' + uncommitted changes' if dirty else ''}"
+    lines = [f"# Layout equivalence: {short[args.before]} (before) against {after_name} (after)", "",
+             f"{args.threads} threads; `{' '.join(sys.argv)}`", "", "| file | result |", "|---|---|"]
     lines += [f"| {path} | {result} |" for path, result, _ in rows]
     lines += ["", f"{failures} difference(s) in tensors, metrics or predictions."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
