@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from softprompt.metrics import answer_ranks, macro_average, ranking_metrics
+from softprompt.metrics import accuracy, answer_ranks, choice_predictions, macro_average, ranking_metrics
 
 
 def test_answer_ranks_hand_built():
-    """The rank is 1 + the number of strictly higher logits; ties count in the gold answer's favour."""
+    """The rank is the number of logits at least as high as the gold one: ties count against the answer, so a
+    constant row ranks the answer last."""
     logits = torch.tensor([
         [1.0, 3.0, 2.0, 3.0],
         [0.0, 0.0, 0.0, 0.0],
@@ -18,7 +19,25 @@ def test_answer_ranks_hand_built():
         [-1.0, -2.0, -3.0, -4.0],
     ])
     answers = torch.tensor([2, 3, 1, 3, 3])
-    assert answer_ranks(logits, answers).tolist() == [3, 1, 2, 1, 4]
+    assert answer_ranks(logits, answers).tolist() == [3, 4, 4, 2, 4]
+
+
+def test_degenerate_scores_never_look_like_success():
+    """A collapsed (constant) or NaN prompt ranks every answer last and predicts no choice."""
+    vocab = 50
+    constant = torch.zeros(3, vocab)
+    nan = torch.full((3, vocab), float("nan"))
+    partly = torch.randn(3, vocab, generator=torch.Generator().manual_seed(0))
+    partly[:, 7] = float("nan")
+    answers = torch.tensor([0, 1, 2])
+    for logits in (constant, nan, partly):
+        assert answer_ranks(logits, answers).tolist() == [vocab] * 3
+        assert ranking_metrics(answer_ranks(logits, answers)) == {"p@1": 0.0, "p@10": 0.0, "mrr": 1 / vocab, "n": 3}
+    inf = torch.tensor([[float("inf"), float("inf"), 0.0]])
+    assert answer_ranks(inf, torch.tensor([0])).tolist() == [2]  # a tie at +inf counts against the answer too
+    scores = torch.tensor([[0.1, 0.9], [float("nan"), 0.0], [float("-inf"), 0.0], [0.7, 0.2]])
+    assert choice_predictions(scores).tolist() == [1, -1, -1, 0]
+    assert accuracy(choice_predictions(scores).tolist(), [1, 1, 1, 0]) == 0.5
 
 
 def test_answer_ranks_are_invariant_to_log_softmax():

@@ -9,6 +9,7 @@ import torch
 
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
+from softprompt.io import write_jsonl
 from softprompt.metrics import answer_ranks, ranking_metrics
 from softprompt.optimizers import TrainConfig
 from softprompt.probing import Fact, Relation
@@ -182,3 +183,24 @@ def test_run_probe_refuses_empty_training_split_before_writing(causal_lm, tmp_pa
     with pytest.raises(SoftpromptError, match="the train split has no usable facts"):
         run_probe(causal_lm, relation, out, mode="soft", progress=False)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", [float("nan"), 0.0])
+def test_a_degenerate_prompt_scores_nothing_and_writes_valid_json(causal_lm, tmp_path, value):
+    """A prompt of NaNs (or one that makes every word equally likely) ranks every answer last, and its
+    predictions are strict JSON (non-finite log-probabilities become null)."""
+    data = encode_relation(euro_relation(), causal_lm)
+    prompt = SoftPrompt(data.encoder)
+    with torch.no_grad():
+        prompt.weight.fill_(value)
+    engine = Engine(causal_lm)
+    if value == 0.0:  # a collapsed model output: every vocabulary item scored alike
+        engine.project = lambda hidden: torch.zeros(*hidden.shape[:-1], causal_lm.vocab_size)
+    metrics, rows = evaluate(engine, prompt, data, "test")
+    assert metrics["p@1"] == metrics["p@10"] == 0.0 and metrics["mrr"] == pytest.approx(1 / causal_lm.vocab_size)
+    write_jsonl(tmp_path / "p.jsonl", rows)
+    parsed = [json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+              for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert all(r["rank"] == causal_lm.vocab_size for r in parsed)
+    if value != value:  # NaN
+        assert all(r["answer_logprob"] is None for r in parsed)

@@ -237,3 +237,43 @@ def test_mean_loss_is_the_mean_cross_entropy(task):
     expected = -logits.log_softmax(-1)[torch.arange(len(dev)), [e.answer_id for e in dev]].mean().item()
     for batch_size in (1, 5, 100):
         assert mean_loss(engine, prompt, dev, batch_size) == pytest.approx(expected, rel=1e-5)
+
+
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(task, tmp_path, monkeypatch):
+    """A loss or prompt that turns non-finite stops training with a clear error; the checkpoint of the last
+    finished epoch stays as it was."""
+    engine, encoder, train, dev = task
+    config = TrainConfig(lr=0.05, batch_size=8, max_epochs=3, patience=3)
+    checkpoint = tmp_path / "ck.safetensors"
+    real = train_module.backward_answer_loss
+    steps = {"n": 0}
+
+    def poisoned(engine, prompt, batch):  # the 7th step (in epoch 2) returns NaN
+        steps["n"] += 1
+        return real(engine, prompt, batch) if steps["n"] != 7 else float("nan")
+
+    monkeypatch.setattr(train_module, "backward_answer_loss", poisoned)
+    with pytest.raises(SoftpromptError, match=r"diverged in epoch 2 \(a training loss of nan\); the checkpoint of "
+                                              r"epoch 1, the last good one, is kept"):
+        train_prompt(engine, SoftPrompt(encoder), train, dev, config, checkpoint=checkpoint, progress=False)
+    with safe_open(str(checkpoint), framework="pt") as f:
+        assert json.loads(f.metadata()["softprompt.checkpoint"])["state"]["epoch"] == 1
+        assert all(f.get_tensor(k).isfinite().all() for k in f.keys())  # noqa: SIM118
+    def blown_up(engine, prompt, batch):  # the 3rd step leaves the prompt at infinity, as too large a step would
+        steps["n"] += 1
+        loss = real(engine, prompt, batch)
+        if steps["n"] == 3:
+            with torch.no_grad():
+                prompt.weight[0, 0] = float("inf")
+        return loss
+
+    steps["n"] = 0
+    monkeypatch.setattr(train_module, "backward_answer_loss", blown_up)
+    with pytest.raises(SoftpromptError, match=r"diverged in epoch 1 \(non-finite prompt parameters\); start over"):
+        train_prompt(engine, SoftPrompt(encoder), train, dev, config, progress=False)
+    monkeypatch.setattr(train_module, "backward_answer_loss", real)
+    nan_prompt = SoftPrompt(encoder)
+    with torch.no_grad():
+        nan_prompt.weight.fill_(float("nan"))
+    with pytest.raises(SoftpromptError, match="the initial prompt's dev loss is nan"):
+        train_prompt(engine, nan_prompt, train, dev, config, progress=False)

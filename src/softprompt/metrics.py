@@ -1,4 +1,9 @@
-"""Metrics: ranking over the full vocabulary (P@1, P@10, MRR) and classification (accuracy, macro-F1, ROC-AUC)."""
+"""Metrics: ranking over the full vocabulary (P@1, P@10, MRR) and classification (accuracy, macro-F1, ROC-AUC).
+
+A metric never flatters a degenerate prompt. Ranks count ties against the gold answer (a prompt that gives
+every word the same score ranks the answer last, not first), and a row with a NaN score ranks it last
+too. A classification row with any non-finite score predicts no choice (-1), which is always wrong.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,17 @@ import torch
 
 
 def answer_ranks(logits: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
-    """1-based rank of each gold answer among all vocabulary items (ties resolved in its favour)."""
+    """1-based rank of each gold answer among all vocabulary items: 1 + the number of other items scored at
+    least as high (ties count against the answer); the last rank where the row holds a NaN."""
     gold = logits.gather(1, answer_ids[:, None])
-    return (logits > gold).sum(1) + 1
+    ranks = (logits >= gold).sum(1)
+    return ranks.masked_fill(logits.isnan().any(1), logits.shape[1])
+
+
+def choice_predictions(scores: torch.Tensor) -> torch.Tensor:
+    """The highest-scoring choice of each row of (N, C) scores, or -1 (no prediction, always wrong) for a row
+    with a non-finite score."""
+    return scores.argmax(-1).masked_fill(~scores.isfinite().all(-1), -1)
 
 
 def ranking_metrics(ranks: Iterable[int]) -> dict[str, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -56,6 +57,9 @@ class GradientDescent(Optimizer):
         state = load_checkpoint(checkpoint, prompt, optimizer, identity) if resume and checkpoint else None
         if state is None:
             initial = objective.dev_loss()
+            if not math.isfinite(initial):
+                raise SoftpromptError(f"the initial prompt's dev loss is {initial}: its vectors or the data are "
+                                      "degenerate; start from another prompt")
             state = {"epoch": 0, "best_epoch": 0, "best_dev_loss": initial, "bad_epochs": 0,
                      "history": [{"epoch": 0, "dev_loss": initial}]}
             best = copy_state(prompt)
@@ -70,11 +74,19 @@ class GradientDescent(Optimizer):
             backward = self.epoch_backward(objective, epoch)
             batches = length_batches(objective.items, config.batch_size, shuffle_seed=epoch_seed(config.seed, epoch))
             total = 0.0
+            kept = state["epoch"] if checkpoint and state["epoch"] else None  # the checkpoint on disk, if any
             for idx in progress_bar(batches, f"epoch {epoch}", self.progress):
                 optimizer.zero_grad(set_to_none=True)
-                total += backward(idx) * len(idx)
+                loss = backward(idx)
                 optimizer.step()
+                if not math.isfinite(loss):
+                    raise diverged(epoch, f"a training loss of {loss}", kept)
+                if not all(p.isfinite().all() for g in groups for p in g["params"]):
+                    raise diverged(epoch, "non-finite prompt parameters", kept)
+                total += loss * len(idx)
             dev_loss = objective.dev_loss()
+            if not math.isfinite(dev_loss):
+                raise diverged(epoch, f"a dev loss of {dev_loss}", kept)
             train_loss = total / len(objective.items)
             state["history"].append({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss})
             state["epoch"] = epoch
@@ -90,6 +102,13 @@ class GradientDescent(Optimizer):
                 save_checkpoint(checkpoint, prompt, best, optimizer, state, identity)
         prompt.load_state_dict(best)
         return FitResult(prompt, state["best_epoch"], state["best_dev_loss"], state["history"], earlier)
+
+
+def diverged(epoch: int, what: str, kept: int | None) -> SoftpromptError:
+    """Training produced a non-finite loss or prompt: stop, rather than train on or report garbage."""
+    where = f"; the checkpoint of epoch {kept}, the last good one, is kept" if kept is not None else ""
+    return SoftpromptError(f"training diverged in epoch {epoch} ({what}){where}; start over with a lower "
+                           "learning rate (--lr, and --force to replace the run)")
 
 
 def save_checkpoint(

@@ -10,6 +10,7 @@ import torch
 
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
+from softprompt.metrics import choice_predictions
 from softprompt.models import LanguageModel
 from softprompt.prompts import TaskPrompt, stack_prompts
 from softprompt.tasks.scoring import (
@@ -75,19 +76,17 @@ class PromptedClassifier:
         ids = [0] * len(examples) if prompt_ids is None else list(prompt_ids)
         labels = list(self.task.labels) if self.task.labels is not None else None
         out = []
-        for e, s, i in zip(examples, self.scores(examples, ids), ids, strict=True):
-            best = int(s.argmax())
-            out.append({"prediction": labels[best] if labels else e.choices[best], "choice": best, "prompt": i,
-                        "scores": [round(v, 5) for v in s.tolist()]})
+        scores = self.scores(examples, ids)
+        for e, s, i, best in zip(examples, scores, ids, choice_predictions(scores).tolist(), strict=True):
+            name = None if best < 0 else labels[best] if labels else e.choices[best]
+            out.append({"prediction": name, "choice": best, "prompt": i, "scores": [round(v, 5) for v in s.tolist()]})
         return out
 
     def predict(self, rows: Sequence[TaskExample | Mapping[str, Any]], prompt_ids: Sequence[int] | None = None
-                ) -> list[str]:
-        """The predicted label (classification) or choice text (multiple choice) of each input."""
-        examples = self.examples(rows)
-        best = self.scores(examples, prompt_ids).argmax(-1).tolist()
-        labels = list(self.task.labels) if self.task.labels is not None else None
-        return [labels[b] if labels else e.choices[b] for e, b in zip(examples, best, strict=True)]
+                ) -> list[str | None]:
+        """The predicted label (classification) or choice text (multiple choice) of each input (None where the
+        prompt gives no finite scores)."""
+        return [r["prediction"] for r in self.prediction_rows(rows, prompt_ids)]
 
 
 def generate(lm: LanguageModel, prompt: TaskPrompt | None, text: str, max_new_tokens: int = 32,

@@ -3,6 +3,7 @@ and run directories that can be resumed."""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ import torch
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.io import write_json
-from softprompt.metrics import accuracy, macro_f1, roc_auc
+from softprompt.metrics import accuracy, choice_predictions, macro_f1, roc_auc
 from softprompt.models import LanguageModel
 from softprompt.optimizers import FitResult, GradientDescent, TrainConfig
 from softprompt.prompts.task import INITS, LAYOUTS, TaskPrompt, count_markers
@@ -128,7 +129,7 @@ def predict(engine: Engine, prompt: TaskPrompt | None, task: Task, examples: Seq
 
 
 def task_metrics(task: Task, scores: torch.Tensor, labels: Sequence[int]) -> dict[str, float]:
-    predictions = scores.argmax(-1).tolist()
+    predictions = choice_predictions(scores).tolist()
     out: dict[str, float] = {"n": len(labels)}
     for name in task.metrics:
         if name == "accuracy":
@@ -137,7 +138,10 @@ def task_metrics(task: Task, scores: torch.Tensor, labels: Sequence[int]) -> dic
             out[name] = macro_f1(predictions, labels, task.num_choices)
         else:
             margin = scores.log_softmax(-1)
-            out[name] = roc_auc((margin[:, 1] - margin[:, 0]).tolist(), labels)
+            margin = margin[:, 1] - margin[:, 0]
+            # A row without a finite margin gets the worst one for its label.
+            worst = torch.tensor([-math.inf if y == 1 else math.inf for y in labels], dtype=margin.dtype)
+            out[name] = roc_auc(torch.where(margin.isfinite(), margin, worst).tolist(), labels)
     return out
 
 
@@ -177,8 +181,8 @@ def run_task(lm: LanguageModel, task: Task, settings: TaskSettings, config: Trai
     labels = [e.label for e in evaluation]
     doc["metrics"] = task_metrics(task, scores, labels)
     doc["num_vectors"] = prompt.length
-    predictions = [{"index": i, "label": y, "prediction": int(s.argmax()), "scores": [round(v, 5) for v in s.tolist()]}
-                   for i, (s, y) in enumerate(zip(scores, labels, strict=True))]
+    predictions = [{"index": i, "label": y, "prediction": p, "scores": [round(v, 5) for v in s.tolist()]}
+                   for i, (s, y, p) in enumerate(zip(scores, labels, choice_predictions(scores).tolist(), strict=True))]
     run.finish(doc, predictions, prompt)
     return doc
 
@@ -194,8 +198,9 @@ def eval_task(lm: LanguageModel, task: Task, prompt: TaskPrompt, examples: Seque
         run = RunDir(out, "softprompt task eval")
         doc = {"task": task.name, "model": lm.name, "prompt": str(prompt_path)}
         run.start(doc | {"settings": asdict(settings), "examples": len(examples)})
-        run.finish(doc | {"metrics": metrics}, [{"index": i, "label": y, "prediction": int(s.argmax())}
-                                                 for i, (s, y) in enumerate(zip(scores, labels, strict=True))])
+        chosen = choice_predictions(scores).tolist()
+        run.finish(doc | {"metrics": metrics}, [{"index": i, "label": y, "prediction": p}
+                                                 for i, (y, p) in enumerate(zip(labels, chosen, strict=True))])
     return metrics
 
 
