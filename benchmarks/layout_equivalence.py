@@ -104,9 +104,9 @@ def run_all(tree: Path, out: Path, data: Path, threads: int) -> None:
 
 
 def untimed(value: Any) -> Any:
-    """``value`` without timing fields (they differ between any two runs)."""
+    """``value`` without timing fields and run ids (they differ between any two runs)."""
     if isinstance(value, dict):
-        return {k: untimed(v) for k, v in value.items() if "seconds" not in k and k != "threads"}
+        return {k: untimed(v) for k, v in value.items() if "seconds" not in k and k not in ("threads", "run_id")}
     if isinstance(value, list):
         return [untimed(v) for v in value]
     return value
@@ -131,6 +131,7 @@ def compare_file(before: Path, after: Path, roots: tuple[Path, Path]) -> tuple[s
         a, b = (json.loads(path.read_text().replace(str(root), "OUT")) for path, root in zip((before, after), roots,
                                                                                            strict=True))
         if before.name == "config.json":  # a refactor may record more settings
+            a, b = untimed(a), untimed(b)
             added = sorted(set(b) - set(a))
             changed = sorted(k for k in a if a[k] != b.get(k))
             return (f"same{'; added ' + ', '.join(added) if added else ''}" if not changed

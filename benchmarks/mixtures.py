@@ -196,7 +196,7 @@ def digest(obj: Any, length: int = 64) -> str:
 
 
 # Dropped from published metrics: the prompt sets' wordings come from LPAQA / LAMA files we must not copy.
-UNPUBLISHED = ("templates", "sources")
+UNPUBLISHED = ("templates", "sources", "run_id")  # run_id only ties a run's own files together
 
 
 def publish(run: Path, record: Path) -> None:

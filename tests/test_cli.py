@@ -111,7 +111,7 @@ def test_train_then_eval_reproduces_metrics(
     result = invoke("probe", "eval", "--data", data_dir, "--model", model_dirs["causal"], "--prompt", run,
                     "--out", evaluated)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in evaluated.iterdir()) == ["config.json", "metrics.json", "predictions.jsonl"]
+    assert sorted(p.name for p in evaluated.iterdir()) == [".lock", "config.json", "metrics.json", "predictions.jsonl"]
     assert read_json(evaluated / "metrics.json")["test"] == trained["test"]
     assert (evaluated / "predictions.jsonl").read_text() == (run / "predictions.jsonl").read_text()
 

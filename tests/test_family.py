@@ -4,6 +4,7 @@ files still read), one optimizer interface, and one run-directory rule."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -188,8 +189,8 @@ def test_warmup_history_continues_the_epoch_count(causal_lm):
 def test_run_directory_rule(tmp_path):
     run = RunDir(tmp_path / "run", "softprompt probe train")
     run.prepare()  # nothing there yet
-    run.start({"model": "m", "lr": 0.1})
-    run.checkpoint.write_bytes(b"x")
+    with run.open({"model": "m", "lr": 0.1}):
+        run.checkpoint.write_bytes(b"x")
     with pytest.raises(SoftpromptError, match="interrupted training run; continue it with softprompt probe train "
                                               "--resume"):
         run.prepare()
@@ -197,8 +198,10 @@ def test_run_directory_rule(tmp_path):
     with pytest.raises(SoftpromptError, match=r"started with other settings \(lr\)"):
         run.prepare(resume=True, settings={"model": "m", "lr": 0.2})
     run.prepare(force=True, settings={"model": "m", "lr": 0.2})
-    run.finish({"p@1": 1.0}, [{"a": 1}])
-    assert run.finished and run.metrics() == {"p@1": 1.0}
+    with run.open({"model": "m", "lr": 0.1}, resume=True):
+        first_id = run.run_id[0]
+        written = run.finish({"p@1": 1.0}, [{"a": 1}])
+    assert run.finished and run.metrics() == written == {"p@1": 1.0, "run_id": first_id}
     assert (run.path / "predictions.jsonl").read_text() == '{"a": 1}\n'
     with pytest.raises(SoftpromptError, match="already holds a finished run"):
         run.prepare()
@@ -208,3 +211,45 @@ def test_run_directory_rule(tmp_path):
     (run.path / "config.json").write_text("{not json")
     with pytest.raises(SoftpromptError, match="cannot read it"):
         run.changed({"model": "m"})
+
+
+def test_a_new_run_clears_the_old_one_first_and_readers_refuse_mixed_files(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with run.open({"lr": 0.1}):
+        run.checkpoint.write_bytes(b"old")
+        (run.path / ".prompt.safetensors.abc.tmp").write_bytes(b"left by a kill")
+        run.finish({"p@1": 0.5}, [{"old": True}])
+    removed = []
+    real_unlink = Path.unlink
+
+    def unlink(path, missing_ok=False):
+        removed.append(path.name)
+        real_unlink(path, missing_ok=missing_ok)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "unlink", unlink)
+        with run.open({"lr": 0.2}):
+            # The finished marker goes first, the old identity last: a kill in between never shows old results
+            # as finished next to new settings.
+            assert removed[0] == "metrics.json"
+            assert removed.index("config.json") > removed.index("checkpoint.safetensors")
+            assert sorted(p.name for p in run.path.iterdir()) == [".lock", "config.json"]
+            new_id = run.run_id[0]
+    assert json.loads((run.path / "config.json").read_text()) == {"lr": 0.2, "run_id": new_id}
+    # A directory whose metrics.json is from another run (an overwrite that was interrupted by an older version).
+    (run.path / "metrics.json").write_text(json.dumps({"p@1": 1.0, "run_id": "someone-else"}))
+    with pytest.raises(SoftpromptError, match=r"metrics\.json and config\.json belong to different runs; rerun it "
+                                              "with --force"):
+        run.metrics()
+
+
+def test_a_run_directory_has_one_writer_at_a_time(tmp_path):
+    run, other = RunDir(tmp_path / "run"), RunDir(tmp_path / "run")
+    with run.open({"lr": 0.1}):
+        with pytest.raises(SoftpromptError, match=rf"{run.path} is in use by another run \(process {os.getpid()}\)"):
+            other.prepare()
+        with pytest.raises(SoftpromptError, match="is in use by another run"), other.open({"lr": 0.2}):
+            pass
+        assert json.loads((run.path / "config.json").read_text())["lr"] == 0.1  # the second run wrote nothing
+    with other.open({"lr": 0.2}):  # released when the first run ends
+        pass

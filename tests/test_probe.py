@@ -115,7 +115,7 @@ def test_hard_probe_writes_a_complete_run(which, request, tmp_path):
     out = tmp_path / "run"
     doc = run_probe(lm, capital_relation(), out, mode="hard", progress=False)
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "metrics.json", "predictions.jsonl", "prompt.safetensors"
+        ".lock", "config.json", "metrics.json", "predictions.jsonl", "prompt.safetensors"
     ]
     config, metrics, rows = read_run(out)
     assert metrics == doc

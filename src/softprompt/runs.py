@@ -5,13 +5,24 @@ A run directory holds ``config.json`` (the settings that identify the run, writt
 ``prompt.safetensors``, ``predictions.jsonl`` and, written last so that its presence marks the run as
 finished, ``metrics.json``. Every file is written atomically. One rule decides whether a run may start in
 a directory (``RunDir.prepare``), and one check says which settings differ from the stored run's.
+
+A run holds the directory's lock (``.lock``, an advisory ``flock`` that the system releases when the process
+ends, so a crash leaves no stale lock) from before it touches anything until it is done: a second run into
+the same directory stops with one line instead of mixing its files with the first's. A new run first
+removes what an earlier one left, ``metrics.json`` first, so that a kill at any moment leaves either part of
+the old run (never marked finished) or nothing of it; config.json and metrics.json carry one ``run_id``,
+and a reader refuses a directory whose two files disagree.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import os
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +35,10 @@ METRICS = "metrics.json"
 PREDICTIONS = "predictions.jsonl"
 PROMPT = "prompt.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
+WARMUP = "warmup.safetensors"
+LOCK = ".lock"
+# What a run leaves, in the order a new run removes it: the finished marker first, the identity last.
+RUN_FILES = (METRICS, PREDICTIONS, PROMPT, CHECKPOINT, WARMUP, CONFIG)
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,7 @@ class RunDir:
 
     path: Path
     command: str = "softprompt"
+    run_id: list[str] = field(default_factory=list, compare=False)  # set by open(): one id per run
 
     @property
     def checkpoint(self) -> Path:
@@ -43,15 +59,9 @@ class RunDir:
 
     def changed(self, settings: Mapping[str, Any]) -> list[str]:
         """The names of ``settings`` that differ from those of the run stored here (none if there is none)."""
-        path = self.path / CONFIG
-        if not path.is_file():
+        if not (self.path / CONFIG).is_file():
             return []
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise SoftpromptError(
-                f"{path}: cannot read it ({err}); delete {self.path} or use another directory"
-            ) from err
+        stored = self._json(CONFIG)
         return [key for key, value in settings.items() if stored.get(key) != value]
 
     def prepare(self, force: bool = False, resume: bool = False, settings: Mapping[str, Any] | None = None) -> None:
@@ -59,6 +69,9 @@ class RunDir:
         (``resume``, which needs the same ``settings`` as the stored run)."""
         if self.path.exists() and not self.path.is_dir():
             raise SoftpromptError(f"--out {self.path} is a file; the run directory must be a directory")
+        if (self.path / LOCK).is_file():
+            with self.lock():  # fail now, before any work, if another run holds the directory
+                pass
         if not (force or resume):
             if self.finished:
                 raise SoftpromptError(f"{self.path} already holds a finished run (metrics.json); pass --force to "
@@ -70,18 +83,67 @@ class RunDir:
             raise SoftpromptError(f"{self.path} was started with other settings ({', '.join(changed)}); resume with "
                                   "the same options, or pass --force instead of --resume to start over")
 
-    def start(self, config: Mapping[str, Any]) -> None:
-        """Create the directory and record the run's settings, before any work."""
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the directory's lock, or stop at once if another process holds it."""
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json(self.path / CONFIG, dict(config))
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise SoftpromptError(f"{self.path} is in use by another run (process {holder}); wait for it to "
+                                      "finish, or choose another --out") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @contextmanager
+    def open(self, config: Mapping[str, Any], resume: bool = False) -> Iterator[RunDir]:
+        """Lock the directory, clear what an earlier run left (unless ``resume``: then keep it and its
+        run_id) and record this run's settings; the body does the work and calls ``finish``."""
+        with self.lock():
+            stored = self._json(CONFIG) if resume and (self.path / CONFIG).is_file() else {}
+            if not resume:
+                self.clear()
+            self.run_id[:] = [stored.get("run_id") or uuid.uuid4().hex]
+            write_json(self.path / CONFIG, dict(config) | {"run_id": self.run_id[0]})
+            yield self
+
+    def clear(self) -> None:
+        """Remove an earlier run's files (the finished marker first) and temporary files a kill left."""
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def finish(self, metrics: Mapping[str, Any], predictions: Sequence[dict[str, Any]], prompt: Prompt | None = None,
-               prompt_extra: dict[str, Any] | None = None) -> None:
-        """Write the prompt, the predictions and, last, the metrics."""
+               prompt_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write the prompt, the predictions and, last, the metrics (within ``open``); return the metrics as
+        written."""
         if prompt is not None:
             prompt.save(self.path / PROMPT, extra=prompt_extra)
         write_jsonl(self.path / PREDICTIONS, list(predictions))
-        write_json(self.path / METRICS, dict(metrics))
+        doc = dict(metrics) | {"run_id": self.run_id[0]}
+        write_json(self.path / METRICS, doc)
+        return doc
+
+    def _json(self, name: str) -> dict[str, Any]:
+        path = self.path / name
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise SoftpromptError(f"{path}: cannot read it ({err}); rerun with --force, or use another "
+                                  "directory") from err
 
     def metrics(self) -> dict[str, Any]:
-        return json.loads((self.path / METRICS).read_text(encoding="utf-8"))
+        """The finished run's metrics, refused when config.json belongs to another run (an interrupted
+        overwrite by a version that did not clear first)."""
+        metrics, config = self._json(METRICS), self._json(CONFIG) if (self.path / CONFIG).is_file() else {}
+        if metrics.get("run_id") != config.get("run_id"):
+            raise SoftpromptError(f"{self.path}: metrics.json and config.json belong to different runs; rerun it "
+                                  "with --force")
+        return metrics

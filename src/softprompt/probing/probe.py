@@ -162,22 +162,21 @@ def run_probe(
     # Refuse unusable data before anything is written to the run directory.
     require_facts(data, ("train", "dev", "test") if mode != "hard" else ("test",),
                   "training needs facts in train, dev and test (a split directory)")
-    run = RunDir(out)
-    run.start(run_settings(lm, relation, mode, init, config, limits) | {
+    run = RunDir(out, "softprompt probe train")
+    settings = run_settings(lm, relation, mode, init, config, limits) | {
         "examples": {s: len(e) for s, e in data.splits.items()}, "dropped_multi_token": data.dropped,
-    })
-    result: FitResult | None = None
-    if mode != "hard":
-        result = train_prompt(engine, prompt, data.splits["train"], data.splits["dev"], config,
-                              checkpoint=run.checkpoint, resume=resume, progress=progress)
-    metrics, rows = evaluate(engine, prompt, data, "test", config.eval_batch_size)
-    metrics_doc = {"relation": relation.name, "mode": mode, "init": init, "test": metrics,
-                   "dropped_multi_token": data.dropped}
-    if result is not None:
-        metrics_doc |= {"best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss,
-                        "history": result.history}
-    run.finish(metrics_doc, rows, prompt, {"relation": relation.name})
-    return metrics_doc
+    }
+    with run.open(settings, resume):
+        result: FitResult | None = None
+        if mode != "hard":
+            result = train_prompt(engine, prompt, data.splits["train"], data.splits["dev"], config,
+                                  checkpoint=run.checkpoint, resume=resume, progress=progress)
+        metrics, rows = evaluate(engine, prompt, data, "test", config.eval_batch_size)
+        doc = {"relation": relation.name, "mode": mode, "init": init, "test": metrics,
+               "dropped_multi_token": data.dropped}
+        if result is not None:
+            doc |= {"best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history}
+        return run.finish(doc, rows, prompt, {"relation": relation.name})
 
 
 def eval_probe(
@@ -193,14 +192,14 @@ def eval_probe(
         raise SoftpromptError(f"{prompt_path} holds a {scored.kind} prompt; probe eval scores hard, soft and deep "
                               "prompts (evaluate mixtures with mixture train --tune none, task prompts with task eval)")
     metrics, rows = evaluate(engine or Engine(lm), scored, data, split)
-    run = RunDir(out)
-    run.start({
+    settings = {
         "model": lm.name, "relation": relation.name, "template": relation.template, "mode": scored.kind,
         "init": scored.init, "prompt": str(prompt_path) if prompt_path is not None else None, "split": split,
         "limits": limits or {}, "examples": {split: len(data.splits[split])},
         "dropped_multi_token": data.dropped,
-    })
+    }
     doc = {"relation": relation.name, "mode": scored.kind, "init": scored.init, split: metrics,
            "dropped_multi_token": data.dropped}
-    run.finish(doc, rows)
-    return doc, data
+    run = RunDir(out, "softprompt probe eval")
+    with run.open(settings):
+        return run.finish(doc, rows), data

@@ -162,29 +162,29 @@ def run_task(lm: LanguageModel, task: Task, settings: TaskSettings, config: Trai
         raise SoftpromptError(f"task {task.name!r}: training a {settings.kind} prompt needs a train split")
     identity = task_run_settings(lm, task, settings, config)
     run = RunDir(out, "softprompt task train")
-    run.start(identity)
-    doc: dict[str, Any] = dict(identity)
-    start = time.perf_counter()
-    earlier = 0.0
-    if settings.kind != "hard":
-        train_part, dev_part = split_data(task, train, settings, seed)
-        result = fit(engine, prompt, task, train_part, dev_part, settings, config, run.checkpoint, resume, progress)
-        earlier = result.earlier_seconds
-        doc |= {"train_examples": len(train_part), "dev_examples": len(dev_part), "best_epoch": result.best_epoch,
-                "best_dev_loss": result.best_dev_loss, "history": result.history}
-    # A resumed run's training time includes what its interrupted calls had checkpointed.
-    doc["train_seconds"] = earlier + time.perf_counter() - start
-    evaluation = list(evaluation)[: settings.eval_limit] if settings.eval_limit else list(evaluation)
-    start = time.perf_counter()
-    scores = predict(engine, prompt, task, evaluation, settings, config.eval_batch_size)
-    doc["eval_seconds"] = time.perf_counter() - start
-    labels = [e.label for e in evaluation]
-    doc["metrics"] = task_metrics(task, scores, labels)
-    doc["num_vectors"] = prompt.length
-    predictions = [{"index": i, "label": y, "prediction": p, "scores": [round(v, 5) for v in s.tolist()]}
-                   for i, (s, y, p) in enumerate(zip(scores, labels, choice_predictions(scores).tolist(), strict=True))]
-    run.finish(doc, predictions, prompt)
-    return doc
+    with run.open(identity, resume):
+        doc: dict[str, Any] = dict(identity)
+        start = time.perf_counter()
+        earlier = 0.0
+        if settings.kind != "hard":
+            train_part, dev_part = split_data(task, train, settings, seed)
+            result = fit(engine, prompt, task, train_part, dev_part, settings, config, run.checkpoint, resume, progress)
+            earlier = result.earlier_seconds
+            doc |= {"train_examples": len(train_part), "dev_examples": len(dev_part), "best_epoch": result.best_epoch,
+                    "best_dev_loss": result.best_dev_loss, "history": result.history}
+        # A resumed run's training time includes what its interrupted calls had checkpointed.
+        doc["train_seconds"] = earlier + time.perf_counter() - start
+        evaluation = list(evaluation)[: settings.eval_limit] if settings.eval_limit else list(evaluation)
+        start = time.perf_counter()
+        scores = predict(engine, prompt, task, evaluation, settings, config.eval_batch_size)
+        doc["eval_seconds"] = time.perf_counter() - start
+        labels = [e.label for e in evaluation]
+        doc["metrics"] = task_metrics(task, scores, labels)
+        doc["num_vectors"] = prompt.length
+        chosen = choice_predictions(scores).tolist()
+        predictions = [{"index": i, "label": y, "prediction": p, "scores": [round(v, 5) for v in s.tolist()]}
+                       for i, (s, y, p) in enumerate(zip(scores, labels, chosen, strict=True))]
+        return run.finish(doc, predictions, prompt)
 
 
 def eval_task(lm: LanguageModel, task: Task, prompt: TaskPrompt, examples: Sequence[TaskExample],
@@ -197,10 +197,10 @@ def eval_task(lm: LanguageModel, task: Task, prompt: TaskPrompt, examples: Seque
     if out is not None:
         run = RunDir(out, "softprompt task eval")
         doc = {"task": task.name, "model": lm.name, "prompt": str(prompt_path)}
-        run.start(doc | {"settings": asdict(settings), "examples": len(examples)})
         chosen = choice_predictions(scores).tolist()
-        run.finish(doc | {"metrics": metrics}, [{"index": i, "label": y, "prediction": p}
-                                                 for i, (y, p) in enumerate(zip(labels, chosen, strict=True))])
+        with run.open(doc | {"settings": asdict(settings), "examples": len(examples)}):
+            run.finish(doc | {"metrics": metrics}, [{"index": i, "label": y, "prediction": p}
+                                                     for i, (y, p) in enumerate(zip(labels, chosen, strict=True))])
     return metrics
 
 

@@ -22,7 +22,7 @@ from softprompt.probing.mixture.scoring import SPARSE_DRAWS, SparseDraw, evaluat
 from softprompt.probing.probe import require_facts
 from softprompt.probing.relations import Relation
 from softprompt.prompts import MixturePrompt, effective_prompts
-from softprompt.runs import RunDir
+from softprompt.runs import WARMUP, RunDir
 
 METHODS = ("gradient", "em")  # the optimizers that train a mixture
 
@@ -113,10 +113,7 @@ def run_mixture(
         raise SoftpromptError(f"--prune-after {warmup} leaves no epoch to train the pruned mixture; give fewer "
                               f"epochs than --epochs {config.max_epochs}")
     identity = mixture_settings(lm, relation, settings, config, limits)
-    run = RunDir(out)
-    # Pruning keeps every fact: each prompt of a mixture tokenises the answers alike.
-    run.start(identity | {"examples": {s: len(e) for s, e in data.splits.items()},
-                          "dropped_multi_token": data.dropped, "prompt_set": asdict(report)})
+    run = RunDir(out, "softprompt mixture train")
     checkpoint_settings = {k: v for k, v in identity.items() if k != "train"}
 
     def fit(mixture: MixturePrompt, data: MixtureData, epochs: int, checkpoint: Path) -> FitResult:
@@ -126,37 +123,39 @@ def run_mixture(
         optimizer = OPTIMIZERS[settings.method](replace(config, max_epochs=epochs), progress)
         return optimizer.fit(objective, checkpoint, resume, checkpoint_settings)
 
-    warmed = fit(mixture, data, warmup, out / "warmup.safetensors") if warmup else None
-    if pruning:
-        chosen, fitted = select_prompts(engine, mixture, data.splits["dev"], settings.top_k, settings.max_rows,
-                                        settings.selection)
-        mixture = mixture.subset(chosen)
-        data = encode_mixture_data(relation, mixture, limits)
-    result: FitResult | None = None
-    if training:
-        result = fit(mixture, data, config.max_epochs - warmup, run.checkpoint)
-        if warmed is not None:
-            result = warmup_history(warmed, result, warmup)
-    # A resumed run costs what its interrupted calls had checkpointed as well as this call's time.
-    earlier = result.earlier_seconds if result is not None else 0.0
-    fit_seconds = earlier + time.perf_counter() - started
-    metrics, rows = evaluate_mixture(engine, mixture, data, "test", settings.max_rows)
-    doc: dict[str, Any] = {
-        "relation": relation.name, "prompts": settings.prompts, "mode": settings.mode, "method": settings.method,
-        "tune": settings.tune, "data_dependent": settings.data_dependent, "test": metrics,
-        "dropped_multi_token": data.dropped, "prompt_set": asdict(report), "num_prompts": len(mixture),
-        "weights": mixture.weights(), "effective_prompts": effective_prompts(mixture.weights()),
-        "temperature": mixture.temperature, "templates": [e.template.text for e in mixture.encoders],
-        "sources": mixture.sources, "seconds": {"fit": fit_seconds,
-                                                "total": earlier + time.perf_counter() - started},
-        "threads": torch.get_num_threads(),
-    }
-    if fitted is not None:
-        doc["selection_weights"] = fitted
-    if result is not None:
-        doc |= {"best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history}
-    run.finish(doc, rows, mixture, {"relation": relation.name})
-    return doc
+    # Pruning keeps every fact: each prompt of a mixture tokenises the answers alike.
+    with run.open(identity | {"examples": {s: len(e) for s, e in data.splits.items()},
+                              "dropped_multi_token": data.dropped, "prompt_set": asdict(report)}, resume):
+        warmed = fit(mixture, data, warmup, run.path / WARMUP) if warmup else None
+        if pruning:
+            chosen, fitted = select_prompts(engine, mixture, data.splits["dev"], settings.top_k, settings.max_rows,
+                                            settings.selection)
+            mixture = mixture.subset(chosen)
+            data = encode_mixture_data(relation, mixture, limits)
+        result: FitResult | None = None
+        if training:
+            result = fit(mixture, data, config.max_epochs - warmup, run.checkpoint)
+            if warmed is not None:
+                result = warmup_history(warmed, result, warmup)
+        # A resumed run costs what its interrupted calls had checkpointed as well as this call's time.
+        earlier = result.earlier_seconds if result is not None else 0.0
+        fit_seconds = earlier + time.perf_counter() - started
+        metrics, rows = evaluate_mixture(engine, mixture, data, "test", settings.max_rows)
+        doc: dict[str, Any] = {
+            "relation": relation.name, "prompts": settings.prompts, "mode": settings.mode, "method": settings.method,
+            "tune": settings.tune, "data_dependent": settings.data_dependent, "test": metrics,
+            "dropped_multi_token": data.dropped, "prompt_set": asdict(report), "num_prompts": len(mixture),
+            "weights": mixture.weights(), "effective_prompts": effective_prompts(mixture.weights()),
+            "temperature": mixture.temperature, "templates": [e.template.text for e in mixture.encoders],
+            "sources": mixture.sources, "seconds": {"fit": fit_seconds,
+                                                    "total": earlier + time.perf_counter() - started},
+            "threads": torch.get_num_threads(),
+        }
+        if fitted is not None:
+            doc["selection_weights"] = fitted
+        if result is not None:
+            doc |= {"best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history}
+        return run.finish(doc, rows, mixture, {"relation": relation.name})
 
 
 def mixture_settings(
