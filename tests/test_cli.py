@@ -60,7 +60,9 @@ def data_dir(tmp_path: Path) -> Path:
 
 def invoke(*args: object) -> Result:
     result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output
+    # The runner keeps an escaped exception in result.exception (it never prints a traceback): only the
+    # SystemExit of an exit code may end a command.
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     return result
 
 

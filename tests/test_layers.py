@@ -30,6 +30,8 @@ LAYERS = {
     "softprompt.cli": 10,
     # the public API (the package's own __init__) may import anything
     "softprompt": 11,
+    # the console script's entry point
+    "softprompt.launch": 12,
 }
 
 

@@ -1,23 +1,29 @@
-"""softprompt: learn, search, analyse and transfer prompts for frozen language models."""
+"""softprompt: learn, search, analyse and transfer prompts for frozen language models.
 
-from softprompt.engine import Engine
-from softprompt.errors import SoftpromptError
-from softprompt.models import DEFAULT_MODEL, LanguageModel, load_model
-from softprompt.optimizers import EM, FitResult, GradientDescent, Optimizer, TrainConfig
-from softprompt.probing import train_prompt
-from softprompt.prompts import (
-    DeepPrompt,
-    HardPrompt,
-    MixturePrompt,
-    Prompt,
-    SoftPrompt,
-    TaskPrompt,
-    load_prompt,
-)
-from softprompt.templates import Template, TemplateEncoder
+The public names below are imported on first use (PEP 562), so that ``import softprompt`` (and the command
+line's start, which can then answer Ctrl-C cleanly) does not wait for torch and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# public name -> the module that defines it
+_EXPORTS = {
+    "Engine": "softprompt.engine",
+    "SoftpromptError": "softprompt.errors",
+    "DEFAULT_MODEL": "softprompt.models", "LanguageModel": "softprompt.models", "load_model": "softprompt.models",
+    "EM": "softprompt.optimizers", "FitResult": "softprompt.optimizers", "GradientDescent": "softprompt.optimizers",
+    "Optimizer": "softprompt.optimizers", "TrainConfig": "softprompt.optimizers",
+    "train_prompt": "softprompt.probing",
+    "DeepPrompt": "softprompt.prompts", "HardPrompt": "softprompt.prompts", "MixturePrompt": "softprompt.prompts",
+    "Prompt": "softprompt.prompts", "SoftPrompt": "softprompt.prompts", "TaskPrompt": "softprompt.prompts",
+    "load_prompt": "softprompt.prompts",
+    "Template": "softprompt.templates", "TemplateEncoder": "softprompt.templates",
+}
 __all__ = [
     "DEFAULT_MODEL",
     "EM",
@@ -40,3 +46,32 @@ __all__ = [
     "load_prompt",
     "train_prompt",
 ]
+
+if TYPE_CHECKING:
+    from softprompt.engine import Engine
+    from softprompt.errors import SoftpromptError
+    from softprompt.models import DEFAULT_MODEL, LanguageModel, load_model
+    from softprompt.optimizers import EM, FitResult, GradientDescent, Optimizer, TrainConfig
+    from softprompt.probing import train_prompt
+    from softprompt.prompts import (
+        DeepPrompt,
+        HardPrompt,
+        MixturePrompt,
+        Prompt,
+        SoftPrompt,
+        TaskPrompt,
+        load_prompt,
+    )
+    from softprompt.templates import Template, TemplateEncoder
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'softprompt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

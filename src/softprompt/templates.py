@@ -179,5 +179,6 @@ class TemplateEncoder:
                 slots.append(-1)
         if answer_position < 0:  # causal: the answer is the next token after the last one
             answer_position = len(input_ids) - 1
+        self.lm.check_length(len(input_ids), f"the query for subject {subject[:40]!r}")
         subject_span = (subject_start, subject_start + len(subject_ids))
         return Example(tuple(input_ids), tuple(slots), answer_position, answer_id, subject_span)

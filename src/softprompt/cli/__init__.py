@@ -37,8 +37,8 @@ class _Root(TyperGroup):
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             # Checkpoints are written after every epoch, so little is lost; say how to pick up again.
-            err_console.print("interrupted; continue with the same command (probe train: add --resume)",
-                              style="yellow", soft_wrap=True)
+            err_console.print("interrupted; a training run continues from its last epoch with the same command "
+                              "and --resume", style="yellow", soft_wrap=True)
             raise typer.Exit(130) from None
 
 

@@ -46,8 +46,11 @@ def encode_relation(relation: Relation, lm: LanguageModel, limits: dict[str, int
     dropped: dict[str, int] = {}
     for split in SPLITS:
         examples, facts = [], []
-        for fact in relation.splits.get(split, []):
-            example = encoder.encode(fact.subject, fact.answer)
+        for number, fact in enumerate(relation.splits.get(split, []), start=1):
+            try:
+                example = encoder.encode(fact.subject, fact.answer)
+            except SoftpromptError as err:
+                raise SoftpromptError(f"relation {relation.name}, {split} fact {number}: {err}") from err
             if example is not None:
                 examples.append(example)
                 facts.append((fact.subject, fact.answer))

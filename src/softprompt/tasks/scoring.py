@@ -102,8 +102,9 @@ class TaskEncoder:
         mask_id = self.lm.tokenizer.mask_token_id
         rows: list[Row] = []
         lengths = []
-        for e in examples:
+        for number, e in enumerate(examples, start=1):
             ids, slots = self.context(e)
+            self.lm.check_length(len(ids), f"task {self.task.name!r}: input {number} ({e.text[:40]!r}...)")
             slots = [s + slot_offset if s >= 0 else -1 for s in slots]
             if self.verbalizer_ids is not None:
                 lengths.append([1] * len(e.choices))
