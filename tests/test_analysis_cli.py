@@ -124,3 +124,60 @@ def test_user_errors(trained, model_dirs, tmp_path: Path) -> None:
     (broken / "analysis.json").write_text('{"runs": [\n')
     assert_user_error(invoke("report", broken, "-o", tmp_path / "r.html"), "analysis.json:2", "not valid JSON")
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "o").exists()
+
+
+def renamed_runs(trained, tmp_path: Path, task: str, folder: str) -> tuple[Path, Path]:
+    """The capital runs copied to folders named ``folder``-0 and -1 (their labels) and retold as runs of a task
+    named ``task``, with that task's YAML: (runs, tasks)."""
+    import shutil
+
+    tasks, runs = trained
+    copied, tasks_copy = tmp_path / "runs", tmp_path / "tasks"
+    for seed in (0, 1):
+        shutil.copytree(runs / "capital" / f"seed-{seed}", copied / f"{folder}-{seed}")
+    tasks_copy.mkdir()
+    (tasks_copy / "task.yaml").write_text((tasks / "capital.yaml").read_text().replace("name: capital",
+                                                                                      f"name: {json.dumps(task)}"))
+    shutil.copy(tasks / "capital.jsonl", tasks_copy / "capital.jsonl")
+    for metrics in copied.rglob("metrics.json"):
+        metrics.write_text(json.dumps(json.loads(metrics.read_text()) | {"task": task}))
+    return copied, tasks_copy
+
+
+def test_report_escapes_every_value_from_run_files(trained, model_dirs, tmp_path: Path) -> None:
+    """Run labels (folder names), task names, the title: whatever a run file or the user gives reaches the page
+    as text. The page's only script is its own image check."""
+    runs, tasks = renamed_runs(trained, tmp_path, "<script>alert('task')</script>", "<img src=x onerror=alert(1)>")
+    result = invoke("analyze", "run", runs, "--out", tmp_path / "a", "--model", model_dirs["causal"], "--task",
+                    tasks / "task.yaml", "--data-dir", tasks, "--eval-limit", 4, "--probe-size", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    doc["similarity"]["probe_size"] = "<script>alert('probe')</script>"  # a hand-edited file, too
+    (tmp_path / "a" / "analysis.json").write_text(json.dumps(doc))
+    result = invoke("report", tmp_path / "a", "-o", tmp_path / "r.html", "--title", "<b>title</b>")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("<script") == 1 and "<img src=x" not in page and "<b>" not in page
+    assert "&lt;script&gt;alert(&#x27;probe&#x27;)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=alert(1)&gt;-0" in page and "&lt;script&gt;alert(&#x27;task&#x27;)" in page
+
+
+def test_a_damaged_analysis_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "analysis.json").write_text(json.dumps({"runs": [{"label": "x"}], "readings": {}}))
+    assert_user_error(invoke("report", tmp_path / "a", "-o", tmp_path / "r.html"),
+                      "does not have the fields this report reads", "rerun softprompt analyze run")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_task_names_from_run_files_cannot_write_outside_the_cache(trained, model_dirs, tmp_path: Path) -> None:
+    """A run whose metrics.json names its task "x/../../../../escape" keeps every cached unit under OUT/cache."""
+    runs, tasks = renamed_runs(trained, tmp_path, "x/../../../../escape", "run")
+    out = tmp_path / "deep" / "er" / "out"
+    result = invoke("analyze", "run", runs, "--out", out, "--model", model_dirs["causal"], "--task",
+                    tasks / "task.yaml", "--data-dir", tasks, "--eval-limit", 4, "--probe-size", 2,
+                    "--parts", "faithfulness,transfer", "--quiet")
+    assert result.exit_code == 0, result.output
+    written = {p.resolve() for p in tmp_path.rglob("*.json")} - {p.resolve() for p in runs.rglob("*.json")}
+    assert written and all(p.is_relative_to(out.resolve()) for p in written), sorted(map(str, written))
+    assert not list(tmp_path.rglob("escape*"))

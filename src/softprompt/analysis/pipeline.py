@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,15 +141,23 @@ class Analysis:
 
 
 def cached(path: Path, compute: Callable[[], Any]) -> Any:
+    """A unit's result from its cache file, computed and written first if there is none (or it is unreadable)."""
     if path.is_file():
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass  # a damaged unit is computed again
     value = compute()
     write_json(path, value)
     return value
 
 
-def _safe(label: str) -> str:
-    return label.replace("/", "__")
+def _safe(name: str) -> str:
+    """A file name for a label or task name taken from run files or YAML: its harmless characters (for people
+    reading the cache) and a hash of the whole name, so that no name can reach outside the cache directory
+    ("x/../../y") and two names never share a file."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".")[:40]
+    return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
 
 
 def analyse(a: Analysis, out: Path) -> dict[str, Any]:
@@ -262,7 +271,7 @@ def transfer_part(a: Analysis, cache: Path, similarities: dict[str, Any] | None)
                              a.config.batch_size)
             return task_metrics(task, scores, [e.label for e in examples])[task.metrics[0]]
 
-        return cached(cache / "transfer" / f"{label}__{target}.json", compute)
+        return cached(cache / "transfer" / f"{label}__{_safe(target)}.json", compute)
 
     matrix = transfer_matrix([(r.label, r.task) for r in runs], targets, evaluate)
     out: dict[str, Any] = {**matrix.to_dict(), "metrics": {t: a.tasks[t].metrics[0] for t in targets},

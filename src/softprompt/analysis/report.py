@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import math
+import os
 import shutil
 import subprocess
 import tempfile
@@ -57,6 +58,11 @@ def token_text(token: str) -> str:
     """A token with its whitespace and control characters visible."""
     shown = token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in shown) or "∅"
+
+
+def num(value: float | None) -> float:
+    """A number of an analysis, NaN where it has none (JSON has no NaN: the analysis writes null)."""
+    return math.nan if value is None else float(value)
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -171,7 +177,7 @@ def stochasticity_section(a: dict[str, Any]) -> str:
 
 def heatmap(matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[str], title: str, ax: Any,
             scale: float = 1.0, digits: int = 2) -> None:
-    values = [[v * scale for v in row] for row in matrix]
+    values = [[num(v) * scale for v in row] for row in matrix]
     finite = [v for row in values for v in row if not math.isnan(v)]
     im = ax.imshow(values, cmap="viridis", vmin=min(finite, default=0), vmax=max(finite, default=1))
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
@@ -195,16 +201,16 @@ def similarity_section(a: dict[str, Any]) -> str:
     fig.tight_layout()
     return ("<p class='note'>Task level: the mean over pairs of distinct prompts of the two tasks (the diagonal "
             "compares a task's seeds with each other). Frobenius distance: lower is more similar; cosines and neuron "
-            f"overlap: higher is more similar. Neuron overlap is measured on {s['probe_size']} probe inputs per task, "
-            "at the prompt positions and at the answer position.</p>" + image(fig, "similarity heatmaps"))
+            f"overlap: higher is more similar. Neuron overlap is measured on {esc(s['probe_size'])} probe inputs per "
+            "task, at the prompt positions and at the answer position.</p>" + image(fig, "similarity heatmaps"))
 
 
 def transfer_section(a: dict[str, Any]) -> str:
     t = a["transfer"]
     targets, sources = t["targets"], list(t["task_scores"])
-    rows = [[f"{s} prompt", *[f"{100 * t['task_scores'][s][c]:.1f} ({100 * t['change_vs_no_prompt'][s][c]:+.1f})"
-                              for c in targets]] for s in sources]
-    rows.append(["no prompt", *[f"{100 * t['no_prompt'][c]:.1f}" for c in targets]])
+    rows = [[f"{s} prompt", *[f"{100 * num(t['task_scores'][s][c]):.1f} "
+                              f"({100 * num(t['change_vs_no_prompt'][s][c]):+.1f})" for c in targets]] for s in sources]
+    rows.append(["no prompt", *[f"{100 * num(t['no_prompt'][c]):.1f}" for c in targets]])
     fig, axes = pyplot().subplots(1, 2, figsize=(9, 3.6), squeeze=False)
     heatmap([[t["change_vs_no_prompt"][s][c] for c in targets] for s in sources], sources, targets,
             "change vs no prompt (×100)", axes[0][0], 100, 1)
@@ -219,13 +225,13 @@ def transfer_section(a: dict[str, Any]) -> str:
 def correlation_section(a: dict[str, Any]) -> str:
     t = a["transfer"]
     rows = [[c["indicator"], fmt(c["rho"]), fmt(c["p_value"]), c["points"],
-             "yes" if not math.isnan(c["rho"]) and c["rho"] * c["expected_sign"] > 0 else "no"]
+             "yes" if not math.isnan(num(c["rho"])) and num(c["rho"]) * c["expected_sign"] > 0 else "no"]
             for c in t["correlations"]]
     n = len(t["correlations"])
     fig, axes = pyplot().subplots(1, n, figsize=(3.3 * n, 3), squeeze=False)
     for ax, c in zip(axes[0], t["correlations"], strict=True):
         xs, ys = t["points"][c["indicator"]]
-        ax.scatter(xs, [100 * y for y in ys], s=14)
+        ax.scatter([num(x) for x in xs], [100 * num(y) for y in ys], s=14)
         ax.set_xlabel(c["indicator"], fontsize=8)
         ax.set_ylabel("transfer gain vs no prompt (×100)", fontsize=8)
         ax.set_title(f"ρ = {fmt(c['rho'], 2)}, p = {fmt(c['p_value'], 2)}", fontsize=9)
@@ -267,9 +273,15 @@ def mixtures_section(mixtures: Sequence[tuple[str, list[Any], str]]) -> str:
 
 def render(analyses: Sequence[dict[str, Any]], mixtures: Sequence[tuple[str, list[Any], str]] = (),
            title: str = "softprompt report") -> str:
-    body = {"runs": runs_section(analyses)}
-    for key, (has, part, draw) in ANALYSIS_SECTIONS.items():
-        body[key] = "".join(draw(a) if has(a) else missing(part) for a in analyses)
+    """The page. Every value taken from the analyses reaches it escaped (or drawn into an image); an analysis
+    that does not have the shape ``softprompt analyze run`` writes is a SoftpromptError, not a crash."""
+    try:
+        body = {"runs": runs_section(analyses)}
+        for key, (has, part, draw) in ANALYSIS_SECTIONS.items():
+            body[key] = "".join(draw(a) if has(a) else missing(part) for a in analyses)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, StopIteration) as err:
+        raise SoftpromptError(f"an analysis.json does not have the fields this report reads ({type(err).__name__}: "
+                              f"{str(err)[:80]}); rerun softprompt analyze run") from err
     body["mixtures"] = mixtures_section(mixtures)
     nav = "".join(f"<a href='#{key}'>{esc(name)}</a>" for key, name in SECTIONS.items())
     sections = "".join(f"<section id='{key}'><h2>{esc(SECTIONS[key])}</h2>{content}</section>"
@@ -284,8 +296,11 @@ def find_chromium() -> str | None:
 
 
 def headless_command(browser: str, profile: str) -> list[str]:
-    """Headless Chromium that stays off the network (the report needs none) and off any user profile."""
-    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    """Headless Chromium that stays off the network (the report needs none) and off any user profile. It keeps
+    its sandbox, except as root, where Chromium refuses to start with one: there it renders our own escaped
+    page, with no network, without it."""
+    unsandboxed = ["--no-sandbox"] if os.geteuid() == 0 else []
+    return [browser, "--headless", *unsandboxed, "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--hide-scrollbars", f"--user-data-dir={profile}"]
 
