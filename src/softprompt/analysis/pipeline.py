@@ -37,6 +37,7 @@ from softprompt.io import write_json
 from softprompt.models import LanguageModel
 from softprompt.prompts import load_prompt
 from softprompt.prompts.task import TaskPrompt
+from softprompt.runs import RunDir
 from softprompt.tasks.run import TaskSettings, predict, task_metrics
 from softprompt.tasks.scoring import CHOICE_BATCH_SIZE
 from softprompt.tasks.task import Task, TaskExample
@@ -104,11 +105,10 @@ def load_runs(paths: Sequence[Path], lm: LanguageModel) -> list[Run]:
         if not isinstance(prompt, TaskPrompt) or prompt.length == 0:
             raise SoftpromptError(f"{d}: analysis reads trained task prompts; this run holds "
                                   f"{'a prompt without vectors' if isinstance(prompt, TaskPrompt) else prompt.kind}")
-        try:
-            doc = json.loads((d / "metrics.json").read_text())
-            task = doc["task"]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise SoftpromptError(f"{d / 'metrics.json'}: not a task run's metrics ({err}); retrain the run") from err
+        doc = RunDir(d).metrics()  # refuses a directory whose files belong to two runs
+        task = doc.get("task")
+        if not isinstance(task, str):
+            raise SoftpromptError(f"{d / 'metrics.json'}: not a task run's metrics (no task name); retrain the run")
         prompt.requires_grad_(False)
         runs.append(Run(d, str(d.relative_to(root)) if d != root else d.name, task, prompt, doc))
     return runs

@@ -32,7 +32,7 @@ from softprompt.prompts import TaskPrompt, load_prompt
 from softprompt.prompts.task import LAYOUTS
 from softprompt.runs import RunDir
 from softprompt.tasks import TaskSettings, builtin_tasks, load_task, run_task
-from softprompt.tasks.inference import PromptedClassifier, generate
+from softprompt.tasks.inference import PromptedClassifier, generate, routed_prompts
 from softprompt.tasks.run import eval_task, task_run_settings, write_summary
 from softprompt.tasks.task import Task
 from softprompt.transfer import export_peft, import_peft
@@ -214,7 +214,7 @@ def task_predict(
     examples = task.load("test", path=inputs, labelled=False)
     lm = load_lm(model)
     prompts = [_task_prompt(p, lm) for p in prompt] if prompt else [None]
-    ids = [int(e.fields.get("prompt", 0)) for e in examples]
+    ids = routed_prompts(examples, len(prompts), str(inputs))
     classifier = PromptedClassifier(lm, task, prompts, normalise=normalise, calibrated=calibrate)
     rows = classifier.prediction_rows(examples, ids)
     write_jsonl(output, rows)

@@ -89,6 +89,20 @@ class PromptedClassifier:
         return [r["prediction"] for r in self.prediction_rows(rows, prompt_ids)]
 
 
+def routed_prompts(examples: Sequence[TaskExample], count: int, source: str) -> list[int]:
+    """Each input's prompt index, from its "prompt" field (0 without one); ``source`` names the inputs' file."""
+    ids = []
+    for number, example in enumerate(examples, start=1):
+        value = example.fields.get("prompt", 0)
+        if isinstance(value, str) and value.strip().isdigit():  # CSV and TSV fields are text
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < count:
+            raise SoftpromptError(f"{source}, input {number}: field 'prompt' must be the index of one of the "
+                                  f"{count} prompts given (0 to {count - 1}), got {str(value)[:20]!r}")
+        ids.append(value)
+    return ids
+
+
 def generate(lm: LanguageModel, prompt: TaskPrompt | None, text: str, max_new_tokens: int = 32,
              description: str = "", **generate_kwargs: Any) -> str:
     """Continue ``text`` with a causal LM under ``prompt`` (its layout filled with the text); the prompt's
