@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -169,7 +170,7 @@ def _load_gguf(path: Path, name: str) -> LanguageModel:
     try:
         model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(converted)
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise SoftpromptError(f"{converted}: the converted copy of {path} is damaged ({str(err)[:120]}); delete "
                               "that directory and load the model again") from err
     return LanguageModel(model, tokenizer, name=name, kind="causal")
@@ -226,7 +227,7 @@ def _load_hf(spec: str, kind: ModelKind | None) -> LanguageModel:
     try:
         model = auto.from_pretrained(spec, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(spec)
-    except (OSError, ValueError, RuntimeError) as err:  # missing or damaged weights or tokenizer files
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # missing or damaged weights or tokenizer
         raise SoftpromptError(f"model '{spec}': cannot load it ({str(err)[:160]}); check its files") from err
     return LanguageModel(model, tokenizer, name=spec, kind=kind)
 

@@ -117,7 +117,8 @@ class RunDir:
                 write_json(self.path / CONFIG, dict(config) | {"run_id": self.run_id[0]})
                 yield self
             except BaseException:
-                if not (self.finished or self.checkpoint.is_file() or (self.path / WARMUP).is_file()):
+                resumable = self.finished or self.checkpoint.is_file() or (self.path / WARMUP).is_file()
+                if not (resume or resumable):  # a resumed run's config.json was there before it
                     (self.path / CONFIG).unlink(missing_ok=True)
                     if created:
                         (self.path / LOCK).unlink(missing_ok=True)

@@ -65,8 +65,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or per-ep
 
 def check_resume_force(resume: bool, force: bool) -> None:
     if resume and force:
-        raise typer.BadParameter("give --resume to continue a run or --force to start over, not both",
-                                 param_hint="'--resume' / '--force'")
+        raise SoftpromptError("give --resume to continue a run or --force to start over, not both")
 
 
 def train_config(lr: float, batch_size: int, epochs: int, patience: int, seed: int) -> TrainConfig:
