@@ -111,6 +111,8 @@ class RunDir:
         with self.lock():  # a run that cannot have the lock touches nothing
             try:
                 stored = self._json(CONFIG) if resume and (self.path / CONFIG).is_file() else {}
+                for left in self.path.glob(".*.tmp"):  # a killed writer's: never part of a run
+                    left.unlink(missing_ok=True)
                 if not resume:
                     self.clear()
                 self.run_id[:] = [stored.get("run_id") or uuid.uuid4().hex]
@@ -127,11 +129,10 @@ class RunDir:
                 raise
 
     def clear(self) -> None:
-        """Remove an earlier run's files (the finished marker first), temporary files a kill left and damaged
-        checkpoints that were set aside."""
+        """Remove an earlier run's files (the finished marker first) and damaged checkpoints set aside."""
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
-        for left in [*self.path.glob(".*.tmp"), *self.path.glob("*.damaged")]:
+        for left in self.path.glob("*.damaged"):
             left.unlink(missing_ok=True)
 
     def finish(self, metrics: Mapping[str, Any], predictions: Sequence[dict[str, Any]], prompt: Prompt | None = None,
