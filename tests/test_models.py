@@ -135,3 +135,24 @@ def test_pad_token_falls_back_to_eos():
 def test_kind_of_config(config, kind):
     """The LM kind is read from the architectures, else from the config type."""
     assert _kind_of(config) == kind
+
+
+def test_two_conversions_at_once_both_end_with_the_cache(tmp_path):
+    """The second process to finish converting finds the first one's copy in place and uses it."""
+    from softprompt.models import publish_dir
+
+    target = tmp_path / "models" / "smol"
+    for name in ("first", "second"):
+        made = tmp_path / "models" / f".smol.{name}"
+        made.mkdir(parents=True)
+        (made / "model.safetensors").write_text(name)
+        publish_dir(made, target)
+        assert not made.exists()
+    assert (target / "model.safetensors").read_text() == "first"
+    broken = tmp_path / "models" / ".other.x"
+    broken.mkdir()
+    (broken / "model.safetensors").write_text("x")
+    (tmp_path / "models" / "other").mkdir()
+    (tmp_path / "models" / "other" / "stray").write_text("not a model")
+    with pytest.raises(OSError):  # a non-empty target that is no converted model is not taken for one
+        publish_dir(broken, tmp_path / "models" / "other")
