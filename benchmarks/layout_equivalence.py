@@ -117,6 +117,20 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
 
 
+def header_metadata(path: Path) -> dict[str, Any]:
+    """The metadata of a safetensors header, JSON values parsed and timings left out (compared and reported,
+    never a failure: a refactor may change the prompt-file format)."""
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    parsed = {}
+    for key, text in raw.items():
+        try:
+            parsed[key] = json.loads(text)
+        except ValueError:
+            parsed[key] = text
+    return untimed(parsed)
+
+
 def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
 
@@ -126,7 +140,8 @@ def compare_file(before: Path, after: Path, roots: tuple[Path, Path]) -> tuple[s
     output roots (``roots``) are compared as the same path."""
     if before.suffix == ".safetensors":
         same = same_tensors(tensors(before), tensors(after))
-        return ("tensors identical", False) if same else ("TENSORS DIFFER", True)
+        header = "" if header_metadata(before) == header_metadata(after) else "; header metadata differs"
+        return ("tensors identical" + header, False) if same else ("TENSORS DIFFER" + header, True)
     if before.suffix == ".json":
         a, b = (json.loads(path.read_text().replace(str(root), "OUT")) for path, root in zip((before, after), roots,
                                                                                            strict=True))
@@ -138,7 +153,8 @@ def compare_file(before: Path, after: Path, roots: tuple[Path, Path]) -> tuple[s
                     else f"changed: {', '.join(changed)}", bool(changed))
         if untimed(a) == untimed(b):
             return "identical (timings aside)", False
-        keys = sorted(k for k in set(a) | set(b) if untimed(a.get(k)) != untimed(b.get(k)))
+        a, b = untimed(a), untimed(b)
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         return f"DIFFER in {', '.join(keys)}", True
     same = before.read_bytes() == after.read_bytes()
     return ("byte-identical", False) if same else ("BYTES DIFFER", before.suffix == ".jsonl")
@@ -167,7 +183,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "layout-equivalence")
     # One thread: with two, OpenMP's reductions make two runs of the same code differ at 1e-8 on this CPU.
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--after", help="a commit to take the later code from (default: this checkout)")
+    parser.add_argument("--after", help="a commit to take the later code from (default: a snapshot of this checkout)")
     parser.add_argument("--compare-only", action="store_true", help="compare OUT/before and OUT/after as they are")
     args = parser.parse_args()
     git = ["git", "-C", str(ROOT)]
@@ -184,10 +200,12 @@ def main() -> None:
     if not args.compare_only:
         write_inputs(out / "data")
         for side, rev in (("before", args.before), ("after", args.after)):
-            if rev is None:
-                run_all(ROOT, out / side, out / "data", args.threads)
-                continue
             with tempfile.TemporaryDirectory() as scratch:
+                if rev is None:  # a snapshot of this checkout's src/: edits made during the runs do not leak in
+                    shutil.copytree(ROOT / "src", Path(scratch) / side / "src",
+                                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+                    run_all(Path(scratch) / side, out / side, out / "data", args.threads)
+                    continue
                 tree = Path(scratch) / side
                 subprocess.run([*git, "worktree", "add", "--detach", "--quiet", str(tree), rev], check=True)
                 try:
@@ -198,6 +216,8 @@ def main() -> None:
     rows = []
     for path in sorted({p.relative_to(before) for p in before.rglob("*") if p.is_file()}
                        | {p.relative_to(after) for p in after.rglob("*") if p.is_file()}):
+        if path.name == ".lock":  # the run directory's lock file holds the writer's process id
+            continue
         if not (before / path).is_file() or not (after / path).is_file():
             rows.append((str(path), f"only {'after' if (after / path).is_file() else 'before'}", False))
         else:

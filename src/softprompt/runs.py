@@ -154,6 +154,16 @@ class RunDir:
             raise SoftpromptError(f"{path}: cannot read it ({err}); rerun with --force, or use another "
                                   "directory") from err
 
+    def check_complete(self) -> None:
+        """Refuse a directory holding a run that did not finish, or files of two runs (for readers that use
+        the run's other files, e.g. its predictions); a directory without config.json is no run of ours."""
+        if not (self.path / CONFIG).is_file():
+            return
+        if not self.finished:
+            raise SoftpromptError(f"{self.path} holds a run that did not finish (no metrics.json); finish it with "
+                                  "--resume, or rerun it")
+        self.metrics()
+
     def metrics(self) -> dict[str, Any]:
         """The finished run's metrics, refused when config.json belongs to another run (an interrupted
         overwrite by a version that did not clear first)."""

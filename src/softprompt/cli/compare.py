@@ -13,6 +13,7 @@ from rich.text import Text
 
 from softprompt.cli.common import console
 from softprompt.io import write_json
+from softprompt.runs import PREDICTIONS, RunDir
 from softprompt.significance import METRICS, Comparison, Metric, compare_runs
 
 COMPARE_HELP = """Is one probing run significantly better than another? Paired tests on the same test facts.
@@ -74,6 +75,9 @@ def compare(
         "--json", help="Also write the result to this JSON file.", show_default=False)] = None,
 ) -> None:
     metrics = [cast(Metric, name.value) for name in metric] if metric else METRICS
+    for run in (run_a, run_b):
+        for predictions in run.rglob(PREDICTIONS) if run.is_dir() else []:
+            RunDir(predictions.parent).check_complete()
     result = compare_runs(run_a, run_b, metrics=metrics, permutations=permutations, seed=seed,
                           alpha=alpha)
     console.print(_comparison_table(result))
