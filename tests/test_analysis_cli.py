@@ -77,15 +77,20 @@ def test_analyze_and_report_open_offline_in_chromium(trained, model_dirs, tmp_pa
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", text)
     assert "@import" not in text and "url(" not in text
     assert text.count("<img src='data:image/png;base64,") == 4  # t-SNE, similarity, transfer, scatter
-    assert (tmp_path / "shot.png").read_bytes()[:4] == b"\x89PNG"
+    shot = (tmp_path / "shot.png").read_bytes()
+    assert shot[:4] == b"\x89PNG"
+    assert text.index("<section id='faithfulness'>") < text.index("<section id='readings'>")  # figures first
 
     profile = tmp_path / "profile"
     done = subprocess.run([*headless_command(chromium, str(profile)), "--enable-logging=stderr", "--v=0",
-                           "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                           "--window-size=1280,1000", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'data-images-loaded="4/4"' in done.stdout, done.stdout[:500]
     assert "Uncaught" not in done.stderr and "Failed to load resource" not in done.stderr
+    # The screenshot (1280 px wide) is the whole page, not its first 2400 px (PNG's IHDR holds its height).
+    page_height = int(re.search(r'data-page-height="(\d+)"', done.stdout).group(1))
+    assert page_height > 2400 and int.from_bytes(shot[20:24], "big") >= page_height
 
 
 def test_partial_analysis_says_what_is_missing(trained, model_dirs, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import html
 import io
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -23,15 +24,16 @@ from typing import Any
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_write
 
+# Summaries and figures first, the long per-vector tables last.
 SECTIONS = {
     "runs": "Runs",
-    "readings": "Nearest tokens",
     "faithfulness": "Faithfulness and scrutability",
     "stochasticity": "Stochasticity",
     "similarity": "Similarity between prompts",
     "transfer": "Zero-shot transfer",
     "correlation": "Similarity versus transfer",
     "mixtures": "Mixture weights",
+    "readings": "Nearest tokens",
 }
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -41,11 +43,13 @@ th{background:#f4f4f4}td.tok{font-family:ui-monospace,monospace;text-align:left;
 .grids{display:flex;flex-wrap:wrap;gap:1.2em}.grid caption{font-weight:600;text-align:left}
 .note{color:#666}img{max-width:100%;border:1px solid #eee}nav a{margin-right:1em}
 """
+# On load: how many images decoded, and the page's full height (a screenshot is taken that tall).
 CHECK_IMAGES = """
 window.addEventListener("load", function () {
   var images = Array.prototype.slice.call(document.images);
   var ok = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.setAttribute("data-images-loaded", ok + "/" + images.length);
+  document.body.setAttribute("data-page-height", String(document.documentElement.scrollHeight));
 });
 """
 
@@ -161,8 +165,9 @@ def stochasticity_section(a: dict[str, Any]) -> str:
     s = a["stochasticity"]
     rows = [[task, v["prompts"], fmt(v["mean_norm"], 2), fmt(v["norm_variance"], 3), fmt(v["total_variance"], 2),
              fmt(v["within_distance"], 2), fmt(v["between_distance"], 2)] for task, v in s["tasks"].items()]
-    out = table(["task", "prompts", "mean ‖P‖_F", "var ‖P‖_F", "Σ var (to mean prompt)", "mean dist. within",
-                 "mean dist. to other tasks"], rows)
+    summary = table(["task", "prompts", "mean ‖P‖_F", "var ‖P‖_F", "Σ var (to mean prompt)", "mean dist. within",
+                     "mean dist. to other tasks"], rows)
+    out = ""
     if "tsne" in s:
         t = s["tsne"]
         fig, ax = pyplot().subplots(figsize=(6, 4.5))
@@ -172,7 +177,7 @@ def stochasticity_section(a: dict[str, Any]) -> str:
         ax.legend(fontsize=8)
         ax.set_title(f"t-SNE of {len(t['points'])} prompts ({t['length']} vectors each)")
         out += image(fig, "t-SNE map of prompts coloured by task")
-    return out
+    return out + summary
 
 
 def heatmap(matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[str], title: str, ax: Any,
@@ -219,7 +224,7 @@ def transfer_section(a: dict[str, Any]) -> str:
     fig.tight_layout()
     return ("<p class='note'>Rows: the task a prompt was trained on (mean over its seeds); columns: the task it is "
             "evaluated on (its first metric ×100; in brackets the change against no prompt).</p>"
-            + table(["source \\ target", *targets], rows) + image(fig, "transfer heatmaps"))
+            + image(fig, "transfer heatmaps") + table(["source \\ target", *targets], rows))
 
 
 def correlation_section(a: dict[str, Any]) -> str:
@@ -239,8 +244,8 @@ def correlation_section(a: dict[str, Any]) -> str:
     return ("<p class='note'>Each point: one source prompt on another task; x: its mean similarity to that task's "
             "own prompts; y: its score there minus no prompt. Spearman's ρ; 'expected sign' says whether more "
             "similar went with better transfer.</p>"
-            + table(["indicator", "Spearman ρ", "p", "points", "expected sign"], rows)
-            + image(fig, "similarity versus transfer"))
+            + image(fig, "similarity versus transfer")
+            + table(["indicator", "Spearman ρ", "p", "points", "expected sign"], rows))
 
 
 # Per section: what an analysis must hold to show it, the part that computes it, and how it is drawn.
@@ -284,8 +289,8 @@ def render(analyses: Sequence[dict[str, Any]], mixtures: Sequence[tuple[str, lis
                               f"{str(err)[:80]}); rerun softprompt analyze run") from err
     body["mixtures"] = mixtures_section(mixtures)
     nav = "".join(f"<a href='#{key}'>{esc(name)}</a>" for key, name in SECTIONS.items())
-    sections = "".join(f"<section id='{key}'><h2>{esc(SECTIONS[key])}</h2>{content}</section>"
-                       for key, content in body.items())
+    sections = "".join(f"<section id='{key}'><h2>{esc(name)}</h2>{body[key]}</section>"
+                       for key, name in SECTIONS.items())
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
             f"<style>{STYLE}</style><script>{CHECK_IMAGES}</script></head>"
             f"<body><h1>{esc(title)}</h1><nav>{nav}</nav>{sections}</body></html>\n")
@@ -305,20 +310,37 @@ def headless_command(browser: str, profile: str) -> list[str]:
             "--hide-scrollbars", f"--user-data-dir={profile}"]
 
 
-def screenshot(page: str | Path, png: str | Path, width: int = 1280, height: int = 2400) -> None:
-    """Render an HTML file to a PNG with headless Chromium (the Debian package ``chromium``)."""
+def page_height(browser: str, page: Path, width: int, work: Path) -> int:
+    """The rendered page's full height in pixels, as its own script measures it on load."""
+    done = subprocess.run([*headless_command(browser, str(work / "profile")), f"--window-size={width},1000",
+                           "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    found = re.search(r'data-page-height="(\d+)"', done.stdout)
+    if done.returncode != 0 or found is None:
+        raise SoftpromptError(f"Chromium could not render {page}: {done.stderr.strip()[-300:]}")
+    return int(found.group(1))
+
+
+def screenshot(page: str | Path, png: str | Path, width: int = 1280, max_height: int = 30000) -> int:
+    """Render an HTML report to a PNG of the whole page (up to ``max_height`` pixels) with headless Chromium
+    (the Debian package ``chromium``); returns the height captured."""
     browser = find_chromium()
     if browser is None:
         raise SoftpromptError("a screenshot needs headless Chromium: apt-get install chromium")
+    page = Path(page)
+    height = 0
 
     def shoot(tmp: Path) -> None:
+        nonlocal height
         with tempfile.TemporaryDirectory() as work:
+            height = min(page_height(browser, page, width, Path(work)), max_height)
             shot = Path(work) / "page.png"  # Chromium picks the format from the file name
             done = subprocess.run([*headless_command(browser, str(Path(work) / "profile")), f"--screenshot={shot}",
                                    f"--window-size={width},{height}", "--virtual-time-budget=5000",
-                                   Path(page).resolve().as_uri()], capture_output=True, text=True, timeout=120)
+                                   page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
             if done.returncode != 0 or not shot.is_file():
                 raise SoftpromptError(f"Chromium could not render {page}: {done.stderr.strip()[-300:]}")
             shutil.move(shot, tmp)
 
     atomic_write(png, shoot)
+    return height

@@ -173,5 +173,5 @@ def report(
     write_text(out, render(analyses, mixtures, title))
     console.print(f"written: {out}")
     if png is not None:
-        screenshot(out, png)
-        console.print(f"written: {png}")
+        height = screenshot(out, png)
+        console.print(f"written: {png} (the whole page, {height} px tall)")
