@@ -311,3 +311,29 @@ def test_analysis_input_errors(trained_runs, tmp_path: Path) -> None:
         Analysis(lm, load_runs([root], lm), {"capital": capital_task()}, {})
     with pytest.raises(SoftpromptError, match="unknown analysis part"):
         AnalysisConfig(parts=("readings", "vibes"))
+
+
+def test_mixture_readings_lead_with_cosine_and_mark_norm_driven_p_w_v():
+    """One token with a huge embedding wins p(w | v) for vectors training never moved; cosine still reads each
+    as its own word, and the p(w | v) reading is marked instead of being shown as drift."""
+    from conftest import tiny_causal
+
+    from softprompt.analysis.visualise import html_fragment, read_mixture
+    from softprompt.prompts import MixturePrompt
+    from softprompt.templates import TemplateEncoder
+
+    lm = tiny_causal(seed=3)
+    loud = lm.tokenizer.convert_tokens_to_ids("Mozart")
+    with torch.no_grad():
+        lm.embedding_matrix[loud] *= 60
+    mixture = MixturePrompt([TemplateEncoder("the capital of [X] is [Y] .", lm, answer_space=True)], "soft")
+    reading = read_mixture(mixture)[0]
+    words = [t.original for t in reading.tokens]
+    assert [t.nearest_cosine for t in reading.tokens] == words
+    assert all(t.moved == 0 and t.nearest_dot == "Mozart" and t.misleading_dot for t in reading.tokens)
+    with torch.no_grad():
+        mixture.components[0].weight[0] = lm.embedding_matrix[loud] / 60  # really moved, to "Mozart"
+    moved = read_mixture(mixture)[0].tokens[0]
+    assert moved.moved > 0.05 and not moved.misleading_dot
+    page = html_fragment(read_mixture(mixture))
+    assert page.index("<th>cosine</th>") < page.index("<th>p(w|v)</th>") and "Mozart*" in page

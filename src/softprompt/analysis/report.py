@@ -143,7 +143,8 @@ def readings_section(a: dict[str, Any]) -> str:
                          f"{token_text(r['euclidean']['tokens'][i][0])} ({r['euclidean']['scores'][i][0]:.2f})"])
         grids.append(f"<div class='grid'>{table(header, rows, range(1, len(header)), label)}</div>")
     return ("<p class='note'>Each row is one prompt vector, read from top to bottom; the nearest tokens by cosine "
-            "(best first), by the model's p(w | v) and by Euclidean distance.</p>"
+            "(best first), by the model's p(w | v) and by Euclidean distance. Read p(w | v) with care: it favours "
+            "tokens whose embeddings have a large norm, whatever the vector's direction.</p>"
             f"<div class='grids'>{''.join(grids)}</div>")
 
 

@@ -180,11 +180,11 @@ def mixture_show(
     readings = read_mixture(mixture)
     title = f"{meta.get('relation', '')} ({meta['component_kind']}, 2^H = {meta['effective_prompts']:.2f})"
     table = Table(title=title)
-    for col in ("weight", "prompt", "nearest words (p(w|v))", "‖v‖/‖v0‖"):
+    for col in ("weight", "prompt", "nearest words (cosine)", "‖v−v0‖/‖v0‖"):
         table.add_column(col)
     for r in readings[:top]:
-        table.add_row(f"{r.weight:.3f}", r.source, " ".join(t.nearest_dot for t in r.tokens),
-                      " ".join(f"{t.norm_ratio:.2f}" for t in r.tokens))
+        table.add_row(f"{r.weight:.3f}", r.source, " ".join(t.nearest_cosine for t in r.tokens),
+                      " ".join(f"{t.moved:.2f}" for t in r.tokens))
     console.print(table)
     folder = path.parent
     html_path, png_path = html_out or folder / "mixture.html", png or folder / "mixture.png"
