@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -413,6 +415,17 @@ def test_peft_export_loads_in_peft_and_reproduces_scores(tmp_path: Path) -> None
             assert score.item() == pytest.approx(expected, abs=1e-4)
     back = import_peft(tmp_path / "adapter", lm)
     assert torch.equal(back.weight, prompt.weight) and back.layout == prompt.layout
+    # From the adapter alone: its base model reference loads, and its README's snippet scores as we do.
+    export_peft(prompt, lm, tmp_path / "alone", task, save_base=True)
+    readme = (tmp_path / "alone" / "README.md").read_text()
+    snippet = readme.split("```python\n")[1].split("```")[0]
+    snippet = snippet.replace('ADAPTER = "."', f'ADAPTER = "{tmp_path / "alone"}"')
+    # The README's own code, run as a user would paste it: in a fresh interpreter, without softprompt.
+    script = snippet + "\nimport sys\nprint(json.dumps([scores(row) for row in json.load(sys.stdin)]))\n"
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps([dict(e.fields) for e in examples]),
+                          capture_output=True, text=True, timeout=120, check=True)
+    for theirs, s in zip(json.loads(done.stdout), ours, strict=True):
+        assert theirs == pytest.approx(s.tolist(), abs=1e-4)
     with pytest.raises(SoftpromptError, match="only soft prefix prompts"):
         export_peft(TaskPrompt(lm, "hybrid", 3, init="vocab"), lm, tmp_path / "no")
     assert not (tmp_path / "no").exists()

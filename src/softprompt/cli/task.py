@@ -238,11 +238,20 @@ def task_export_peft(
     prompt: Annotated[Path, typer.Argument(help="A trained soft prefix prompt.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="The adapter directory to write.", show_default=False)],
     model: Model = DEFAULT_MODEL,
+    task_spec: Annotated[str | None, typer.Option(
+        "--task", help="The task the prompt was trained on (a built-in name or YAML file; default: the prompt's "
+                       "own task if built in), recorded in OUT/softprompt.json.", show_default=False)] = None,
+    save_base: Annotated[bool, typer.Option(
+        "--save-base", help="Also save the base model into OUT/base and name that copy as the base.")] = False,
 ) -> None:
-    """Write a soft prefix prompt as a PEFT prompt-tuning adapter (PeftModel.from_pretrained loads it)."""
+    """Write a soft prefix prompt as a PEFT prompt-tuning adapter: AutoPeftModelForCausalLM.from_pretrained(OUT)
+    loads it with its base model, and OUT/README.md shows how to score the task's choices as softprompt does."""
     lm = load_lm(model)
-    export_peft(_task_prompt(prompt, lm), lm, out)
-    console.print(f"written: {out}/adapter_config.json, {out}/adapter_model.safetensors")
+    task_prompt = _task_prompt(prompt, lm)
+    spec = task_spec or (task_prompt.task if task_prompt.task in builtin_tasks() else None)
+    export_peft(task_prompt, lm, out, load_task(spec) if spec else None, save_base)
+    console.print(f"written: {out}/adapter_config.json, {out}/adapter_model.safetensors, {out}/softprompt.json, "
+                  f"{out}/README.md{' and the base model in ' + str(out / 'base') if save_base else ''}")
 
 
 @app.command("import-peft")

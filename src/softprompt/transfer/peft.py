@@ -5,6 +5,11 @@ A PEFT prompt-tuning adapter is a directory with ``adapter_config.json`` (peft_t
 to the input embeddings. Our prefix layout ``[P*N]{input}`` places its vectors the same way (before the
 tokenizer's start tokens), so an exported prompt gives PEFT the same scores. PEFT itself is not needed
 to export or import.
+
+An export names a base model that loads as it is (the directory the model was loaded from: for a bundled
+or GGUF model, its converted copy in the cache; with ``save_base``, a copy inside the adapter), and writes
+``softprompt.json`` (the task's template, verbalizers or choice templates and target delimiter) and a
+README whose snippet scores the task's choices exactly as softprompt does.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from softprompt.errors import SoftpromptError
-from softprompt.io import atomic_write, write_json
+from softprompt.io import atomic_write, write_json, write_text
 from softprompt.models import LanguageModel
 from softprompt.prompts.task import MARKER, TaskPrompt
+from softprompt.tasks.task import Task
 
 PEFT_TASK_TYPES = {"causal": "CAUSAL_LM", "masked": "FEATURE_EXTRACTION", "seq2seq": "SEQ_2_SEQ_LM"}
 
@@ -32,8 +38,11 @@ def prefix_length(layout: str) -> int | None:
     return int(m.group(1) or 1)
 
 
-def export_peft(prompt: TaskPrompt, lm: LanguageModel, out: str | Path) -> Path:
-    """Write ``prompt`` as a PEFT prompt-tuning adapter directory; returns it."""
+def export_peft(prompt: TaskPrompt, lm: LanguageModel, out: str | Path, task: Task | None = None,
+                save_base: bool = False) -> Path:
+    """Write ``prompt`` as a PEFT prompt-tuning adapter directory; returns it. ``task`` (the task the prompt
+    was trained on) is recorded so that the adapter can be used without softprompt; ``save_base`` also saves
+    the base model and tokenizer into the adapter (``OUT/base``) and names that copy as the base."""
     n = prefix_length(prompt.layout)
     if n is None or prompt.tuning != "soft":
         raise SoftpromptError(
@@ -44,6 +53,7 @@ def export_peft(prompt: TaskPrompt, lm: LanguageModel, out: str | Path) -> Path:
         # PEFT's encoder-decoder prompt tuning repeats the prompt for the decoder; ours sits in the encoder only.
         raise SoftpromptError("PEFT export is for causal and masked LMs; encoder-decoder prompts differ in layout")
     out = Path(out)
+    base = str(out.resolve() / "base") if save_base else lm.model.name_or_path
     config: dict[str, Any] = {
         "peft_type": "PROMPT_TUNING",
         "task_type": PEFT_TASK_TYPES[lm.kind],
@@ -52,20 +62,70 @@ def export_peft(prompt: TaskPrompt, lm: LanguageModel, out: str | Path) -> Path:
         "num_transformer_submodules": 1,
         "num_attention_heads": lm.config.num_attention_heads,
         "num_layers": lm.num_layers,
-        "base_model_name_or_path": lm.name,
+        "base_model_name_or_path": base,
         "prompt_tuning_init": "RANDOM",
         "prompt_tuning_init_text": None,
-        "tokenizer_name_or_path": None,
+        "tokenizer_name_or_path": base,
         "inference_mode": True,
         "auto_mapping": None,
         "modules_to_save": None,
         "revision": None,
     }
     embeddings = prompt.vectors().detach().float().cpu().contiguous()
+    if save_base:
+        lm.model.save_pretrained(out / "base")
+        lm.tokenizer.save_pretrained(out / "base")
     atomic_write(out / "adapter_model.safetensors",
                  lambda tmp: save_file({"prompt_embeddings": embeddings}, str(tmp), metadata={"format": "pt"}))
     write_json(out / "adapter_config.json", config)
+    write_json(out / "softprompt.json", {
+        "model": lm.name, "base": base, "prompt_vectors": n,
+        "task": None if task is None else {
+            "name": task.name, "template": task.template, "target_delimiter": task.target_delimiter,
+            "verbalizers": task.labels, "choices": task.choices},
+    })
+    write_text(out / "README.md", USAGE.format(n=n, base=base))
     return out
+
+
+# How to score a task's choices with the adapter alone, exactly as softprompt does (tested).
+USAGE = """# A softprompt prompt as a PEFT prompt-tuning adapter
+
+{n} virtual tokens for the base model `{base}`. `softprompt.json` holds the task's Jinja template, the
+verbalizer of each label (or the choice templates) and the delimiter between the input and an answer.
+
+```python
+import json
+
+import jinja2.sandbox
+import torch
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+ADAPTER = "."  # this directory
+model = AutoPeftModelForCausalLM.from_pretrained(ADAPTER).eval()
+meta = json.load(open(f"{{ADAPTER}}/softprompt.json"))
+task = meta["task"]
+tokenizer = AutoTokenizer.from_pretrained(json.load(open(f"{{ADAPTER}}/adapter_config.json"))["tokenizer_name_or_path"])
+env = jinja2.sandbox.ImmutableSandboxedEnvironment()
+
+
+def scores(row):
+    \"\"\"The summed log-probability of each answer choice after the prompt and the rendered input.\"\"\"
+    text = env.from_string(task["template"]).render(row)
+    context = tokenizer(text)["input_ids"]
+    answers = (list(task["verbalizers"].values()) if task["verbalizers"]
+               else [env.from_string(c).render(row).strip() for c in task["choices"]])
+    out = []
+    for answer in answers:
+        target = tokenizer(task["target_delimiter"] + answer, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([context + target])).logits[0, {n}:]  # after the prompt
+        logp = logits.log_softmax(-1)
+        out.append(sum(logp[len(context) - 1 + j, t].item() for j, t in enumerate(target)))
+    return out
+```
+"""
 
 
 def import_peft(path: str | Path, lm: LanguageModel, task: str = "") -> TaskPrompt:
