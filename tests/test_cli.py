@@ -260,3 +260,19 @@ def test_demo_command(model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: 
     assert "macro-average" in result.output and "language" in result.output
     assert "| relation | n | manual P@1 |" in (tmp_path / "summary.md").read_text()
     assert_user_error(invoke("demo", "--model", model_dirs["causal"], "--out", tmp_path), "other settings")
+
+
+def test_demo_table_fits_80_columns() -> None:
+    """The worst case (every metric 100.0, the longest names) stays one line per row in an 80-column terminal."""
+    from rich.console import Console
+
+    from softprompt.probing.demo import summary_table
+
+    perfect = {"p@1": 1.0, "p@10": 1.0, "mrr": 1.0, "n": 1000}
+    results = {r: {c: perfect for c in ("manual", "soft", "deep")} for r in ("capital", "city_country")}
+    console = Console(width=80, record=True)
+    console.print(summary_table(results, title="smollm2-135m: test metrics (×100)"))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert sum(line.startswith(("capital", "city_country", "macro-average")) for line in lines) == 3
+    assert len(lines) == 8  # title, two header lines, rule, two relations, a blank section line, the average

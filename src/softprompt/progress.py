@@ -34,6 +34,10 @@ def show_messages(enabled: bool = True) -> None:
     logger.propagate = False
 
 
-def progress_bar(items: Iterable[T], description: str, enabled: bool = True, total: int | None = None) -> Iterator[T]:
-    """``items`` with a transient progress bar on standard error (none when not ``enabled``)."""
+def progress_bar(items: Iterable[T], description: str, enabled: bool | None = None,
+                 total: int | None = None) -> Iterator[T]:
+    """``items`` with a transient progress bar on standard error; by default (``enabled`` None) only where the
+    library's messages are shown (the command line without --quiet), so library use and tests stay silent."""
+    if enabled is None:
+        enabled = logging.getLogger(LOGGER).isEnabledFor(logging.INFO)
     return iter(tqdm(items, desc=description, leave=False, disable=not enabled, total=total))

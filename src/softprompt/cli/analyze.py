@@ -90,7 +90,8 @@ def analyze_run(
 def _print_summary(result: dict[str, Any]) -> None:
     if "faithfulness" in result:
         table = Table(title="faithfulness and scrutability")
-        for col in ("run", "Δ_D", "Δ_Output", "top-1 agree", "soft", "unembedded", "Δ_L", "perplexity"):
+        table.add_column("run", overflow="fold")  # never cut: seeds differ only at the end of their names
+        for col in ("Δ_D", "Δ_Output", "top-1 agree", "soft", "unembedded", "Δ_L", "perplexity"):
             table.add_column(col, justify="right")
         for label, f in result["faithfulness"].items():
             ppl = "–" if f["perplexity"] is None else f"{f['perplexity']:.1f}"
@@ -101,7 +102,7 @@ def _print_summary(result: dict[str, Any]) -> None:
     if "transfer" in result:
         t = result["transfer"]
         table = Table(title="zero-shot transfer (×100; change vs no prompt)")
-        table.add_column("source \\ target")
+        table.add_column("source \\ target", overflow="fold")
         for target in t["targets"]:
             table.add_column(target, justify="right")
         for source, row in t["task_scores"].items():

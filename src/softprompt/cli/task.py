@@ -33,7 +33,7 @@ from softprompt.prompts.task import LAYOUTS
 from softprompt.runs import RunDir
 from softprompt.tasks import TaskSettings, builtin_tasks, load_task, run_task
 from softprompt.tasks.inference import PromptedClassifier, generate, routed_prompts
-from softprompt.tasks.run import eval_task, task_run_settings, write_summary
+from softprompt.tasks.run import eval_task, load_split, task_run_settings, write_summary
 from softprompt.tasks.task import Task
 from softprompt.transfer import export_peft, import_peft
 
@@ -55,7 +55,10 @@ Layout = Annotated[str, typer.Option(help=f"Where the prompt goes: {', '.join(LA
                                      "{input}, {description}, {options} and [P]/[P*N] markers.")]
 Normalise = Annotated[bool, typer.Option("--normalise", help="Divide each choice's log-likelihood by its tokens.")]
 Calibrate = Annotated[bool, typer.Option("--calibrate", help="Contextual calibration on a content-free input.")]
-EvalLimit = Annotated[int | None, typer.Option(min=1, help="Evaluate on at most N examples.", show_default=False)]
+EvalLimit = Annotated[int | None, typer.Option(
+    min=1, help="Evaluate on a sample of N examples, drawn at random within each class (stratified) with "
+                "--eval-seed and recorded in the run.", show_default=False)]
+EvalSeed = Annotated[int, typer.Option(help="Seed of the --eval-limit sample (the same for every --seed).")]
 
 
 def _task(spec: str, data_dir: Path | None) -> tuple[Task, Path | None]:
@@ -66,8 +69,9 @@ def _task(spec: str, data_dir: Path | None) -> tuple[Task, Path | None]:
     return task, staged_data(data_dir)
 
 
-def _metrics_row(task: Task, metrics: dict[str, float]) -> list[str]:
-    return [f"{100 * metrics[m]:.1f}" for m in task.metrics]
+def _metrics_row(task: Task, metrics: dict[str, float | None]) -> list[str]:
+    """The task's metrics ×100; "–" for one the data leave undefined."""
+    return ["–" if metrics[m] is None else f"{100 * metrics[m]:.1f}" for m in task.metrics]
 
 
 @app.command("list")
@@ -98,9 +102,17 @@ def task_train(
     init_text: Annotated[str | None, typer.Option(show_default=False)] = None,
     shots: Annotated[int | None, typer.Option(min=1, help="Few-shot: k training and k dev examples per class.",
                                               show_default=False)] = None,
-    train_limit: Annotated[int | None, typer.Option(min=1, help="Subsample the training split to N examples.",
-                                                    show_default=False)] = None,
+    train_limit: Annotated[int | None, typer.Option(
+        min=1, help="Train on a sample of N examples (after the dev hold-out), drawn at random within each class "
+                    "(stratified) with the run's --seed and recorded in the run.", show_default=False)] = None,
+    dev_size: Annotated[int, typer.Option(
+        min=1, help="Training examples held out for early stopping (at most a fifth of the training split; "
+                    "few-shot runs hold out k per class instead).")] = TaskSettings.dev_size,
+    balance: Annotated[bool, typer.Option(
+        "--balance", help="Train on equally many examples of each class (as many as the rarest class has), so the "
+                          "prompt does not learn the training split's label prior.")] = False,
     eval_limit: EvalLimit = None,
+    eval_seed: EvalSeed = 0,
     seeds: Annotated[list[int] | None, typer.Option("--seed", help="A seed; repeat for several runs (mean ± std).",
                                                     show_default=False)] = None,
     normalise: Normalise = False,
@@ -118,19 +130,21 @@ def task_train(
 ) -> None:
     """Train a task prompt on the train split (early stopping on held-out train data) and evaluate it.
 
-    With several --seed values each run goes to OUT/seed-N and OUT/summary.json holds mean ± std.
+    With several --seed values each run goes to OUT/seed-N and OUT/summary.json holds mean ± std. A run warns
+    (and records in metrics.json) when its best epoch is the last one, and when a class's share of the training
+    labels differs from its share of the evaluation labels by more than 15 points (tasks.sampling.PRIOR_GAP).
     """
     check_resume_force(resume, force)
     task, data_dir = _task(task_name, data_dir)
     settings = TaskSettings(layout=layout, length=length, kind=kind, init=init, init_text=init_text,
                             normalise=normalise, calibrate=calibrate, shots=shots, train_limit=train_limit,
-                            eval_limit=eval_limit)
+                            dev_size=dev_size, eval_limit=eval_limit, balance=balance, eval_seed=eval_seed)
     seeds = seeds or [0]
     outs = [out] if len(seeds) == 1 else [out / f"seed-{s}" for s in seeds]
     for o in outs:
         RunDir(o, "softprompt task train").prepare(force, resume)
-    train = task.load("train", data_dir, train_file)
-    evaluation = task.load("validation", data_dir, eval_file)
+    train, train_source = load_split(task, "train", data_dir, train_file)
+    evaluation, eval_source = load_split(task, "validation", data_dir, eval_file)
     lm = load_lm(model, quiet=quiet)
     configs = [TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience, seed=s) for s in seeds]
     for o, config in zip(outs, configs, strict=True):
@@ -141,14 +155,17 @@ def task_train(
     for col in ("seed", *task.metrics, "train s"):
         table.add_column(col, justify="right")
     docs = []
-    for seed, o, config in zip(seeds, outs, configs, strict=True):
+    for number, (seed, o, config) in enumerate(zip(seeds, outs, configs, strict=True), start=1):
+        if len(seeds) > 1 and not quiet:
+            console.print(f"seed {seed} ({number} of {len(seeds)}): {o}")
         doc = run_task(lm, task, settings, config, o, train, evaluation, resume=resume, progress=not quiet,
-                       engine=engine)
+                       engine=engine, sources={"train": train_source, "validation": eval_source})
         docs.append(doc)
         table.add_row(str(seed), *_metrics_row(task, doc["metrics"]), f"{doc['train_seconds']:.0f}")
     if len(docs) > 1:
         summary = write_summary(out, task, seeds, docs)
-        table.add_row("mean ± std", *(f"{100 * summary[m]['mean']:.1f} ± {100 * summary[m]['std']:.1f}"
+        table.add_row("mean ± std", *("–" if summary[m]["mean"] is None else
+                                      f"{100 * summary[m]['mean']:.1f} ± {100 * summary[m]['std']:.1f}"
                                       for m in task.metrics), "")
     console.print(table)
     console.print(f"run directory: {out}")
@@ -167,22 +184,26 @@ def task_eval(
     eval_file: EvalFile = None,
     data_dir: DataDir = None,
     eval_limit: EvalLimit = None,
+    eval_seed: EvalSeed = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Also write metrics.json and predictions.jsonl here.",
                                              show_default=False)] = None,
 ) -> None:
-    """Score a task's validation split zero-shot (manual or hard hybrid prompt) or with a trained prompt."""
+    """Score a task's validation split zero-shot (manual or hard hybrid prompt) or with a trained prompt.
+
+    With --out, the run records the prompt file, layout, --normalise, --calibrate, the data file and the sample.
+    """
     task, data_dir = _task(task_name, data_dir)
-    examples = task.load("validation", data_dir, eval_file)[:eval_limit]
+    examples, source = load_split(task, "validation", data_dir, eval_file)
+    settings = TaskSettings(normalise=normalise, calibrate=calibrate, eval_limit=eval_limit, eval_seed=eval_seed)
     lm = load_lm(model)
     task_prompt = _task_prompt(prompt, lm) if prompt else TaskPrompt(lm, layout, 0, tuning="hard")
     if out is not None:
         RunDir(out, "softprompt task eval").prepare(force=True)  # evaluations are rewritten (refuses a file)
-    metrics = eval_task(lm, task, task_prompt, examples, TaskSettings(normalise=normalise, calibrate=calibrate), out,
-                        prompt)
-    table = Table(title=f"{task.name}: {len(examples)} examples (×100)")
+    doc = eval_task(lm, task, task_prompt, examples, settings, out, prompt, source=source)
+    table = Table(title=f"{task.name}: {doc['sample']['size']} of {len(examples)} examples (×100)")
     for m in task.metrics:
         table.add_column(m, justify="right")
-    table.add_row(*_metrics_row(task, metrics))
+    table.add_row(*_metrics_row(task, doc["metrics"]))
     console.print(table)
     if out is not None:
         console.print(f"written: {out}")

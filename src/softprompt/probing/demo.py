@@ -105,12 +105,12 @@ def _rows(results: Results) -> list[tuple[str, str, list[float]]]:
 def summary_table(results: Results, title: str | None = None) -> Table:
     """Relations × {manual, soft, deep} × {P@1, P@10, MRR} (×100), with a macro-average row."""
     # One column per prompt, holding its three metrics side by side, keeps the table within 80 characters.
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False)
-    table.add_column("relation")
-    table.add_column("n", justify="right")
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    table.add_column("relation", no_wrap=True)
+    table.add_column("n", justify="right", no_wrap=True)
     names = " ".join(f"{name:>5}" for name in METRICS.values())
     for column in COLUMNS:
-        table.add_column(f"{column}\n{names}", justify="center")
+        table.add_column(f"{column:^17}\n{names}", justify="center", no_wrap=True, min_width=17)
     for relation, n, values in _rows(results):
         if relation == MACRO:
             table.add_section()

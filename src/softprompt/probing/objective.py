@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from softprompt.engine import Batch, Engine, length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.optimizers import FitResult, GradientDescent, TrainConfig
+from softprompt.progress import progress_bar
 from softprompt.prompts import Prompt
 from softprompt.templates import Example
 
@@ -22,7 +23,7 @@ def mean_loss(engine: Engine, prompt: Prompt, examples: Sequence[Example], batch
     """Mean negative log-likelihood of the gold answers."""
     total = 0.0
     with torch.inference_mode():
-        for idx in length_batches(examples, batch_size):
+        for idx in progress_bar(length_batches(examples, batch_size), "dev loss"):
             batch = engine.collate([examples[i] for i in idx])
             logits = engine.answer_logits(batch, prompt.vectors(), prompt.deltas())
             total += F.cross_entropy(logits, batch.answer_ids, reduction="sum").item()

@@ -4,7 +4,7 @@ directory (``softprompt.runs``)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,14 +17,22 @@ from softprompt.models import LanguageModel
 from softprompt.optimizers import FitResult, TrainConfig
 from softprompt.probing.objective import train_prompt
 from softprompt.probing.relations import SPLITS, Relation
+from softprompt.progress import progress_bar
 from softprompt.prompts import HardPrompt, Prompt, TemplatePrompt
 from softprompt.prompts.deep import DeepPrompt
 from softprompt.prompts.soft import SoftPrompt
-from softprompt.runs import RunDir
+from softprompt.runs import DROPPED, RunDir, warn
 from softprompt.templates import Example, TemplateEncoder
 
 # The kinds of prompt a probe trains or scores, by the name the command line uses.
 MODES: dict[str, type[TemplatePrompt]] = {cls.kind: cls for cls in (HardPrompt, SoftPrompt, DeepPrompt)}
+# Why a fact is dropped: the answer is read from one vocabulary projection, so it must be one token.
+MULTI_TOKEN = "the answer is not a single token for this model"
+
+
+def dropped_fact(split: str, subject: str, answer: str) -> dict[str, str]:
+    """A row of a run's dropped.jsonl: a fact left out of ``split``, and why."""
+    return {"split": split, "subject": subject, "answer": answer, "reason": MULTI_TOKEN}
 
 
 @dataclass
@@ -36,6 +44,7 @@ class EncodedRelation:
     splits: dict[str, list[Example]]
     facts: dict[str, list[tuple[str, str]]]  # (subject, answer) per kept example, aligned with splits
     dropped: dict[str, int]  # facts whose answer is not a single token for this model
+    dropped_facts: list[dict[str, str]] = field(default_factory=list)  # those facts (dropped_fact rows)
 
 
 def encode_relation(relation: Relation, lm: LanguageModel, limits: dict[str, int] | None = None) -> EncodedRelation:
@@ -44,6 +53,7 @@ def encode_relation(relation: Relation, lm: LanguageModel, limits: dict[str, int
     splits: dict[str, list[Example]] = {}
     kept: dict[str, list[tuple[str, str]]] = {}
     dropped: dict[str, int] = {}
+    dropped_facts: list[dict[str, str]] = []
     for split in SPLITS:
         examples, facts = [], []
         for number, fact in enumerate(relation.splits.get(split, []), start=1):
@@ -54,10 +64,12 @@ def encode_relation(relation: Relation, lm: LanguageModel, limits: dict[str, int
             if example is not None:
                 examples.append(example)
                 facts.append((fact.subject, fact.answer))
+            else:
+                dropped_facts.append(dropped_fact(split, fact.subject, fact.answer))
         dropped[split] = len(relation.splits.get(split, [])) - len(examples)
         cap = (limits or {}).get(split)
         splits[split], kept[split] = examples[:cap], facts[:cap]
-    return EncodedRelation(relation.name, encoder, splits, kept, dropped)
+    return EncodedRelation(relation.name, encoder, splits, kept, dropped, dropped_facts)
 
 
 def no_usable_facts(relation: str, split: str, dropped: int, hint: str = "") -> SoftpromptError:
@@ -99,7 +111,7 @@ def predict(
     top_ids = torch.empty(n, top_k, dtype=torch.long)
     top_lp = torch.empty(n, top_k)
     with torch.inference_mode():
-        for idx in length_batches(examples, batch_size):
+        for idx in progress_bar(length_batches(examples, batch_size), "scoring"):
             batch = engine.collate([examples[i] for i in idx])
             logprobs = engine.answer_logits(batch, prompt.vectors(), prompt.deltas()).log_softmax(-1)
             where = torch.tensor(idx)
@@ -170,13 +182,17 @@ def run_probe(
         "examples": {s: len(e) for s, e in data.splits.items()}, "dropped_multi_token": data.dropped,
     }
     with run.open(settings, resume):
+        run.write_rows(DROPPED, data.dropped_facts)
         result: FitResult | None = None
+        warnings: list[str] = []
         if mode != "hard":
             result = train_prompt(engine, prompt, data.splits["train"], data.splits["dev"], config,
                                   checkpoint=run.checkpoint, resume=resume, progress=progress)
+            for message in result.warnings():
+                warn(warnings, message)
         metrics, rows = evaluate(engine, prompt, data, "test", config.eval_batch_size)
         doc = {"relation": relation.name, "mode": mode, "init": init, "test": metrics,
-               "dropped_multi_token": data.dropped}
+               "dropped_multi_token": data.dropped, "warnings": warnings}
         if result is not None:
             doc |= {"best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history}
         return run.finish(doc, rows, prompt, {"relation": relation.name})
@@ -205,4 +221,5 @@ def eval_probe(
            "dropped_multi_token": data.dropped}
     run = RunDir(out, "softprompt probe eval")
     with run.open(settings):
+        run.write_rows(DROPPED, data.dropped_facts)
         return run.finish(doc, rows), data

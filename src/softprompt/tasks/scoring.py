@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from softprompt.engine import Engine, length_batches, pad_rows
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
+from softprompt.progress import progress_bar
 from softprompt.prompts.task import FIELDS, TaskPrompt, split_markers
 from softprompt.tasks.task import Task, TaskExample
 
@@ -256,7 +257,7 @@ def choice_scores(engine: Engine, encoded: Encoded, vectors: torch.Tensor | None
     """Summed log-likelihood of every choice, (N, C), without gradients."""
     out = torch.empty(len(encoded.rows), *(() if encoded.shared_ids is None else (encoded.num_choices,)))
     with torch.inference_mode():
-        for idx in length_batches(encoded.rows, batch_size):
+        for idx in progress_bar(length_batches(encoded.rows, batch_size), "scoring"):
             out[idx] = row_scores(engine, encoded, idx, vectors, deltas).float().cpu()
     return out.view(encoded.num_examples, encoded.num_choices)
 

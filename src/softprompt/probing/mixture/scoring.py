@@ -21,6 +21,7 @@ from softprompt.metrics import answer_ranks, ranking_metrics
 from softprompt.optimizers.selection import select
 from softprompt.probing.mixture.data import MixtureData, MixtureItem
 from softprompt.probing.probe import no_usable_facts
+from softprompt.progress import progress_bar
 from softprompt.prompts import MixturePrompt
 from softprompt.templates import Example
 
@@ -205,7 +206,7 @@ def predict_mixture(
                              torch.empty(n, top_k), torch.empty(n, k), torch.empty(n, k))
     order = [i for batch in length_batches(items, len(items)) for i in batch]  # shortest first: less padding
     with torch.inference_mode():
-        for chunk in chunks(order, k, max_rows):
+        for chunk in progress_bar(chunks(order, k, max_rows), "scoring"):
             scores = score(engine, mixture, [items[i] for i in chunk], full_vocab=True)
             mixed = (scores.log_weights[:, :, None] + scores.logprobs).logsumexp(1)
             answers = torch.tensor([items[i].answer_id for i in chunk], device=mixed.device)
