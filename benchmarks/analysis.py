@@ -139,7 +139,8 @@ def render_markdown(main: dict[str, Any] | None, lengths: dict[str, Any] | None,
         f"(profile cpu: ≤{profile.train_limit} training examples, ≤{profile.config.max_epochs} epochs, initialised "
         "from the task description's tokens), one per task and seed, plus 5- and 100-vector prompts (seed 0) "
         f"trained the same way on {', '.join(args.length_tasks)}. Faithfulness and transfer are measured on the "
-        f"first {CONFIG.eval_limit} validation examples of each task; neuron overlap on {CONFIG.probe_size} probe "
+        f"same {CONFIG.eval_limit} validation examples of each task (a stratified sample, seed 0); neuron overlap "
+        f"on {CONFIG.probe_size} probe "
         "inputs per task. Perplexities are under SmolLM2 itself (the paper uses GPT2-XL, which is not available "
         "here).",
         "",

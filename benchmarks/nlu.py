@@ -38,6 +38,7 @@ from softprompt.models import load_model
 from softprompt.optimizers import TrainConfig
 from softprompt.paths import shared_data_dir
 from softprompt.tasks import TaskSettings, load_task, run_task
+from softprompt.tasks.sampling import stratified_sample
 
 # The staged datasets beside this checkout, unless $SOFTPROMPT_SHARED_DATA says otherwise.
 SHARED_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -155,7 +156,8 @@ def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
         f"Model `{args.model}` (causal, fp32, frozen). Profile `{args.profile}`: Adam lr {c.lr}, batch "
         f"{c.batch_size}, at most {c.max_epochs} epochs, early stopping with patience {c.patience} on "
         f"{profile.dev_size} examples held out from the training split; at most {profile.train_limit} training "
-        f"examples and {profile.eval_limit} evaluation examples per task (the first ones of the validation set). "
+        f"examples and {profile.eval_limit} evaluation examples per task (a stratified sample of the validation "
+        "set, seed 0, the same for every method and seed). "
         "Prompts of 20 vectors initialised from the task description's tokens. Scores are the label words' "
         "log-likelihoods (COPA: each choice's summed log-likelihood); all numbers ×100, mean ± std over the "
         "seeds that have finished (training data order and held-out split vary with the seed).",
@@ -182,7 +184,8 @@ def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
             expected = len(seeds_of(m, args.seeds))
             if len(docs[m]) < expected:
                 missing.append(f"{name} {m} ({len(docs[m])}/{expected} seeds)")
-        labels = [e.label for e in task.load("validation", SHARED)[: profile.eval_limit]]
+        everything = [e.label for e in task.load("validation", SHARED)]
+        labels = [everything[i] for i in stratified_sample(everything, profile.eval_limit, 0)]  # what runs score
         majority = max(set(labels), key=labels.count)
         floor = {"accuracy": accuracy([majority] * len(labels), labels),
                  "macro_f1": macro_f1([majority] * len(labels), labels, task.num_choices), "roc_auc": 0.5}

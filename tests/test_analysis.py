@@ -39,6 +39,7 @@ from softprompt.optimizers import TrainConfig
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks import TaskSettings, predict, run_task
 from softprompt.tasks.run import task_metrics
+from softprompt.tasks.sampling import stratified_sample
 from softprompt.tasks.task import Task, task_from_dict
 
 COUNTRIES = ["France", "Germany", "Japan", "Italy", "Spain", "Peru", "Chile", "Egypt", "Kenya"]
@@ -267,7 +268,8 @@ def test_analysis_writes_every_part_and_transfer_is_consistent(trained_runs, tmp
     tasks = {"capital": capital_task(), "language": language_task()}
     exs = {name: examples(task, 10) for name, task in tasks.items()}
     config = AnalysisConfig(eval_limit=8, probe_size=3)
-    result = analyse(Analysis(lm, runs, tasks, exs, config, reference=lm), tmp_path / "out")
+    analysis = Analysis(lm, runs, tasks, exs, config, reference=lm)
+    result = analyse(analysis, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "analysis.json").read_text())["runs"] == json.loads(
         json.dumps(result["runs"]))
     assert set(result) >= {"readings", "faithfulness", "stochasticity", "similarity", "transfer"}
@@ -280,8 +282,12 @@ def test_analysis_writes_every_part_and_transfer_is_consistent(trained_runs, tmp
         assert transfer["change_vs_own"][task][task] == 0.0
         own = [result["faithfulness"][r.label]["soft_score"] for r in runs if r.task == task]
         assert transfer["own"][task] == pytest.approx(sum(own) / len(own))
-        scores = predict(Engine(lm), None, tasks[task], exs[task][:8], TaskSettings())
-        no_prompt = task_metrics(tasks[task], scores, [e.label for e in exs[task][:8]])["accuracy"]
+        # The 8 evaluation examples are the seeded stratified sample that task eval --eval-limit 8 draws.
+        indices = stratified_sample([e.label for e in exs[task]], 8, 0)
+        sample = analysis.eval_set(task)
+        assert result["samples"][task]["indices"] == indices and sample == [exs[task][i] for i in indices]
+        scores = predict(Engine(lm), None, tasks[task], sample, TaskSettings())
+        no_prompt = task_metrics(tasks[task], scores, [e.label for e in sample])["accuracy"]
         assert transfer["no_prompt"][task] == no_prompt
     similarity = result["similarity"]["prompts"]
     for name, matrix in similarity.items():

@@ -16,6 +16,7 @@ from softprompt.models import LanguageModel
 from softprompt.optimizers import TrainConfig
 from softprompt.probing import Fact, Relation
 from softprompt.probing.demo import run_demo
+from softprompt.probing.probe import MULTI_TOKEN
 from softprompt.prompts import read_prompt_file
 
 TEMPLATE = "the capital of [X] is [Y] ."
@@ -113,7 +114,11 @@ def test_train_then_eval_reproduces_metrics(
     result = invoke("probe", "eval", "--data", data_dir, "--model", model_dirs["causal"], "--prompt", run,
                     "--out", evaluated)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in evaluated.iterdir()) == [".lock", "config.json", "metrics.json", "predictions.jsonl"]
+    assert sorted(p.name for p in evaluated.iterdir()) == [".lock", "config.json", "dropped.jsonl", "metrics.json",
+                                                           "predictions.jsonl"]
+    nairobi = {"split": "train", "subject": "Kenya", "answer": "Nairobi", "reason": MULTI_TOKEN}
+    for directory in (run, evaluated):
+        assert [json.loads(line) for line in (directory / "dropped.jsonl").read_text().splitlines()] == [nairobi]
     assert read_json(evaluated / "metrics.json")["test"] == trained["test"]
     assert (evaluated / "predictions.jsonl").read_text() == (run / "predictions.jsonl").read_text()
 

@@ -153,3 +153,28 @@ def test_user_errors(relation_dir, prompt_root, model_dirs, tmp_path, monkeypatc
     assert invoke("probe", "train", "--data", relation_dir, "--template", "[X] is [Y] .", "--model",
                   model_dirs["causal"], "--out", single, "--epochs", 1, "--quiet").exit_code == 0
     assert_user_error(invoke("mixture", "show", single, "--model", model_dirs["causal"]), "not a mixture")
+
+
+def test_drops_and_reorderings_are_shown_before_training(relation_dir, prompt_root, model_dirs, tmp_path,
+                                                         monkeypatch) -> None:
+    monkeypatch.setenv("SOFTPROMPT_SHARED_DATA", str(prompt_root))
+    with (relation_dir / "train.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"sub": "Kenya", "obj": "Nairobi"}) + "\n")  # not a single token for the tiny models
+    out = tmp_path / "run"
+    result = invoke("mixture", "train", "--data", relation_dir, "--model", model_dirs["causal"], "--epochs", 1,
+                    "--batch-size", 8, "--prompts", "min", "--out", out)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+
+    def line_of(fragment: str) -> int:
+        return next(i for i, line in enumerate(lines) if fragment in line)
+
+    training = line_of("epoch 1: train loss")
+    assert line_of("dropped because their answer is not a single token: train 1, dev 0, test 0") < training
+    assert line_of("reordered to end in [Y]: '[Y] native [X] .' -> 'native [X] . [Y]'") < training
+    dropped = [json.loads(line) for line in (out / "dropped.jsonl").read_text().splitlines()]
+    assert dropped == [{"split": "train", "subject": "Kenya", "answer": "Nairobi",
+                        "reason": "the answer is not a single token for this model"}]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["prompt_set"]["reorderings"] == [["[Y] native [X] .", "native [X] . [Y]"]]
+    assert metrics["dropped_multi_token"] == {"train": 1, "dev": 0, "test": 0} and "warnings" in metrics

@@ -13,7 +13,7 @@ from softprompt.io import write_jsonl
 from softprompt.metrics import answer_ranks, ranking_metrics
 from softprompt.optimizers import TrainConfig
 from softprompt.probing import Fact, Relation
-from softprompt.probing.probe import encode_relation, evaluate, make_prompt, predict, run_probe
+from softprompt.probing.probe import MULTI_TOKEN, encode_relation, evaluate, make_prompt, predict, run_probe
 from softprompt.prompts import HardPrompt, SoftPrompt, load_prompt
 
 COUNTRIES = ["France", "Germany", "Japan", "Italy", "Spain", "Peru", "Chile", "Egypt", "Kenya"]
@@ -115,7 +115,7 @@ def test_hard_probe_writes_a_complete_run(which, request, tmp_path):
     out = tmp_path / "run"
     doc = run_probe(lm, capital_relation(), out, mode="hard", progress=False)
     assert sorted(p.name for p in out.iterdir()) == [
-        ".lock", "config.json", "metrics.json", "predictions.jsonl", "prompt.safetensors"
+        ".lock", "config.json", "dropped.jsonl", "metrics.json", "predictions.jsonl", "prompt.safetensors"
     ]
     config, metrics, rows = read_run(out)
     assert metrics == doc
@@ -123,6 +123,12 @@ def test_hard_probe_writes_a_complete_run(which, request, tmp_path):
     assert config["examples"] == {"train": 14, "dev": 7, "test": 7}
     dropped = {"train": 4, "dev": 2, "test": 2}
     assert config["dropped_multi_token"] == metrics["dropped_multi_token"] == dropped
+    # Each dropped fact is listed with its split and the reason, in the relation's order.
+    listed = [json.loads(line) for line in (out / "dropped.jsonl").read_text().splitlines()]
+    expected = [{"split": split, "subject": f.subject, "answer": f.answer, "reason": MULTI_TOKEN}
+                for split in ("train", "dev", "test") for f in capital_relation().splits[split]
+                if f.answer in ("Santiago", "Nairobi")]
+    assert listed == expected and len(listed) == 8
     assert "history" not in metrics
     kept = [f for f in capital_relation().splits["test"] if f.answer not in ("Santiago", "Nairobi")]
     assert [(r["subject"], r["answer"]) for r in rows] == [(f.subject, f.answer) for f in kept]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ from softprompt.prompts import load_prompt
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks import TaskEncoder, TaskSettings, builtin_tasks, choice_scores, load_task, predict, run_task
 from softprompt.tasks.inference import PromptedClassifier, generate
-from softprompt.tasks.run import split_data, task_metrics
+from softprompt.tasks.run import split_data, split_indices, task_metrics, task_run_settings, undefined_metrics
+from softprompt.tasks.sampling import stratified_sample
 from softprompt.tasks.scoring import calibrate
 from softprompt.tasks.task import task_from_dict
 
@@ -325,6 +327,60 @@ def test_few_shot_split_is_k_per_class_and_disjoint() -> None:
     assert not {id(e) for e in train} & {id(e) for e in dev}
     again, _ = split_data(task, examples, TaskSettings(shots=3), seed=0)
     assert [id(e) for e in again] == [id(e) for e in train]
+
+
+def test_stratified_sample_keeps_every_class_and_is_seeded() -> None:
+    labels = [0] * 60 + [1] * 40  # sorted by label, as staged files often are: the first 10 are all class 0
+    sample = stratified_sample(labels, 10, seed=0)
+    assert sorted(labels[i] for i in sample) == [0] * 6 + [1] * 4 and sample == sorted(sample)
+    assert stratified_sample(labels, 10, seed=0) == sample
+    assert stratified_sample(labels, 10, seed=1) != sample
+    assert stratified_sample(labels, None, seed=0) == stratified_sample(labels, 100, seed=3) == list(range(100))
+    # A class too rare for its share to round up still gets one item (ROC-AUC needs both classes).
+    assert 99 in stratified_sample([0] * 99 + [1], 5, seed=0)
+    # Largest remainders: the shares of 7 in 3 + 3 + 4 items are 2.1, 2.1 and 2.8, so the third class rounds up.
+    three = [0] * 3 + [1] * 3 + [2] * 4
+    assert sorted(three[i] for i in stratified_sample(three, 7, seed=0)) == [0, 0, 1, 1, 2, 2, 2]
+
+
+def test_full_data_split_holds_out_dev_as_before_and_limits_balance_and_stratify() -> None:
+    task = capital_task()
+    labels = [0] * 40 + [1] * 10
+    examples = [task.render({"c": "France", "label": "ab"[y]}) for y in labels]
+    # Without limits the split is what runs have always used: a seeded shuffle, dev first, the rest in order.
+    pool = list(range(50))
+    random.Random(3).shuffle(pool)
+    assert split_indices(task, labels, TaskSettings(dev_size=7), seed=3) == (pool[7:], pool[:7])
+    assert split_indices(task, labels, TaskSettings(), seed=3)[1] == pool[:10]  # dev_size 200: at most a fifth
+    train, dev = split_indices(task, labels, TaskSettings(dev_size=5, train_limit=9), seed=3)
+    assert dev == pool[:5] and sorted(labels[i] for i in train) == [0] * 7 + [1] * 2
+    assert train == [i for i in pool[5:] if i in set(train)]  # still in the shuffled order
+    train, _ = split_indices(task, labels, TaskSettings(dev_size=5, balance=True), seed=3)
+    counts = [sum(labels[i] == c for i in train) for c in (0, 1)]
+    assert counts[0] == counts[1] == sum(labels[i] == 1 for i in pool[5:])
+    assert split_data(task, examples, TaskSettings(dev_size=5, balance=True), seed=3)[0] == [examples[i]
+                                                                                            for i in train]
+
+
+def test_new_settings_keep_old_runs_identity(causal_lm: LanguageModel) -> None:
+    """Runs stored before --balance and --eval-seed existed used their defaults and stay resumable."""
+    task, config = capital_task(), TrainConfig()
+    stored = task_run_settings(causal_lm, task, TaskSettings(), config)["settings"]
+    assert "balance" not in stored and "eval_seed" not in stored and stored["dev_size"] == 200
+    changed = task_run_settings(causal_lm, task, TaskSettings(balance=True, eval_seed=2), config)["settings"]
+    assert (changed["balance"], changed["eval_seed"]) == (True, 2)
+    with pytest.raises(SoftpromptError, match="dev_size must be at least 1"):
+        TaskSettings(dev_size=0)
+
+
+def test_a_metric_undefined_on_the_labels_is_none() -> None:
+    task = capital_task(metrics=["accuracy", "macro_f1", "roc_auc"])
+    scores = torch.tensor([[0.0, 1.0], [2.0, 1.0]])
+    metrics = task_metrics(task, scores, [0, 0])
+    assert metrics == {"n": 2, "accuracy": 0.5, "macro_f1": pytest.approx(1 / 3), "roc_auc": None}
+    assert undefined_metrics(task, [0, 0]) == {
+        "roc_auc": "ROC-AUC needs examples of both classes, and the 2 evaluation examples are of class a only"}
+    assert task_metrics(task, scores, [1, 0])["roc_auc"] == 1.0
 
 
 @pytest.mark.parametrize("kind", ["soft", "deep"])

@@ -187,6 +187,20 @@ def test_early_stopping_after_patience_epochs_without_improvement(task, monkeypa
     assert len(seen) == 6
     assert torch.equal(prompt.weight, seen[2])
     assert not torch.equal(seen[5], seen[2])
+    assert result.warnings() == []  # stopped by patience: nothing left undone
+
+
+def test_a_best_last_epoch_warns_that_training_stopped_too_early(task, monkeypatch):
+    """Dev loss still falling when the epoch limit ends training: the result says to train longer."""
+    engine, encoder, train, dev = task
+    losses = iter([5.0, 4.0, 3.0, 2.0])
+    monkeypatch.setattr(train_module, "mean_loss", lambda *args: next(losses))
+    config = TrainConfig(lr=0.05, batch_size=8, max_epochs=3, patience=2)
+    result = train_prompt(engine, SoftPrompt(encoder), train, dev, config, progress=False)
+    assert result.best_epoch == 3
+    assert result.warnings() == ["the best dev loss came at the last epoch (3): the prompt was still improving when "
+                                 "training stopped; train for more epochs (--epochs) or with a higher learning rate "
+                                 "(--lr)"]
 
 
 def test_no_improvement_keeps_the_initial_prompt(task, monkeypatch):
@@ -199,6 +213,7 @@ def test_no_improvement_keeps_the_initial_prompt(task, monkeypatch):
     result = train_prompt(engine, prompt, train, dev, config, progress=False)
     assert (result.best_epoch, len(result.history)) == (0, 3)
     assert torch.equal(prompt.weight, initial)
+    assert result.warnings() == []
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,10 @@
 
 A run directory holds ``config.json`` (the settings that identify the run, written before any work),
 ``checkpoint.safetensors`` (while and after training: it is what ``--resume`` continues),
-``prompt.safetensors``, ``predictions.jsonl`` and, written last so that its presence marks the run as
-finished, ``metrics.json``. Every file is written atomically. One rule decides whether a run may start in
-a directory (``RunDir.prepare``), and one check says which settings differ from the stored run's.
+``prompt.safetensors``, ``predictions.jsonl``, ``dropped.jsonl`` (facts a probing run could not use, and
+why) and, written last so that its presence marks the run as finished, ``metrics.json`` (with the run's
+``warnings``). Every file is written atomically. One rule decides whether a run may start in a directory
+(``RunDir.prepare``), and one check says which settings differ from the stored run's.
 
 A run holds the directory's lock (``.lock``, an advisory ``flock`` that the system releases when the process
 ends, so a crash leaves no stale lock) from before it touches anything until it is done: a second run into
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,12 +36,22 @@ from softprompt.prompts import Prompt
 CONFIG = "config.json"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.jsonl"
+DROPPED = "dropped.jsonl"
 PROMPT = "prompt.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 WARMUP = "warmup.safetensors"
 LOCK = ".lock"
 # What a run leaves, in the order a new run removes it: the finished marker first, the identity last.
-RUN_FILES = (METRICS, PREDICTIONS, PROMPT, CHECKPOINT, WARMUP, CONFIG)
+RUN_FILES = (METRICS, PREDICTIONS, PROMPT, CHECKPOINT, WARMUP, DROPPED, CONFIG)
+
+log = logging.getLogger(__name__)
+
+
+def warn(warnings: list[str], message: str) -> None:
+    """Show ``message`` now, through logging (the command line prints warnings even with --quiet), and keep it
+    in ``warnings``, which a run writes to metrics.json: a warning seen only on the terminal is lost to audits."""
+    log.warning("warning: %s", message)
+    warnings.append(message)
 
 
 @dataclass(frozen=True)
@@ -121,7 +133,8 @@ class RunDir:
             except BaseException:
                 resumable = self.finished or self.checkpoint.is_file() or (self.path / WARMUP).is_file()
                 if not (resume or resumable):  # a resumed run's config.json was there before it
-                    (self.path / CONFIG).unlink(missing_ok=True)
+                    for name in (DROPPED, CONFIG):
+                        (self.path / name).unlink(missing_ok=True)
                     if created:
                         (self.path / LOCK).unlink(missing_ok=True)
                         with contextlib.suppress(OSError):
@@ -134,6 +147,10 @@ class RunDir:
             (self.path / name).unlink(missing_ok=True)
         for left in self.path.glob("*.damaged"):
             left.unlink(missing_ok=True)
+
+    def write_rows(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Write one of the run's JSONL files besides the predictions (``DROPPED``), within ``open``."""
+        write_jsonl(self.path / name, list(rows))
 
     def finish(self, metrics: Mapping[str, Any], predictions: Sequence[dict[str, Any]], prompt: Prompt | None = None,
                prompt_extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -103,9 +103,9 @@ class Faithfulness:
     output: float  # Δ_Output
     top1_agreement: float
     metric: str  # the task metric Δ_L is measured with
-    soft_score: float
-    hard_score: float
-    performance: float  # Δ_L = |soft_score − hard_score|
+    soft_score: float | None  # None where the metric is undefined on the examples (ROC-AUC on one class)
+    hard_score: float | None
+    performance: float | None  # Δ_L = |soft_score − hard_score|
     prediction_agreement: float  # how often the two prompts pick the same choice
     perplexity: float | None = None  # scrutability of f_U(P̄), when a reference LM was given
 
@@ -141,7 +141,8 @@ def faithfulness(engine: Engine, prompt: TaskPrompt, task: Task, examples: Seque
     return Faithfulness(
         tokens=ids, text=lm.tokenizer.decode(ids), distance=distance_differential(lm, vectors, "euclidean"),
         cosine_distance=distance_differential(lm, vectors, "cosine"), output=output, top1_agreement=top1,
-        metric=metric, soft_score=soft, hard_score=hard_score, performance=abs(soft - hard_score),
+        metric=metric, soft_score=soft, hard_score=hard_score,
+        performance=None if soft is None or hard_score is None else abs(soft - hard_score),
         prediction_agreement=agreement,
         perplexity=None if reference is None else token_perplexity(reference, ids, lm),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,7 @@ from softprompt.prompts import load_prompt
 from softprompt.prompts.task import TaskPrompt
 from softprompt.runs import RunDir
 from softprompt.tasks.run import TaskSettings, predict, task_metrics
+from softprompt.tasks.sampling import sample_record, stratified_sample
 from softprompt.tasks.scoring import CHOICE_BATCH_SIZE
 from softprompt.tasks.task import Task, TaskExample
 
@@ -65,10 +67,11 @@ class Run:
 class AnalysisConfig:
     parts: tuple[str, ...] = PARTS
     top_k: int = 3
-    eval_limit: int = 100  # evaluation examples per task for faithfulness and transfer
+    eval_limit: int = 100  # a stratified sample of evaluation examples per task for faithfulness and transfer
     probe_size: int = 8  # probe inputs per task for neuron overlap
     batch_size: int = CHOICE_BATCH_SIZE
     seed: int = 0  # t-SNE
+    eval_seed: int = 0  # the eval_limit sample, drawn as task runs draw theirs
 
     def __post_init__(self) -> None:
         unknown = set(self.parts) - set(PARTS)
@@ -136,8 +139,17 @@ class Analysis:
                     "reference": None if self.reference is None else self.reference.name}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
+    def eval_indices(self, task: str) -> list[int]:
+        """The evaluation sample of ``task``: seeded and stratified, as ``task eval --eval-limit`` draws it."""
+        return stratified_sample([e.label for e in self.examples[task]], self.config.eval_limit, self.config.eval_seed)
+
     def eval_set(self, task: str) -> list[TaskExample]:
-        return list(self.examples[task])[: self.config.eval_limit]
+        return [self.examples[task][i] for i in self.eval_indices(task)]
+
+    def samples(self) -> dict[str, dict[str, Any]]:
+        """Each task's evaluation sample as analysis.json records it."""
+        return {t: sample_record(self.eval_indices(t), len(self.examples[t]), self.config.eval_seed, True)
+                for t in dict.fromkeys(r.task for r in self.runs) if t in self.examples}
 
 
 def cached(path: Path, compute: Callable[[], Any]) -> Any:
@@ -170,6 +182,7 @@ def analyse(a: Analysis, out: Path) -> dict[str, Any]:
         "runs": [{"label": r.label, "task": r.task, "path": str(r.path), "length": r.prompt.length,
                   "kind": r.prompt.tuning, "layout": r.prompt.layout, "init": r.prompt.init,
                   "metrics": r.doc.get("metrics", {}), "norm": float(r.vectors.norm())} for r in runs],
+        "samples": a.samples(),
     }
     parts = a.config.parts
     if "readings" in parts:
@@ -265,13 +278,14 @@ def transfer_part(a: Analysis, cache: Path, similarities: dict[str, Any] | None)
         label = "no-prompt" if i is None else _safe(runs[i].label)
         log.info(f"transfer {label} -> {target}")
 
-        def compute() -> float:
+        def compute() -> float | None:
             task, examples = a.tasks[target], a.eval_set(target)
             scores = predict(a.engine, None if i is None else runs[i].prompt, task, examples, TaskSettings(),
                              a.config.batch_size)
             return task_metrics(task, scores, [e.label for e in examples])[task.metrics[0]]
 
-        return cached(cache / "transfer" / f"{label}__{_safe(target)}.json", compute)
+        value = cached(cache / "transfer" / f"{label}__{_safe(target)}.json", compute)
+        return math.nan if value is None else value  # undefined on the sample: NaN through the means, null in JSON
 
     matrix = transfer_matrix([(r.label, r.task) for r in runs], targets, evaluate)
     out: dict[str, Any] = {**matrix.to_dict(), "metrics": {t: a.tasks[t].metrics[0] for t in targets},

@@ -121,9 +121,10 @@ def mixture_train(
 ) -> None:
     """Train a mixture of prompts for one relation and score it on test.
 
-    Facts whose answer is not a single token are dropped (and counted). The run directory gets
-    config.json, metrics.json (with mixture weights and the effective number of prompts),
-    predictions.jsonl (with each fact's most responsible prompts) and prompt.safetensors.
+    Facts whose answer is not a single token are dropped (counted, and listed in dropped.jsonl); the drops and
+    the reordered templates are shown before training. The run directory gets config.json, metrics.json (with
+    mixture weights and the effective number of prompts), predictions.jsonl (with each fact's most responsible
+    prompts), dropped.jsonl and prompt.safetensors.
     """
     check_resume_force(resume, force)
     name = relation_name(data, relation)
@@ -152,7 +153,8 @@ def mixture_train(
     doc = run_mixture(lm, rel, settings, out, config, caps, resume=resume, progress=not quiet)
     report = doc["prompt_set"]
     console.print(f"prompts: {report['total']} in the set, {report['reordered']} reordered to end in [Y], "
-                  f"{report['skipped']} skipped, {report['duplicates']} duplicates; {doc['num_prompts']} used")
+                  f"{report['skipped']} skipped, {report['duplicates']} duplicates; {doc['num_prompts']} used; facts "
+                  f"dropped: {', '.join(f'{s} {n}' for s, n in doc['dropped_multi_token'].items())}")
     console.print(metrics_table(rel.name, f"mixture ({mode})", "test", doc["test"]))
     console.print(f"effective number of prompts 2^H = {doc['effective_prompts']:.2f}; "
                   f"{time.monotonic() - started:.0f} s; run directory: {out}")

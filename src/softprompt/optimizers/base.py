@@ -59,6 +59,15 @@ class FitResult:
     # run's cost is this plus the resuming call's own time.
     earlier_seconds: float = 0.0
 
+    def warnings(self) -> list[str]:
+        """What the history says was left undone. Early stopping ends a run after epochs without improvement,
+        so a best epoch that is also the last one means the epoch limit stopped a prompt still improving."""
+        last = self.history[-1]["epoch"] if self.history else 0
+        if 0 < self.best_epoch == last:
+            return [f"the best dev loss came at the last epoch ({last}): the prompt was still improving when "
+                    "training stopped; train for more epochs (--epochs) or with a higher learning rate (--lr)"]
+        return []
+
 
 class Objective(Protocol):
     """A prompt's loss on its training data, and on dev data for model selection.

@@ -2,7 +2,9 @@
 
 A checkpoint (prompt, best prompt, Adam state, counters, history) is written atomically after every epoch.
 Each epoch's shuffle is seeded by (seed, epoch), so a run resumed from a checkpoint replays exactly the
-batches an uninterrupted run would have seen and ends with the same prompt.
+batches an uninterrupted run would have seen and ends with the same prompt. The result's ``warnings()`` say
+when the epoch limit stopped a prompt that was still improving; the run that called ``fit`` shows and records
+them (a warm-up phase of a longer run stops at its limit on purpose).
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
-"""Training and evaluating task prompts: data selection (full or k-shot), the choice objective, metrics,
-and run directories that can be resumed."""
+"""Training and evaluating task prompts: data selection (full or k-shot, limits as seeded stratified samples,
+class-balanced training), the choice objective, metrics, and run directories that can be resumed and audited."""
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,26 @@ from softprompt.metrics import accuracy, choice_predictions, macro_f1, roc_auc
 from softprompt.models import LanguageModel
 from softprompt.optimizers import FitResult, GradientDescent, TrainConfig
 from softprompt.prompts.task import INITS, LAYOUTS, TaskPrompt, count_markers
-from softprompt.runs import RunDir
+from softprompt.runs import RunDir, warn
 from softprompt.tasks.objective import ChoiceObjective
+from softprompt.tasks.sampling import (
+    PRIOR_GAP,
+    balanced,
+    by_class,
+    label_prior,
+    prior_gap,
+    sample_record,
+    stratified_sample,
+)
 from softprompt.tasks.scoring import CHOICE_BATCH_SIZE, TaskEncoder, calibrate, choice_scores
-from softprompt.tasks.task import Task, TaskExample
+from softprompt.tasks.task import HF_PREFIX, Task, TaskExample
+
+log = logging.getLogger(__name__)
 
 KINDS = ("hard", "soft", "deep")
+# Settings added after runs had been stored, with the value those runs used: a run's identity leaves them out
+# when they have it, so the older runs stay resumable (as mixture_settings does for its later options).
+LATER_DEFAULTS: dict[str, Any] = {"balance": False, "eval_seed": 0}
 
 
 @dataclass(frozen=True)
@@ -40,9 +55,11 @@ class TaskSettings:
     normalise: bool = False  # length-normalise multi-token choice scores
     calibrate: bool = False
     shots: int | None = None  # k training (and k dev) examples per class; None: the full train split
-    train_limit: int | None = None  # subsample the train split (full-data setting) to this many
-    dev_size: int = 200  # held out from train for early stopping (full-data setting)
-    eval_limit: int | None = None
+    train_limit: int | None = None  # a stratified sample of this many training examples (full-data setting)
+    dev_size: int = 200  # held out from train for early stopping (full-data setting; at most a fifth of it)
+    eval_limit: int | None = None  # a stratified sample of this many evaluation examples, drawn with eval_seed
+    balance: bool = False  # train on equally many examples of each class (the rarest class's count)
+    eval_seed: int = 0  # the same for every training seed, so that seeds are compared on the same examples
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -51,10 +68,15 @@ class TaskSettings:
             raise SoftpromptError(f"unknown init {self.init!r}; choose one of: {', '.join(INITS)}")
         if self.length < 0:
             raise SoftpromptError(f"prompt length must be at least 0, got {self.length}")
-        for name in ("shots", "train_limit", "eval_limit"):
+        for name in ("shots", "train_limit", "eval_limit", "dev_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SoftpromptError(f"{name} must be at least 1, got {value}")
+
+
+def settings_identity(settings: TaskSettings) -> dict[str, Any]:
+    """The settings as a run's config.json and checkpoint identify them (later options left out at their default)."""
+    return {k: v for k, v in asdict(settings).items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
 def build_prompt(lm: LanguageModel, task: Task, settings: TaskSettings, seed: int) -> TaskPrompt:
@@ -72,30 +94,90 @@ def build_prompt(lm: LanguageModel, task: Task, settings: TaskSettings, seed: in
     return prompt
 
 
-def split_data(task: Task, train: Sequence[TaskExample], settings: TaskSettings, seed: int
-               ) -> tuple[list[TaskExample], list[TaskExample]]:
-    """(train, dev): k per class each for few-shot runs; else a seeded held-out slice of ``train``."""
+def split_indices(task: Task, labels: Sequence[int], settings: TaskSettings, seed: int
+                  ) -> tuple[list[int], list[int]]:
+    """(train, dev) positions in the training split whose ``labels`` are given: k per class each for few-shot
+    runs; else a seeded held-out dev set of ``dev_size`` (at most a fifth) and the rest, class-balanced with
+    ``balance`` and cut to a stratified sample of ``train_limit``."""
     rng = random.Random(seed)
     if settings.shots is not None:
-        by_label: dict[int, list[TaskExample]] = {}
-        for e in train:
-            by_label.setdefault(e.label, []).append(e)
         picked_train, picked_dev = [], []
-        for label in sorted(by_label):
-            pool = by_label[label][:]
+        groups = by_class(labels)
+        for label in sorted(groups):
+            pool = groups[label][:]
             rng.shuffle(pool)
             picked_train += pool[: settings.shots]
             picked_dev += pool[settings.shots : 2 * settings.shots]
         if not picked_dev:
             raise SoftpromptError(f"task {task.name!r}: too few examples for {settings.shots}-shot train and dev sets")
         return picked_train, picked_dev
-    pool = list(train)
+    pool = list(range(len(labels)))
     rng.shuffle(pool)
     dev_size = min(settings.dev_size, len(pool) // 5)
     if dev_size < 1:
         raise SoftpromptError(f"task {task.name!r}: {len(pool)} training examples are too few to hold out a dev set")
     dev, rest = pool[:dev_size], pool[dev_size:]
-    return (rest[: settings.train_limit] if settings.train_limit else rest), dev
+    if settings.balance:
+        rest = balanced(labels, rest)
+    if settings.train_limit is not None:
+        # Kept in the shuffled order, like every training subset: the order is part of what the seed fixes.
+        kept = {rest[i] for i in stratified_sample([labels[j] for j in rest], settings.train_limit, seed)}
+        rest = [i for i in rest if i in kept]
+    return rest, dev
+
+
+def split_data(task: Task, train: Sequence[TaskExample], settings: TaskSettings, seed: int
+               ) -> tuple[list[TaskExample], list[TaskExample]]:
+    """(train, dev) examples (see ``split_indices``)."""
+    train_idx, dev_idx = split_indices(task, [e.label for e in train], settings, seed)
+    return [train[i] for i in train_idx], [train[i] for i in dev_idx]
+
+
+def load_split(task: Task, split: str, data_dir: Path | None = None, path: Path | None = None
+               ) -> tuple[list[TaskExample], str]:
+    """A split's examples and where they were read from (a file, or the task's ``hf:`` source), for the run's
+    record."""
+    examples = task.load(split, data_dir, path)
+    if path is None and str(task.data.get(split, "")).startswith(HF_PREFIX):
+        return examples, task.data[split]
+    return examples, str(path if path is not None else task.path(split, data_dir))
+
+
+def class_names(task: Task) -> list[str]:
+    """The names of a task's classes, as messages show them: its labels, or choice numbers."""
+    return list(task.labels) if task.labels is not None else [f"choice {c}" for c in range(task.num_choices)]
+
+
+def class_counts(task: Task, labels: Sequence[int]) -> str:
+    """How many of ``labels`` each class has, as messages show it ("positive 60, negative 20")."""
+    return ", ".join(f"{name} {sum(y == c for y in labels)}" for c, name in enumerate(class_names(task)))
+
+
+def prior_warning(task: Task, train_labels: Sequence[int], eval_labels: Sequence[int]) -> str | None:
+    """A warning when some class's share of the training labels differs from its share of the evaluation
+    labels by more than ``PRIOR_GAP``, else None."""
+    train_prior = label_prior(train_labels, task.num_choices)
+    eval_prior = label_prior(eval_labels, task.num_choices)
+    gap = prior_gap(train_prior, eval_prior)
+    if gap <= PRIOR_GAP:
+        return None
+
+    def shares(prior: list[float]) -> str:
+        return ", ".join(f"{name} {p:.0%}" for name, p in zip(class_names(task), prior, strict=True))
+
+    return (f"the training labels ({shares(train_prior)}) differ from the evaluation's ({shares(eval_prior)}) by "
+            f"{100 * gap:.0f} points for a class (more than {100 * PRIOR_GAP:.0f}): a tuned prompt learns the "
+            "training prior; consider --balance (equally many training examples per class)")
+
+
+def undefined_metrics(task: Task, labels: Sequence[int]) -> dict[str, str]:
+    """The task's metrics that examples with ``labels`` leave undefined, each with the reason."""
+    present = set(labels)
+    if "roc_auc" in task.metrics and not {0, 1} <= present:
+        only = " and ".join(class_names(task)[c] for c in sorted(present)) or "none"
+        return {"roc_auc": f"ROC-AUC needs examples of both classes, and the {len(labels)} evaluation examples are "
+                           f"of class {only} only"}
+    return {}
 
 
 def fit(engine: Engine, prompt: TaskPrompt, task: Task, train: Sequence[TaskExample], dev: Sequence[TaskExample],
@@ -106,7 +188,7 @@ def fit(engine: Engine, prompt: TaskPrompt, task: Task, train: Sequence[TaskExam
     objective = ChoiceObjective(engine, prompt, encoder.encode(train), encoder.encode(dev), settings.normalise,
                                 config.eval_batch_size)
     return GradientDescent(config, progress).fit(objective, checkpoint, resume,
-                                                 settings={"task": task.name, **asdict(settings)})
+                                                 settings={"task": task.name, **settings_identity(settings)})
 
 
 def predict(engine: Engine, prompt: TaskPrompt | None, task: Task, examples: Sequence[TaskExample],
@@ -128,11 +210,15 @@ def predict(engine: Engine, prompt: TaskPrompt | None, task: Task, examples: Seq
     return scores
 
 
-def task_metrics(task: Task, scores: torch.Tensor, labels: Sequence[int]) -> dict[str, float]:
+def task_metrics(task: Task, scores: torch.Tensor, labels: Sequence[int]) -> dict[str, float | None]:
+    """The task's metrics (and ``n``); None for a metric the labels leave undefined (see ``undefined_metrics``)."""
     predictions = choice_predictions(scores).tolist()
-    out: dict[str, float] = {"n": len(labels)}
+    undefined = undefined_metrics(task, labels)
+    out: dict[str, float | None] = {"n": len(labels)}
     for name in task.metrics:
-        if name == "accuracy":
+        if name in undefined:
+            out[name] = None
+        elif name == "accuracy":
             out[name] = accuracy(predictions, labels)
         elif name == "macro_f1":
             out[name] = macro_f1(predictions, labels, task.num_choices)
@@ -147,13 +233,27 @@ def task_metrics(task: Task, scores: torch.Tensor, labels: Sequence[int]) -> dic
 
 def task_run_settings(lm: LanguageModel, task: Task, settings: TaskSettings, config: TrainConfig) -> dict[str, Any]:
     """The entries of a task run's config.json that must be equal for the run to be resumed."""
-    return {"task": task.name, "model": lm.name, "settings": asdict(settings), "config": asdict(config)}
+    return {"task": task.name, "model": lm.name, "settings": settings_identity(settings), "config": asdict(config)}
+
+
+def eval_sample(task: Task, examples: Sequence[TaskExample], settings: TaskSettings
+                ) -> tuple[list[int], dict[str, Any], list[str]]:
+    """The positions of the evaluation sample (``eval_limit``, seeded by ``eval_seed``), its record, and the
+    warnings about the metrics it leaves undefined (shown now, before any work)."""
+    indices = stratified_sample([e.label for e in examples], settings.eval_limit, settings.eval_seed)
+    record = sample_record(indices, len(examples), settings.eval_seed, settings.eval_limit is not None)
+    warnings: list[str] = []
+    for name, reason in undefined_metrics(task, [examples[i].label for i in indices]).items():
+        warn(warnings, f"{name} is undefined (null in metrics.json): {reason}")
+    return indices, record, warnings
 
 
 def run_task(lm: LanguageModel, task: Task, settings: TaskSettings, config: TrainConfig, out: Path,
              train: Sequence[TaskExample] | None, evaluation: Sequence[TaskExample], resume: bool = False,
-             progress: bool = True, engine: Engine | None = None) -> dict[str, Any]:
-    """Train (unless the prompt is hard), evaluate, and write the run directory ``out``."""
+             progress: bool = True, engine: Engine | None = None, sources: Mapping[str, str] | None = None
+             ) -> dict[str, Any]:
+    """Train (unless the prompt is hard), evaluate, and write the run directory ``out``. ``sources`` (split ->
+    file) go into the run's record; the samples drawn from ``train`` and ``evaluation`` are recorded too."""
     engine = engine or Engine(lm)
     seed = config.seed
     torch.manual_seed(seed)
@@ -161,65 +261,94 @@ def run_task(lm: LanguageModel, task: Task, settings: TaskSettings, config: Trai
     if settings.kind != "hard" and train is None:
         raise SoftpromptError(f"task {task.name!r}: training a {settings.kind} prompt needs a train split")
     identity = task_run_settings(lm, task, settings, config)
+    samples: dict[str, Any] = {}
+    if settings.kind != "hard":
+        train = list(train)
+        train_idx, dev_idx = split_indices(task, [e.label for e in train], settings, seed)
+        train_part, dev_part = [train[i] for i in train_idx], [train[i] for i in dev_idx]
+        limited = settings.train_limit is not None or settings.shots is not None
+        samples |= {"train": sample_record(train_idx, len(train), seed, limited),
+                    "dev": sample_record(dev_idx, len(train), seed, True)}
+    eval_idx, samples["evaluation"], warnings = eval_sample(task, evaluation, settings)
+    evaluation = [evaluation[i] for i in eval_idx]
+    labels = [e.label for e in evaluation]
+    record = {"data": dict(sources or {}), "samples": samples}
     run = RunDir(out, "softprompt task train")
-    with run.open(identity, resume):
-        doc: dict[str, Any] = dict(identity)
+    with run.open(identity | record, resume):
+        doc: dict[str, Any] = identity | record
         start = time.perf_counter()
         earlier = 0.0
         if settings.kind != "hard":
-            train_part, dev_part = split_data(task, train, settings, seed)
+            log.info("training on %d examples (%s), %d held out for early stopping%s", len(train_part),
+                     class_counts(task, [e.label for e in train_part]), len(dev_part),
+                     "" if settings.shots is not None else f" (--dev-size {settings.dev_size}, at most a fifth)")
+            if message := prior_warning(task, [e.label for e in train_part], labels):
+                warn(warnings, message)
             result = fit(engine, prompt, task, train_part, dev_part, settings, config, run.checkpoint, resume, progress)
+            for message in result.warnings():
+                warn(warnings, message)
             earlier = result.earlier_seconds
             doc |= {"train_examples": len(train_part), "dev_examples": len(dev_part), "best_epoch": result.best_epoch,
                     "best_dev_loss": result.best_dev_loss, "history": result.history}
         # A resumed run's training time includes what its interrupted calls had checkpointed.
         doc["train_seconds"] = earlier + time.perf_counter() - start
-        evaluation = list(evaluation)[: settings.eval_limit] if settings.eval_limit else list(evaluation)
         start = time.perf_counter()
         scores = predict(engine, prompt, task, evaluation, settings, config.eval_batch_size)
         doc["eval_seconds"] = time.perf_counter() - start
-        labels = [e.label for e in evaluation]
         doc["metrics"] = task_metrics(task, scores, labels)
         doc["num_vectors"] = prompt.length
+        doc["warnings"] = warnings
         chosen = choice_predictions(scores).tolist()
         predictions = [{"index": i, "label": y, "prediction": p, "scores": [round(v, 5) for v in s.tolist()]}
-                       for i, (s, y, p) in enumerate(zip(scores, labels, chosen, strict=True))]
+                       for i, s, y, p in zip(eval_idx, scores, labels, chosen, strict=True)]
         return run.finish(doc, predictions, prompt)
 
 
 def eval_task(lm: LanguageModel, task: Task, prompt: TaskPrompt, examples: Sequence[TaskExample],
               settings: TaskSettings, out: Path | None = None, prompt_path: Path | None = None,
-              engine: Engine | None = None) -> dict[str, float]:
-    """Metrics of ``prompt`` on ``examples``; with ``out``, also a run directory (predictions, then metrics)."""
-    scores = predict(engine or Engine(lm), prompt, task, examples, settings)
-    labels = [e.label for e in examples]
-    metrics = task_metrics(task, scores, labels)
-    if out is not None:
-        run = RunDir(out, "softprompt task eval")
-        doc = {"task": task.name, "model": lm.name, "prompt": str(prompt_path)}
-        chosen = choice_predictions(scores).tolist()
-        with run.open(doc | {"settings": asdict(settings), "examples": len(examples)}):
-            run.finish(doc | {"metrics": metrics}, [{"index": i, "label": y, "prediction": p}
-                                                     for i, (y, p) in enumerate(zip(labels, chosen, strict=True))])
-    return metrics
+              engine: Engine | None = None, source: str | None = None) -> dict[str, Any]:
+    """Score ``prompt`` on ``examples`` (a seeded stratified sample of them with ``settings.eval_limit``) and
+    return the record: every setting that changes a number (the prompt file, layout, normalise, calibrate, the
+    data file ``source``, the sample), the metrics and the warnings. With ``out``, also write it as a run
+    directory (config, predictions, then metrics)."""
+    indices, sample, warnings = eval_sample(task, examples, settings)
+    chosen_examples = [examples[i] for i in indices]
+    scores = predict(engine or Engine(lm), prompt, task, chosen_examples, settings)
+    labels = [e.label for e in chosen_examples]
+    doc = {"task": task.name, "model": lm.name, "prompt": None if prompt_path is None else str(prompt_path),
+           "layout": prompt.layout, "kind": prompt.tuning, "num_vectors": prompt.length,
+           "normalise": settings.normalise, "calibrate": settings.calibrate, "eval_limit": settings.eval_limit,
+           "data": {"validation": source}, "sample": sample}
+    result = doc | {"metrics": task_metrics(task, scores, labels), "warnings": warnings}
+    if out is None:
+        return result
+    run = RunDir(out, "softprompt task eval")
+    chosen = choice_predictions(scores).tolist()
+    with run.open(doc):
+        return run.finish(result, [{"index": i, "label": y, "prediction": p}
+                                   for i, y, p in zip(indices, labels, chosen, strict=True)])
 
 
 def write_summary(out: Path, task: Task, seeds: Sequence[int], docs: Sequence[dict[str, Any]]
-                  ) -> dict[str, dict[str, float]]:
+                  ) -> dict[str, dict[str, float | None]]:
     """Write ``out``/summary.json (mean and std of every metric over the seeds' runs) and return it."""
     summary = summarise(docs)
     write_json(out / "summary.json", {"task": task.name, "seeds": list(seeds), "metrics": summary})
     return summary
 
 
-def summarise(docs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean and (sample) standard deviation of every metric over seeds."""
-    out = {}
+def summarise(docs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Mean and (sample) standard deviation of every metric over the seeds where it is defined (None where it is
+    defined for none)."""
+    out: dict[str, dict[str, float | None]] = {}
     for name in docs[0]["metrics"]:
         if name == "n":
             continue
-        values = torch.tensor([d["metrics"][name] for d in docs], dtype=torch.float64)
+        defined = [d["metrics"][name] for d in docs if d["metrics"][name] is not None]
+        if not defined:
+            out[name] = {"mean": None, "std": None, "seeds": 0}
+            continue
+        values = torch.tensor(defined, dtype=torch.float64)
         out[name] = {"mean": values.mean().item(), "std": values.std().item() if len(values) > 1 else 0.0,
                      "seeds": len(values)}
     return out
-

@@ -11,11 +11,12 @@ token: answers are tokenised as a word preceded by a space, whatever the templat
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
+from softprompt.probing.probe import dropped_fact
 from softprompt.probing.relations import SPLITS, Relation
 from softprompt.prompts import MixturePrompt
 from softprompt.templates import Example, Template, TemplateEncoder
@@ -32,6 +33,7 @@ class PromptSetReport:
     skipped: int  # answer-first templates left out (answer_first="skip")
     duplicates: int  # templates that encode every fact exactly as an earlier one does
     kept: int
+    reorderings: list[tuple[str, str]] = field(default_factory=list)  # (template, its answer-last form)
 
 
 def encode_prompt_set(
@@ -41,7 +43,8 @@ def encode_prompt_set(
     encoders: list[TemplateEncoder] = []
     sources: list[str] = []
     seen: set[tuple] = set()
-    reordered = skipped = duplicates = 0
+    skipped = duplicates = 0
+    reorderings: list[tuple[str, str]] = []
     for text in templates:
         template = Template(text)
         if template.answer_first and lm.kind == "causal":
@@ -50,7 +53,7 @@ def encode_prompt_set(
                 continue
             if answer_first == "reorder":
                 template = template.answer_last()
-                reordered += 1
+                reorderings.append((text, template.text))
             # "error": TemplateEncoder explains why the template cannot be used
         encoder = TemplateEncoder(template, lm, answer_space=True)
         if encoder.signature in seen:
@@ -62,7 +65,8 @@ def encode_prompt_set(
     if not encoders:
         raise SoftpromptError(f"none of the {len(templates)} templates is usable for model '{lm.name}' "
                               f"({skipped} answer-first templates skipped); use answer_first='reorder'")
-    return encoders, sources, PromptSetReport(len(templates), reordered, skipped, duplicates, len(encoders))
+    report = PromptSetReport(len(templates), len(reorderings), skipped, duplicates, len(encoders), reorderings)
+    return encoders, sources, report
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class MixtureData:
     splits: dict[str, list[MixtureItem]]
     facts: dict[str, list[tuple[str, str]]]
     dropped: dict[str, int]  # facts whose answer is not a single token
+    dropped_facts: list[dict[str, str]] = field(default_factory=list)  # those facts (probe.dropped_fact rows)
 
 
 def encode_mixture_data(
@@ -95,11 +100,13 @@ def encode_mixture_data(
     splits: dict[str, list[MixtureItem]] = {}
     kept: dict[str, list[tuple[str, str]]] = {}
     dropped: dict[str, int] = {}
+    dropped_facts: list[dict[str, str]] = []
     for split in SPLITS:
         items, facts = [], []
         for fact in relation.splits.get(split, []):
             rows = [e.encode(fact.subject, fact.answer) for e in encoders]
             if rows[0] is None:  # every prompt tokenises the answer alike (see encode_prompt_set)
+                dropped_facts.append(dropped_fact(split, fact.subject, fact.answer))
                 continue
             rows = [_offset(row, off) for row, off in zip(rows, mixture.offsets, strict=True)]
             items.append(MixtureItem(tuple(rows)))
@@ -107,7 +114,7 @@ def encode_mixture_data(
         dropped[split] = len(relation.splits.get(split, [])) - len(items)
         cap = (limits or {}).get(split)
         splits[split], kept[split] = items[:cap], facts[:cap]
-    return MixtureData(relation.name, splits, kept, dropped)
+    return MixtureData(relation.name, splits, kept, dropped, dropped_facts)
 
 
 def _offset(example: Example, offset: int) -> Example:

@@ -3,6 +3,7 @@ prune it to the prompts that matter, train it by gradient descent or EM, evaluat
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -16,13 +17,21 @@ from softprompt.engine import MAX_ROWS, Engine
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
 from softprompt.optimizers import OPTIMIZERS, SELECTIONS, FitResult, TrainConfig, warmup_history
-from softprompt.probing.mixture.data import AnswerFirst, MixtureData, encode_mixture_data, encode_prompt_set
+from softprompt.probing.mixture.data import (
+    AnswerFirst,
+    MixtureData,
+    PromptSetReport,
+    encode_mixture_data,
+    encode_prompt_set,
+)
 from softprompt.probing.mixture.objective import WEIGHTS_LR, MixtureObjective
 from softprompt.probing.mixture.scoring import SPARSE_DRAWS, SparseDraw, evaluate_mixture, select_prompts
 from softprompt.probing.probe import require_facts
 from softprompt.probing.relations import Relation
 from softprompt.prompts import MixturePrompt, effective_prompts
-from softprompt.runs import WARMUP, RunDir
+from softprompt.runs import DROPPED, WARMUP, RunDir, warn
+
+log = logging.getLogger(__name__)
 
 METHODS = ("gradient", "em")  # the optimizers that train a mixture
 
@@ -126,6 +135,9 @@ def run_mixture(
     # Pruning keeps every fact: each prompt of a mixture tokenises the answers alike.
     with run.open(identity | {"examples": {s: len(e) for s, e in data.splits.items()},
                               "dropped_multi_token": data.dropped, "prompt_set": asdict(report)}, resume):
+        run.write_rows(DROPPED, data.dropped_facts)
+        describe_inputs(data, report, run.path / DROPPED)
+        warnings: list[str] = []
         warmed = fit(mixture, data, warmup, run.path / WARMUP) if warmup else None
         if pruning:
             chosen, fitted = select_prompts(engine, mixture, data.splits["dev"], settings.top_k, settings.max_rows,
@@ -137,6 +149,8 @@ def run_mixture(
             result = fit(mixture, data, config.max_epochs - warmup, run.checkpoint)
             if warmed is not None:
                 result = warmup_history(warmed, result, warmup)
+            for message in result.warnings():
+                warn(warnings, message)
         # A resumed run costs what its interrupted calls had checkpointed as well as this call's time.
         earlier = result.earlier_seconds if result is not None else 0.0
         fit_seconds = earlier + time.perf_counter() - started
@@ -149,13 +163,25 @@ def run_mixture(
             "temperature": mixture.temperature, "templates": [e.template.text for e in mixture.encoders],
             "sources": mixture.sources, "seconds": {"fit": fit_seconds,
                                                     "total": earlier + time.perf_counter() - started},
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "warnings": warnings,
         }
         if fitted is not None:
             doc["selection_weights"] = fitted
         if result is not None:
             doc |= {"best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history}
         return run.finish(doc, rows, mixture, {"relation": relation.name})
+
+
+def describe_inputs(data: MixtureData, report: PromptSetReport, dropped: Path) -> None:
+    """Say, before any training, which facts were dropped and which templates were reordered."""
+    used = ", ".join(f"{split} {len(items)}" for split, items in data.splits.items())
+    lost = ", ".join(f"{split} {n}" for split, n in data.dropped.items())
+    log.info("facts used: %s; dropped because their answer is not a single token: %s (listed in %s)", used, lost,
+             dropped)
+    log.info("prompts: %d in the set, %d reordered to end in [Y], %d skipped, %d duplicates; %d used", report.total,
+             report.reordered, report.skipped, report.duplicates, report.kept)
+    for before, after in report.reorderings:
+        log.info("reordered to end in [Y]: %r -> %r", before, after)
 
 
 def mixture_settings(
