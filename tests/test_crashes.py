@@ -166,7 +166,14 @@ def test_a_killed_force_leaves_no_finished_old_run(setup) -> None:
     code, err = finish(start(root, model, data, out))
     assert code == 0, err
     process = start(root, model, data, out, "--force", "--lr", "0.01", hook="after-checkpoint")
-    wait_for(lambda: (out / "checkpoint.safetensors").is_file() and not (out / "metrics.json").exists(), process)
+    def new_checkpoint() -> bool:  # the old run's files go first, so the new config means a new checkpoint
+        try:
+            lr = json.loads((out / "config.json").read_text())["train"]["lr"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return lr == 0.01 and (out / "checkpoint.safetensors").is_file()
+
+    wait_for(new_checkpoint, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (out / "metrics.json").exists() and not (out / "predictions.jsonl").exists()
