@@ -186,3 +186,19 @@ def test_task_names_from_run_files_cannot_write_outside_the_cache(trained, model
     written = {p.resolve() for p in tmp_path.rglob("*.json")} - {p.resolve() for p in runs.rglob("*.json")}
     assert written and all(p.is_relative_to(out.resolve()) for p in written), sorted(map(str, written))
     assert not list(tmp_path.rglob("escape*"))
+
+
+def test_undefined_metrics_render_as_a_dash(trained, model_dirs, tmp_path: Path) -> None:
+    """A metric the data left undefined (null, e.g. ROC-AUC on one class) is shown as "–", never a crash."""
+    assert analyze(trained, model_dirs["causal"], tmp_path / "a", "--parts", "faithfulness,transfer").exit_code == 0
+    doc = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    doc["runs"][0]["metrics"]["accuracy"] = None
+    first = next(iter(doc["faithfulness"]))
+    doc["faithfulness"][first]["soft_score"] = None
+    source = next(iter(doc["transfer"]["task_scores"]))
+    target = doc["transfer"]["targets"][0]
+    doc["transfer"]["task_scores"][source][target] = None
+    (tmp_path / "a" / "analysis.json").write_text(json.dumps(doc))
+    result = invoke("report", tmp_path / "a", "-o", tmp_path / "r.html")
+    assert result.exit_code == 0, result.output
+    assert "accuracy –" in (tmp_path / "r.html").read_text()

@@ -69,6 +69,11 @@ def num(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
+def percent(value: float | None, digits: int = 1, sign: bool = False) -> str:
+    """A fraction ×100, or "–" for a metric the data left undefined (null)."""
+    return "–" if value is None or math.isnan(value) else f"{100 * value:{'+' if sign else ''}.{digits}f}"
+
+
 def fmt(value: float | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -120,7 +125,7 @@ def runs_section(analyses: Sequence[dict[str, Any]]) -> str:
     rows = []
     for a in analyses:
         for r in a["runs"]:
-            metrics = ", ".join(f"{k} {100 * v:.1f}" for k, v in r["metrics"].items() if k != "n")
+            metrics = ", ".join(f"{k} {percent(v)}" for k, v in r["metrics"].items() if k != "n")
             rows.append([r["label"], r["task"], a["model"], r["kind"], r["length"], r["init"], f"{r['norm']:.1f}",
                          metrics])
     if not rows:
@@ -151,8 +156,8 @@ def readings_section(a: dict[str, Any]) -> str:
 def faithfulness_section(a: dict[str, Any]) -> str:
     lengths = {r["label"]: r["length"] for r in a["runs"]}
     rows = [[label, lengths[label], fmt(f["distance"]), fmt(f["cosine_distance"]), fmt(f["output"]),
-             f"{100 * f['top1_agreement']:.0f}%", f"{100 * f['soft_score']:.1f}", f"{100 * f['hard_score']:.1f}",
-             f"{100 * f['performance']:.1f}", fmt(f["perplexity"], 1), token_text(f["text"])[:120]]
+             f"{percent(f['top1_agreement'], 0)}%", percent(f["soft_score"]), percent(f["hard_score"]),
+             percent(f["performance"]), fmt(f["perplexity"], 1), token_text(f["text"])[:120]]
             for label, f in a["faithfulness"].items()]
     return ("<p class='note'>Δ_D: mean squared Euclidean (and cosine) distance from each vector to its nearest "
             "token; Δ_Output: mean squared logit difference where answers are read, soft vs unembedded prompt, and "

@@ -12,7 +12,7 @@ from rich.table import Table
 from softprompt.analysis import Analysis, AnalysisConfig, analyse, load_runs, nearest_tokens, prompt_vectors
 from softprompt.analysis.pipeline import PARTS
 from softprompt.analysis.readings import METRICS
-from softprompt.analysis.report import render, screenshot, token_text
+from softprompt.analysis.report import fmt, percent, render, screenshot, token_text
 from softprompt.analysis.visualise import html_fragment, read_mixture
 from softprompt.cli.common import Model, Quiet, console, load_lm, staged_data
 from softprompt.errors import SoftpromptError
@@ -95,9 +95,8 @@ def _print_summary(result: dict[str, Any]) -> None:
             table.add_column(col, justify="right")
         for label, f in result["faithfulness"].items():
             ppl = "–" if f["perplexity"] is None else f"{f['perplexity']:.1f}"
-            table.add_row(label, f"{f['distance']:.3f}", f"{f['output']:.3f}", f"{100 * f['top1_agreement']:.0f}%",
-                          f"{100 * f['soft_score']:.1f}", f"{100 * f['hard_score']:.1f}",
-                          f"{100 * f['performance']:.1f}", ppl)
+            table.add_row(label, f"{f['distance']:.3f}", f"{f['output']:.3f}", f"{percent(f['top1_agreement'], 0)}%",
+                          percent(f["soft_score"]), percent(f["hard_score"]), percent(f["performance"]), ppl)
         console.print(table)
     if "transfer" in result:
         t = result["transfer"]
@@ -106,12 +105,12 @@ def _print_summary(result: dict[str, Any]) -> None:
         for target in t["targets"]:
             table.add_column(target, justify="right")
         for source, row in t["task_scores"].items():
-            table.add_row(source, *[f"{100 * row[c]:.1f} ({100 * t['change_vs_no_prompt'][source][c]:+.1f})"
+            table.add_row(source, *[f"{percent(row[c])} ({percent(t['change_vs_no_prompt'][source][c], sign=True)})"
                                     for c in t["targets"]])
-        table.add_row("no prompt", *[f"{100 * t['no_prompt'][c]:.1f}" for c in t["targets"]])
+        table.add_row("no prompt", *[percent(t["no_prompt"][c]) for c in t["targets"]])
         console.print(table)
         for c in t.get("correlations", []):
-            console.print(f"Spearman({c['indicator']}, transfer gain) = {c['rho']:.3f} (p = {c['p_value']:.3g}, "
+            console.print(f"Spearman({c['indicator']}, transfer gain) = {fmt(c['rho'])} (p = {fmt(c['p_value'])}, "
                           f"{c['points']} points)")
 
 
