@@ -7,7 +7,9 @@ import gzip
 import json
 import math
 import os
+import re
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,9 @@ from typing import Any
 from safetensors import SafetensorError
 
 from softprompt.errors import SoftpromptError
+
+# A JSON escape of a UTF-16 surrogate; only a pair of them stands for a character.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -87,6 +92,20 @@ def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
                              for row in rows))
 
 
+def excerpt(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages quote input this way, so that a long or
+    multi-line value still gives one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def one_line(err: BaseException | str, limit: int = 200) -> str:
+    """An exception's message (or a text) on one line, cut to ``limit`` characters: messages from libraries
+    (Jinja, YAML, torch) may span lines and quote the input."""
+    text = " ".join(str(getattr(err, "message", None) or err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """The JSON objects of a (possibly gzipped) JSONL file with their 1-based line numbers."""
     path = Path(path)
@@ -95,8 +114,8 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     try:
         with gzip.open(path) if path.name.endswith(".gz") else path.open("rb") as handle:
             raw_lines = handle.readlines()
-    except OSError as exc:  # includes gzip.BadGzipFile
-        raise SoftpromptError(f"{path}: cannot read it ({exc})") from exc
+    except (OSError, EOFError, zlib.error) as exc:  # OSError includes gzip.BadGzipFile; EOFError: truncated
+        raise SoftpromptError(f"{path}: cannot read it ({exc}); check that it is a complete file") from exc
     rows = []
     for lineno, raw in enumerate(raw_lines, start=1):
         # Decoding per line (not per file) gives exact line numbers; a BOM can only start line 1.
@@ -112,9 +131,29 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
             raise SoftpromptError(
                 f"{path}, line {lineno}: malformed JSON ({exc.msg}); each line must be one JSON object"
             ) from exc
+        except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, arrays nested too deep
+            raise SoftpromptError(
+                f"{path}, line {lineno}: JSON too large to read ({type(exc).__name__}); shorten the line"
+            ) from exc
         if not isinstance(row, dict):
             raise SoftpromptError(
                 f"{path}, line {lineno}: found a JSON {type(row).__name__}; each line must be one JSON object"
             )
+        if SURROGATE_ESCAPE.search(line) and not encodable(row):
+            # JSON can escape half of a UTF-16 pair ("\ud800"), which no UTF-8 text can hold: tokenizers and
+            # writers would fail on it later, far from this line.
+            raise SoftpromptError(
+                f"{path}, line {lineno}: an unpaired surrogate escape (such as \\ud800) is no character; "
+                "fix or remove it"
+            )
         rows.append((lineno, row))
     return rows
+
+
+def encodable(obj: Any) -> bool:
+    """Whether ``obj`` (decoded JSON) can be written as UTF-8, i.e. holds no unpaired surrogate."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from softprompt.errors import SoftpromptError
+from softprompt.io import excerpt
 from softprompt.models import LanguageModel
 
 SLOT = re.compile(r"\[(X|Y)\]")
@@ -23,12 +24,18 @@ class Template:
     text: str
 
     def __post_init__(self) -> None:
+        # Templates come from JSON, YAML and prompt files, where any value can stand in for one.
+        if not isinstance(self.text, str):
+            raise SoftpromptError(
+                f"a template must be a string, got {type(self.text).__name__} {excerpt(self.text)}; "
+                "write it like '[X] was born in [Y] .'"
+            )
         slots = SLOT.findall(self.text)
         for slot in "XY":
             if slots.count(slot) != 1:
                 found = "no" if slot not in slots else f"{slots.count(slot)}"
                 raise SoftpromptError(
-                    f"template {self.text!r} has {found} [{slot}] slot(s); it needs exactly one [X] "
+                    f"template {excerpt(self.text)} has {found} [{slot}] slot(s); it needs exactly one [X] "
                     "(the subject) and one [Y] (the answer), e.g. '[X] was born in [Y] .'"
                 )
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from softprompt.errors import SoftpromptError
-from softprompt.io import read_jsonl
-from softprompt.probing.relations import check_template
+from softprompt.io import excerpt, read_jsonl
+from softprompt.probing.relations import check_template, read_text_lines
 
 # (dataset, source) -> path of the per-relation file under the shared data root, "{r}" is the relation.
 _QE = "qin_eisner_soft_prompts/prompts"
@@ -62,7 +62,7 @@ def read_template_list(path: str | Path) -> list[str]:
             key = "template" if "template" in row else "pattern" if "pattern" in row else None
             if key is None:
                 raise SoftpromptError(
-                    f'{path}, line {lineno}: no "template" (or "pattern") key; found {sorted(row)}; '
+                    f'{path}, line {lineno}: no "template" (or "pattern") key; found {excerpt(sorted(row))}; '
                     'write lines like {"template": "[X] was born in [Y] ."}'
                 )
             check_template(row[key], f"{path}, line {lineno}: the template")
@@ -70,7 +70,7 @@ def read_template_list(path: str | Path) -> list[str]:
     else:
         if not path.is_file():
             raise SoftpromptError(f"{path}: no such file; check the path")
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for lineno, line in enumerate(read_text_lines(path), start=1):
             if line.strip():
                 check_template(line.strip(), f"{path}, line {lineno}: the template")
                 templates.append(line.strip())

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.errors import SoftpromptError
-from softprompt.io import read_jsonl
+from softprompt.io import excerpt, read_jsonl
 
 SPLITS = ("train", "dev", "test")
 # A split directory may carry its own template, so that it can be used without a templates file.
@@ -53,11 +53,14 @@ class Relation:
 def check_template(template: Any, where: str) -> None:
     """Raise a SoftpromptError unless ``template`` is a string holding both [X] and [Y]."""
     if not isinstance(template, str):
-        raise SoftpromptError(f"{where} must be a string, got {type(template).__name__}")
+        raise SoftpromptError(
+            f"{where} must be a string, got {type(template).__name__} {excerpt(template)}; "
+            "write it like '[X] was born in [Y] .'"
+        )
     missing = [slot for slot in ("[X]", "[Y]") if slot not in template]
     if missing:
         raise SoftpromptError(
-            f"{where} {template!r} lacks {' and '.join(missing)}; write it with [X] for the subject "
+            f"{where} {excerpt(template)} lacks {' and '.join(missing)}; write it with [X] for the subject "
             "and [Y] for the answer, e.g. '[X] was born in [Y] .'"
         )
 
@@ -76,13 +79,13 @@ def read_facts(path: str | Path) -> list[Fact]:
         if keys is None:
             expected = " or ".join(f'"{sub}" and "{obj}"' for sub, obj in _FACT_KEYS)
             raise SoftpromptError(
-                f"{path}, line {lineno}: a fact needs the keys {expected}; found {sorted(row)}"
+                f"{path}, line {lineno}: a fact needs the keys {expected}; found {excerpt(sorted(row))}"
             )
         values = [row[key] for key in keys]
         for key, value in zip(keys, values, strict=True):
             if not isinstance(value, str) or not value.strip():
                 raise SoftpromptError(
-                    f'{path}, line {lineno}: "{key}" must be a non-empty string, got {value!r}'
+                    f'{path}, line {lineno}: "{key}" must be a non-empty string, got {excerpt(value)}'
                 )
         facts.append(Fact(*values))
     if not facts:
@@ -97,10 +100,15 @@ def read_templates(path: str | Path) -> dict[str, str]:
     templates: dict[str, str] = {}
     for lineno, row in read_jsonl(path):
         if "template" not in row:
-            raise SoftpromptError(f'{path}, line {lineno}: no "template" key; found {sorted(row)}')
+            raise SoftpromptError(
+                f'{path}, line {lineno}: no "template" key; found {excerpt(sorted(row))}; '
+                'write lines like {"relation": "P19", "template": "[X] was born in [Y] ."}'
+            )
         relation = row.get("relation", _stem(Path(path)))
         if not isinstance(relation, str):
-            raise SoftpromptError(f'{path}, line {lineno}: "relation" must be a string, got {relation!r}')
+            raise SoftpromptError(
+                f'{path}, line {lineno}: "relation" must be a string, got {excerpt(relation)}; name it like "P19"'
+            )
         check_template(row["template"], f"{path}, line {lineno}: the template")
         # Single-prompt files may list several prompts; the first is the manual one.
         templates.setdefault(relation, row["template"])
@@ -129,9 +137,24 @@ def load_split_dir(directory: str | Path) -> dict[str, list[Fact]]:
     return splits
 
 
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (a BOM is dropped), split at line feeds only, so that line numbers in
+    messages are an editor's (str.splitlines also splits at form feeds and Unicode line separators)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SoftpromptError(f"{path}: cannot read it ({err.strerror or err}); check its permissions") from err
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise SoftpromptError(f"{path}, line {line}: not UTF-8 text; save the file as UTF-8") from err
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def _read_template_txt(path: Path) -> str:
     """The first non-blank line of a plain-text template file."""
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line.strip() for line in read_text_lines(path) if line.strip()]
     template = lines[0] if lines else ""
     check_template(template, f"{path}: the template")
     return template
@@ -155,7 +178,8 @@ def load_relation(
         splits = {"test": read_facts(data)}
     else:
         raise SoftpromptError(f"{data}: no such file or directory; check the path")
-    name = name or _stem(data)
+    # "." or "x/.jsonl" have no stem of their own: name them after the directory they are, or a generic name.
+    name = name or _stem(data) or _stem(data.resolve()) or "relation"
     if template is None and templates_file is not None:
         templates = read_templates(templates_file)
         if name not in templates:

@@ -21,6 +21,8 @@ Face dataset instead (needs the ``datasets`` package and a connection).
 from __future__ import annotations
 
 import csv
+import io
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -32,14 +34,48 @@ import jinja2.sandbox
 import yaml
 
 from softprompt.errors import SoftpromptError
-from softprompt.io import read_jsonl
+from softprompt.io import excerpt, one_line, read_jsonl
 from softprompt.paths import shared_data_dir
 
 METRICS = ("accuracy", "macro_f1", "roc_auc")
 SPLITS = ("train", "validation", "test")
 FORMATS = ("jsonl", "tsv", "csv")
 HF_PREFIX = "hf:"
-_ENV = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+# A task file is a few fields: anything larger is a mistake (or an attack on the YAML parser).
+MAX_TASK_BYTES = 1_000_000
+MAX_YAML_DEPTH = 64
+# What one template expression may build: a power of at most this many bits, a repeated string or list of
+# at most this many items (the sandbox already bounds range() to jinja2.sandbox.MAX_RANGE items).
+MAX_POWER_BITS = 4096
+MAX_REPEAT = 100_000
+# A multiple-choice target: the index of the gold choice (ASCII digits only: int() also reads "²" or "1_0").
+INDEX = re.compile(r"-?[0-9]{1,9}")
+# Delimiters that a CSV or TSV file might use instead of the one its name promises.
+DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "bar"}
+
+
+class _BoundedEnvironment(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """The sandbox, with ``**`` and ``*`` bounded: "{{ 10**10**10 }}" or "{{ 'a' * 10**10 }}" would otherwise
+    run for hours or fill the memory (and Jinja would even try them while compiling, to fold constants)."""
+
+    intercepted_binops = frozenset({"**", "*"})
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and _is_int(left) and _is_int(right) and abs(left) > 1 and right > 0 \
+                and right * (abs(left).bit_length() - 1) > MAX_POWER_BITS:
+            raise OverflowError(f"a power of more than {MAX_POWER_BITS} bits")
+        if operator == "*":
+            count, items = (right, left) if _is_int(right) else (left, right)
+            if _is_int(count) and isinstance(items, str | list | tuple) and count * len(items) > MAX_REPEAT:
+                raise OverflowError(f"a repetition of more than {MAX_REPEAT} items")
+        return super().call_binop(context, operator, left, right)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_ENV = _BoundedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
 class _Blank(jinja2.Undefined):
@@ -57,7 +93,12 @@ class _Blank(jinja2.Undefined):
         return self
 
 
-_BLANK_ENV = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=_Blank, keep_trailing_newline=True)
+_BLANK_ENV = _BoundedEnvironment(undefined=_Blank, keep_trailing_newline=True)
+
+
+def _name(key: Any) -> str:
+    """A field or label name from a task file as a message shows it: plain if short and printable."""
+    return key if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 40 else excerpt(key, 40)
 
 
 @dataclass(frozen=True)
@@ -96,7 +137,17 @@ class Task:
         if self.labels is not None:
             if not isinstance(self.labels, dict) or len(self.labels) < 2:
                 raise SoftpromptError(f"{where}: field 'labels' must map at least two labels to verbalizers")
-            self.labels = {str(k): str(v) for k, v in self.labels.items()}
+            for key, value in self.labels.items():
+                if not isinstance(value, str):
+                    raise SoftpromptError(
+                        f"{where}: field 'labels': the verbalizer of label {_name(key)} must be a string, got "
+                        f"{type(value).__name__} {excerpt(value, 40)}; write the answer words, e.g. {{yes: \"Yes\"}}"
+                    )
+            # A target renders as text, so labels match as text: YAML reads {0: no, 1: yes} with integer keys.
+            labels = {str(k): v for k, v in self.labels.items()}
+            if len(labels) < len(self.labels):
+                raise SoftpromptError(f"{where}: field 'labels' has two labels that read the same as text")
+            self.labels = labels
             if any(not v.strip() for v in self.labels.values()):
                 raise SoftpromptError(f"{where}: field 'labels' has an empty verbalizer")
             if len(set(self.labels.values())) < len(self.labels):
@@ -105,13 +156,17 @@ class Task:
             isinstance(self.choices, list) and len(self.choices) >= 2 and all(isinstance(c, str) for c in self.choices)
         ):
             raise SoftpromptError(f"{where}: field 'choices' must be a list of at least two templates")
-        if not isinstance(self.data, dict) or set(self.data) - set(SPLITS):
+        if not isinstance(self.data, dict) or set(self.data) - set(SPLITS) or not all(
+            isinstance(v, str) and v for v in self.data.values()
+        ):
             raise SoftpromptError(f"{where}: field 'data' must map splits ({', '.join(SPLITS)}) to files")
         if self.format is not None and self.format not in FORMATS:
-            raise SoftpromptError(f"{where}: field 'format' must be one of {', '.join(FORMATS)}, got {self.format!r}")
+            raise SoftpromptError(
+                f"{where}: field 'format' must be one of {', '.join(FORMATS)}, got {excerpt(self.format)}"
+            )
         bad = [m for m in self.metrics if m not in METRICS]
         if bad:
-            raise SoftpromptError(f"{where}: field 'metrics' has unknown {bad}; known: {', '.join(METRICS)}")
+            raise SoftpromptError(f"{where}: field 'metrics' has unknown {excerpt(bad)}; known: {', '.join(METRICS)}")
         if "roc_auc" in self.metrics and self.num_choices != 2:
             raise SoftpromptError(f"{where}: metric roc_auc needs exactly two choices")
         for name in ("template", "target", *(["choices"] if self.choices else [])):
@@ -119,7 +174,13 @@ class Task:
                 try:
                     _ENV.from_string(text)
                 except jinja2.TemplateSyntaxError as err:
-                    raise SoftpromptError(f"{where}: field '{name}' is not a valid template: {err}") from err
+                    raise SoftpromptError(
+                        f"{where}: field '{name}' is not a valid template (its line {err.lineno}: {one_line(err)})"
+                    ) from err
+                except (RecursionError, MemoryError) as err:  # expressions nested too deep to compile
+                    raise SoftpromptError(
+                        f"{where}: field '{name}' is not a valid template (nested too deeply); simplify it"
+                    ) from err
 
     @property
     def num_choices(self) -> int:
@@ -133,33 +194,50 @@ class Task:
     def render(self, row: Mapping[str, Any], where: str = "", labelled: bool = True) -> TaskExample:
         """One data row as an example; ``where`` (file:line) goes into error messages. Unlabelled rows
         (``labelled=False``, for prediction) get label -1."""
-        try:
-            text = _ENV.from_string(self.template).render(row)
-            target = _ENV.from_string(self.target).render(row).strip() if labelled else "-1"
-            if self.labels is not None:
-                choices = tuple(self.labels.values())
-                keys = list(self.labels)
-                label = keys.index(target) if target in keys else (-1 if not labelled else None)
-            else:
-                choices = tuple(_ENV.from_string(c).render(row).strip() for c in self.choices or [])
-                label = int(target) if target.lstrip("-").isdigit() else None
-        except jinja2.UndefinedError as err:
-            raise SoftpromptError(f"{where}: {err} (task {self.name!r}, defined in {self.source})") from err
-        except jinja2.TemplateError as err:
-            raise SoftpromptError(f"{where}: template error for task {self.name!r}: {err}") from err
+        text = self._render("template", self.template, row, where)
+        target = self._render("target", self.target, row, where).strip() if labelled else "-1"
+        if self.labels is not None:
+            choices = tuple(self.labels.values())
+            keys = list(self.labels)
+            label = keys.index(target) if target in keys else (-1 if not labelled else None)
+        else:
+            choices = tuple(self._render("choices", c, row, where).strip() for c in self.choices or [])
+            label = int(target) if INDEX.fullmatch(target) else None
         if label is None or not -1 <= label < len(choices):
             known = list(self.labels) if self.labels is not None else list(range(len(choices)))
             raise SoftpromptError(
-                f"{where}: target {target!r} is not one of {known}; fix the row or the task's 'target'/'labels' "
-                f"in {self.source}"
+                f"{where}: target {excerpt(target)} is not one of {excerpt(known)}; fix the row or the task's "
+                f"'target'/'labels' in {self.source}"
             )
         return TaskExample(text, choices, label, row)
+
+    def _render(self, field: str, text: str, row: Mapping[str, Any], where: str,
+                env: jinja2.Environment = _ENV) -> str:
+        """One template of field ``field`` rendered over ``row``; a failure is a SoftpromptError naming both."""
+        try:
+            return env.from_string(text).render(row)
+        except jinja2.UndefinedError as err:
+            raise SoftpromptError(
+                f"{where}: {one_line(err)} (task {self.name!r}, field '{field}' in {self.source})"
+            ) from err
+        except (OverflowError, MemoryError, RecursionError) as err:
+            raise SoftpromptError(
+                f"{where}: field '{field}' of task {self.name!r} computes too much ({one_line(err)}); simplify it "
+                f"in {self.source}"
+            ) from err
+        except Exception as err:  # the template's own expressions over the row's values (e.g. "a" + 1, 1 / 0)
+            raise SoftpromptError(
+                f"{where}: template error for task {self.name!r}, field '{field}' in {self.source}: "
+                f"{type(err).__name__}: {one_line(err)}"
+            ) from err
 
     def content_free(self) -> TaskExample:
         """The template with every field "N/A" (Zhao et al. 2021's calibration input)."""
         if self.labels is None:
             raise SoftpromptError(f"task {self.name!r}: contextual calibration needs a shared label set ('labels')")
-        return TaskExample(_BLANK_ENV.from_string(self.template).render(), tuple(self.labels.values()), -1)
+        where = f"the content-free input of task {self.name!r}"
+        text = self._render("template", self.template, {}, where, _BLANK_ENV)
+        return TaskExample(text, tuple(self.labels.values()), -1)
 
     def path(self, split: str, data_dir: str | Path | None = None) -> Path:
         if split not in self.data:
@@ -218,31 +296,65 @@ def read_rows(path: Path, fmt: str | None = None) -> list[tuple[int, dict[str, A
         raise SoftpromptError(f"{path}: unknown data format; name it .jsonl, .tsv or .csv, or set 'format' in the task")
     if not path.is_file():
         raise SoftpromptError(f"data file not found: {path}")
-    if fmt == "jsonl":
-        rows = read_jsonl(path)
-    else:
-        rows = []
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            # QUOTE_NONE: GLUE TSVs contain bare double quotes inside fields.
-            quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
-            reader = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",", quoting=quoting)
-            for row in reader:
-                if None in row or None in row.values():
-                    raise SoftpromptError(
-                        f"{path}:{reader.line_num}: expected {len(reader.fieldnames or [])} columns "
-                        f"({', '.join(reader.fieldnames or [])})"
-                    )
-                rows.append((reader.line_num, dict(row)))
+    rows = read_jsonl(path) if fmt == "jsonl" else read_table(path, "\t" if fmt == "tsv" else ",")
     if not rows:
         raise SoftpromptError(f"{path}: no examples")
     return rows
+
+
+def read_table(path: Path, delimiter: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) pairs of a TSV or CSV file with a header row."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SoftpromptError(f"{path}: cannot read it ({err.strerror or err}); check its permissions") from err
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise SoftpromptError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from err
+    # QUOTE_NONE: GLUE TSVs contain bare double quotes inside fields.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    rows = []
+    try:
+        header = reader.fieldnames or []
+        check_header(path, header, delimiter)
+        for row in reader:
+            if None in row or None in row.values():
+                raise SoftpromptError(
+                    f"{path}:{reader.line_num}: expected {len(header)} columns {excerpt(header)}; "
+                    "fix the row, or quote fields that hold the delimiter"
+                )
+            rows.append((reader.line_num, dict(row)))
+    except csv.Error as err:  # e.g. a field over csv.field_size_limit(), a quote left open
+        # The DictReader counts only the lines of the rows it returned; its reader, also the failed one.
+        raise SoftpromptError(f"{path}:{reader.reader.line_num}: not a readable table ({err})") from err
+    return rows
+
+
+def check_header(path: Path, header: list[str], delimiter: str) -> None:
+    """Refuse a header that shows the file is separated by another delimiter than its name says: otherwise
+    every row reads as one column, and the error would be a template's missing field."""
+    if not header or header == [""]:
+        raise SoftpromptError(f"{path}: the first line must be a header naming the columns (e.g. text,label)")
+    if len(header) == 1:
+        other = next((d for d in DELIMITERS if d != delimiter and d in header[0]), None)
+        if other is not None:
+            fix = "name it .tsv or set 'format: tsv' in the task" if other == "\t" else (
+                "name it .csv or set 'format: csv' in the task" if other == "," else
+                f"save it with {DELIMITERS[delimiter]}s between the fields")
+            raise SoftpromptError(
+                f"{path}: its header {excerpt(header[0])} looks like it is separated by {other!r}, "
+                f"not {delimiter!r}; {fix}"
+            )
 
 
 def task_from_dict(doc: Mapping[str, Any], source: str) -> Task:
     if not isinstance(doc, Mapping):
         raise SoftpromptError(f"{source}: a task file must be a YAML mapping of fields")
     known = {f for f in Task.__dataclass_fields__ if f != "source"}
-    unknown = sorted(set(doc) - known)
+    unknown = sorted(_name(key) for key in set(doc) - known)
     if unknown:
         raise SoftpromptError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     for required in ("name", "template"):
@@ -264,9 +376,7 @@ def load_task(spec: str | Path) -> Task:
     """A built-in task by name (``cb``) or a task YAML file by path."""
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise SoftpromptError(f"task file not found: {path}")
-        text, source = path.read_text(encoding="utf-8"), str(path)
+        text, source = read_task_text(path), str(path)
     elif str(spec) in builtin_tasks():
         res = resources.files("softprompt.tasks.builtin") / f"{spec}.yaml"
         text, source = res.read_text(encoding="utf-8"), f"built-in task {spec}"
@@ -275,10 +385,60 @@ def load_task(spec: str | Path) -> Task:
             f"unknown task {str(spec)!r}: not a task YAML file, and not a built-in task ({', '.join(builtin_tasks())})"
         )
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_TaskLoader)  # a SafeLoader: it builds only plain data
+    except yaml.reader.ReaderError as err:  # a control character
+        line = text[: err.position].count("\n") + 1
+        raise SoftpromptError(f"{source}:{line}: not valid YAML (character #x{err.character:04x} is not "
+                              f"allowed: {err.reason})") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise SoftpromptError(f"{source}{line}: not valid YAML ({getattr(err, 'problem', err)})") from err
+        raise SoftpromptError(f"{source}{line}: not valid YAML ({one_line(getattr(err, 'problem', None) or err)})") \
+            from err
+    except Exception as err:  # PyYAML's constructors: ValueError for 2024-13-01, IndexError for "!!int" alone, ...
+        raise SoftpromptError(f"{source}: not valid YAML ({one_line(err)})") from err
     return task_from_dict(doc, source)
+
+
+def read_task_text(path: Path) -> str:
+    """The text of a task file, refusing what is not one: a missing file, more than MAX_TASK_BYTES, or
+    other text than UTF-8."""
+    if not path.is_file():
+        raise SoftpromptError(f"task file not found: {path}")
+    try:
+        data = path.read_bytes() if path.stat().st_size <= MAX_TASK_BYTES else None
+    except OSError as err:
+        raise SoftpromptError(f"{path}: cannot read it ({err.strerror or err}); check its permissions") from err
+    if data is None:
+        raise SoftpromptError(f"{path}: a task file of over {MAX_TASK_BYTES // 1000} kB; a task file only says "
+                              "where the data is and how to render it, so put the examples in a data file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise SoftpromptError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from err
+
+
+class _TaskLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases, and with nesting bounded. A task file has no use for either, and
+    aliases let a few lines expand to billions of nodes ("billion laughs"), deep nesting exhausts the stack."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"found the alias *{event.anchor}: aliases are not allowed in a task file; write the "
+                "value out", event.start_mark)
+        if self.depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
