@@ -18,7 +18,7 @@ from softprompt.cli.common import Model, Quiet, console, load_lm, staged_data
 from softprompt.errors import SoftpromptError
 from softprompt.io import write_text
 from softprompt.models import DEFAULT_MODEL
-from softprompt.prompts import load_prompt, read_prompt_file
+from softprompt.prompts import effective_prompts, load_prompt, read_prompt_file
 from softprompt.tasks import load_task
 from softprompt.tasks.task import Task
 
@@ -167,8 +167,11 @@ def report(
             raise SoftpromptError(f"{path} holds a {meta['kind']} prompt; analyse it first: "
                                   f"softprompt analyze run {path} --out ANALYSIS")
         lm = load_lm(model or meta["model"])
-        readings = read_mixture(load_prompt(prompt_path, lm))
-        name = f"{meta.get('relation', path.name)} ({meta['component_kind']}, 2^H = {meta['effective_prompts']:.2f})"
+        mixture = load_prompt(prompt_path, lm)
+        readings = read_mixture(mixture)
+        # 2^H from the weights themselves: a file's header need not carry it.
+        name = (f"{meta.get('relation', path.name)} ({meta['component_kind']}, "
+                f"2^H = {effective_prompts(mixture.weights()):.2f})")
         mixtures.append((name, readings, html_fragment(readings)))
     write_text(out, render(analyses, mixtures, title))
     console.print(f"written: {out}")

@@ -43,7 +43,7 @@ from softprompt.models import DEFAULT_MODEL
 from softprompt.optimizers import TrainConfig
 from softprompt.probing import prompt_set, prompt_set_from_file
 from softprompt.probing.mixture import WEIGHTS_LR, MixtureSettings, mixture_settings, run_mixture
-from softprompt.prompts import load_prompt, read_prompt_file
+from softprompt.prompts import effective_prompts, load_prompt, read_prompt_file
 from softprompt.runs import RunDir
 
 app = typer.Typer(help="Mixtures of prompts (Qin & Eisner §3.3–3.5): train one, or show what it learned.",
@@ -180,7 +180,8 @@ def mixture_show(
     lm = load_lm(model)
     mixture = load_prompt(path, lm)
     readings = read_mixture(mixture)
-    title = f"{meta.get('relation', '')} ({meta['component_kind']}, 2^H = {meta['effective_prompts']:.2f})"
+    # 2^H from the weights themselves: a file's header need not carry it.
+    title = f"{meta.get('relation', '')} ({meta['component_kind']}, 2^H = {effective_prompts(mixture.weights()):.2f})"
     table = Table(title=title)
     for col in ("weight", "prompt", "nearest words (cosine)", "‖v−v0‖/‖v0‖"):
         table.add_column(col)
