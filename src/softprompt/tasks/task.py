@@ -252,7 +252,8 @@ class Task:
             if data_dir is None:
                 raise SoftpromptError(
                     f"task {self.name!r}: {path} is relative to the staged data directory, which was not found; "
-                    "set SOFTPROMPT_SHARED_DATA, pass --data-dir, or give the split's file with --train/--eval"
+                    "set SOFTPROMPT_SHARED_DATA, give the data directory (data_dir; --data-dir), or give the split's "
+                    "file (path; --train/--eval)"
                 )
         return Path(data_dir) / path
 
