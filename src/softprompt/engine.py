@@ -148,6 +148,35 @@ def length_groups(lengths: Sequence[int], call_overhead: int = CALL_OVERHEAD_TOK
     return groups[::-1]
 
 
+@dataclass(frozen=True)
+class TokenTree:
+    """Continuations shared by every row of a batch, as a tree of tokens (e.g. the prefixes of candidate
+    answers): node i holds ``tokens[i]`` and follows node ``parents[i]``, or the row itself where that is -1.
+    A parent comes before its children."""
+
+    tokens: tuple[int, ...]
+    parents: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def depths(self) -> list[int]:
+        """Each node's distance from its row's last token (1 for a child of the row)."""
+        depths: list[int] = []
+        for parent in self.parents:
+            depths.append(1 if parent < 0 else depths[parent] + 1)
+        return depths
+
+    def ancestry(self) -> torch.Tensor:
+        """(N, N) booleans: [i, j] is True where node j is node i or one of its ancestors."""
+        seen = torch.eye(len(self), dtype=torch.bool)
+        for node, parent in enumerate(self.parents):
+            if parent >= 0:
+                seen[node] |= seen[parent]
+        return seen
+
+
 class Seq2SeqTokens(Tokens, Protocol):
     decoder_ids: torch.Tensor
     decoder_mask: torch.Tensor
@@ -197,14 +226,55 @@ class Engine:
         self, batch: Tokens, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The last layer's hidden states at every position, (B, T, d)."""
-        embeds = self.embed(batch, vectors, deltas)
         kwargs = {}
         if self.lm.kind == "causal":
             # With left padding the default arange positions would be shifted by the padding.
             kwargs["position_ids"] = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
             kwargs["use_cache"] = False
-        with self.perturb_layers(deltas, batch.prompt_slots):
-            return self.body(inputs_embeds=embeds, attention_mask=batch.attention_mask, **kwargs)[0]
+        return self._run_body(batch, batch.attention_mask, vectors, deltas, **kwargs)
+
+    def _run_body(self, tokens: Tokens, attention_mask: torch.Tensor, vectors: torch.Tensor | None,
+                  deltas: torch.Tensor | None, **kwargs: object) -> torch.Tensor:
+        """The body's last hidden states for ``tokens`` under an attention mask (2-D padding or 4-D custom)."""
+        embeds = self.embed(tokens, vectors, deltas)
+        with self.perturb_layers(deltas, tokens.prompt_slots):
+            return self.body(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)[0]
+
+    def tree_hidden(
+        self, batch: Batch, tree: TokenTree, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Hidden states at each row's answer position and at every node of ``tree`` continuing that row,
+        (B, 1 + N, d), from one forward pass of a causal LM.
+
+        The tree's tokens are appended after every (left-padded) row. A custom 4-D attention mask lets each
+        node see its row's real tokens, its ancestors and itself, and its position id is the row's last
+        position plus its depth, so node i's state is exactly the one the row extended by the path to node
+        i would give: several continuations of one prompt cost their distinct tokens, not their number
+        times the prompt.
+        """
+        if self.lm.kind != "causal" or self.padding_side != "left":
+            raise ValueError("token trees continue the rows of a causal LM padded on the left")
+        rows, width = batch.input_ids.shape
+        device = batch.input_ids.device
+        nodes = torch.tensor(tree.tokens, dtype=torch.long, device=device).expand(rows, -1)
+        tokens = replace(batch, input_ids=torch.cat([batch.input_ids, nodes], 1),
+                         prompt_slots=torch.cat([batch.prompt_slots, torch.full_like(nodes, -1)], 1))
+        positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        depths = torch.tensor(tree.depths, dtype=torch.long, device=device)
+        position_ids = torch.cat([positions, positions[:, -1:] + depths], 1)
+        real = batch.attention_mask.bool()[:, None, :]
+        size = width + len(tree.tokens)
+        allowed = torch.zeros(rows, size, size, dtype=torch.bool, device=device)
+        allowed[:, :width, :width] = torch.ones(width, width, dtype=torch.bool, device=device).tril() & real
+        allowed[:, width:, :width] = real
+        allowed[:, width:, width:] = tree.ancestry().to(device)
+        # A padding position sees itself only: a query that sees nothing would turn the softmax into NaN.
+        allowed[:, range(width), range(width)] = True
+        dtype = self.lm.model.dtype
+        mask = torch.zeros(rows, 1, size, size, dtype=dtype, device=device)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        hidden = self._run_body(tokens, mask, vectors, deltas, position_ids=position_ids, use_cache=False)
+        return hidden[:, width - 1 :]  # the answer position (each row's last token), then the nodes
 
     def seq2seq_logits(
         self, batch: Seq2SeqTokens, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None

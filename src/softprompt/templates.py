@@ -150,10 +150,14 @@ class TemplateEncoder:
             text = " " + text
         return self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def answer_tokens(self, answer: str) -> tuple[int, ...]:
+        """The token ids of ``answer`` in this template's context (several for a multi-token answer)."""
+        return tuple(self._ids(answer, self._space_before["Y"]))
+
     def answer_id(self, answer: str) -> int | None:
         """The single token id of ``answer`` in this template's context, or None if it is several tokens
         (or only the unknown token, which stands for no word in particular)."""
-        ids = self._ids(answer, self._space_before["Y"])
+        ids = self.answer_tokens(answer)
         return ids[0] if len(ids) == 1 and ids[0] != self.lm.tokenizer.unk_token_id else None
 
     def encode(self, subject: str, answer: str) -> Example | None:
@@ -161,9 +165,14 @@ class TemplateEncoder:
         answer_id = self.answer_id(answer)
         if answer_id is None:
             return None
+        return self.query(subject, answer_id, f" for answer {answer!r}")
+
+    def query(self, subject: str, answer_id: int = -1, context: str = "") -> Example:
+        """The query about ``subject``; ``answer_id`` is -1 where the answer is not one token but is scored
+        among candidate answers. ``context`` ends the message of an empty subject."""
         subject_ids = self._ids(subject, self._space_before["X"])
         if not subject_ids:
-            raise SoftpromptError(f"empty subject for answer {answer!r}")
+            raise SoftpromptError(f"empty subject{context}")
         input_ids: list[int] = []
         slots: list[int] = []
         answer_position = -1

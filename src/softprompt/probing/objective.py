@@ -1,5 +1,6 @@
-"""The probing objective: the log-loss of the gold answer under one prompt, and ``train_prompt``, which fits
-a prompt to it by gradient descent."""
+"""The probing objectives: the log-loss of the gold answer under one prompt (over the vocabulary, or among
+candidate answers), and ``train_prompt`` / ``train_candidates``, which fit a prompt to them by gradient
+descent."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from softprompt.engine import Batch, Engine, length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.optimizers import FitResult, GradientDescent, TrainConfig
+from softprompt.probing.candidates import CandidateScorer
 from softprompt.progress import progress_bar
 from softprompt.prompts import Prompt
 from softprompt.templates import Example
@@ -79,11 +81,73 @@ def train_prompt(
     progress: bool = True,
 ) -> FitResult:
     """Train ``prompt`` in place by gradient descent; on return it holds the parameters that scored best on dev."""
+    check_trainable(prompt, train, dev)
+    objective = AnswerObjective(engine, prompt, train, dev, config.eval_batch_size)
+    return GradientDescent(config, progress).fit(objective, checkpoint, resume)
+
+
+def check_trainable(prompt: Prompt, train: Sequence[Example], dev: Sequence[Example]) -> None:
+    """Refuse to train without training or dev facts, or a prompt without parameters."""
     if not train:
         raise SoftpromptError("the training split is empty: nothing to learn from")
     if not dev:
         raise SoftpromptError("the dev split is empty: early stopping needs dev data")
     if not prompt.trainable_parameters():
         raise SoftpromptError(f"a {prompt.kind} prompt has no trainable parameters; use mode soft or deep")
-    objective = AnswerObjective(engine, prompt, train, dev, config.eval_batch_size)
+
+
+@dataclass
+class CandidateObjective:
+    """The cross-entropy of the gold answer among the candidate answers under one prompt (an
+    ``optimizers.Objective``): the gold candidate's score against every candidate's."""
+
+    scorer: CandidateScorer
+    prompt: Prompt
+    items: Sequence[Example]
+    gold: torch.Tensor  # (N,) each training fact's answer, an index into the candidates
+    dev: Sequence[Example]
+    dev_gold: torch.Tensor
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        return [{"params": self.prompt.trainable_parameters(), "lr": lr}]
+
+    def backward(self, indices: list[int]) -> float:
+        """Add the gradient of the batch's mean loss, in chunks of at most one forward pass each (a batch of
+        facts times the candidates' slots may not fit in memory at once); return that loss."""
+        total = 0.0
+        step = self.scorer.facts_per_pass
+        for start in range(0, len(indices), step):
+            chunk = indices[start : start + step]
+            scores = self.scorer.scores([self.items[i] for i in chunk], self.prompt.vectors(), self.prompt.deltas())
+            gold = self.gold[chunk].to(scores.device)
+            loss = F.cross_entropy(scores, gold, reduction="sum") / len(indices)
+            loss.backward()
+            total += loss.item()
+        return total
+
+    def dev_loss(self) -> float:
+        scores = self.scorer.all_scores(self.dev, self.prompt.vectors(), self.prompt.deltas())
+        return F.cross_entropy(scores, self.dev_gold).item()
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+
+def train_candidates(
+    scorer: CandidateScorer,
+    prompt: Prompt,
+    train: Sequence[Example],
+    train_gold: Sequence[int],
+    dev: Sequence[Example],
+    dev_gold: Sequence[int],
+    config: TrainConfig,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """``train_prompt`` in candidate mode: the loss is the cross-entropy over ``scorer``'s candidates, and
+    ``train_gold`` / ``dev_gold`` are each fact's answer among them."""
+    check_trainable(prompt, train, dev)
+    objective = CandidateObjective(scorer, prompt, train, torch.tensor(list(train_gold)), dev,
+                                   torch.tensor(list(dev_gold)))
     return GradientDescent(config, progress).fit(objective, checkpoint, resume)

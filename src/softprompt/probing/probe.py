@@ -15,7 +15,8 @@ from softprompt.errors import SoftpromptError
 from softprompt.metrics import answer_ranks, ranking_metrics
 from softprompt.models import LanguageModel
 from softprompt.optimizers import FitResult, TrainConfig
-from softprompt.probing.objective import train_prompt
+from softprompt.probing.candidates import CandidateOptions, Candidates, CandidateScorer, build_candidates
+from softprompt.probing.objective import train_candidates, train_prompt
 from softprompt.probing.relations import SPLITS, Relation
 from softprompt.progress import progress_bar
 from softprompt.prompts import HardPrompt, Prompt, TemplatePrompt
@@ -28,11 +29,13 @@ from softprompt.templates import Example, TemplateEncoder
 MODES: dict[str, type[TemplatePrompt]] = {cls.kind: cls for cls in (HardPrompt, SoftPrompt, DeepPrompt)}
 # Why a fact is dropped: the answer is read from one vocabulary projection, so it must be one token.
 MULTI_TOKEN = "the answer is not a single token for this model"
+# In candidate mode any answer can be scored, but only against the candidates (a user's list may lack it).
+NOT_CANDIDATE = "the answer is not among the candidate answers"
 
 
-def dropped_fact(split: str, subject: str, answer: str) -> dict[str, str]:
+def dropped_fact(split: str, subject: str, answer: str, reason: str = MULTI_TOKEN) -> dict[str, str]:
     """A row of a run's dropped.jsonl: a fact left out of ``split``, and why."""
-    return {"split": split, "subject": subject, "answer": answer, "reason": MULTI_TOKEN}
+    return {"split": split, "subject": subject, "answer": answer, "reason": reason}
 
 
 @dataclass
@@ -43,38 +46,68 @@ class EncodedRelation:
     encoder: TemplateEncoder
     splits: dict[str, list[Example]]
     facts: dict[str, list[tuple[str, str]]]  # (subject, answer) per kept example, aligned with splits
-    dropped: dict[str, int]  # facts whose answer is not a single token for this model
+    dropped: dict[str, int]  # facts whose answer is not a single token (or not a candidate) for this model
     dropped_facts: list[dict[str, str]] = field(default_factory=list)  # those facts (dropped_fact rows)
+    candidates: Candidates | None = None  # candidate mode: the answers every fact is ranked among
+    gold: dict[str, list[int]] = field(default_factory=dict)  # candidate mode: each kept fact's answer's index
+
+    @property
+    def drop_reason(self) -> str:
+        """Why facts were dropped, for messages."""
+        if self.candidates is None:
+            return "their answer is not a single token"
+        return f"their answer is not among the {len(self.candidates)} candidates"
+
+    @property
+    def dropped_key(self) -> str:
+        """The name under which config.json and metrics.json count the dropped facts."""
+        return "dropped_multi_token" if self.candidates is None else "dropped_not_candidate"
 
 
-def encode_relation(relation: Relation, lm: LanguageModel, limits: dict[str, int] | None = None) -> EncodedRelation:
-    """Encode every split, keeping single-token answers; ``limits`` caps each split after filtering."""
+def encode_relation(relation: Relation, lm: LanguageModel, limits: dict[str, int] | None = None,
+                    candidates: CandidateOptions | None = None) -> EncodedRelation:
+    """Encode every split, keeping single-token answers (with ``candidates``: answers among the candidates);
+    ``limits`` caps each split after filtering."""
     encoder = TemplateEncoder(relation.template, lm)
+    chosen = build_candidates(candidates, relation, encoder) if candidates is not None else None
     splits: dict[str, list[Example]] = {}
     kept: dict[str, list[tuple[str, str]]] = {}
+    golds: dict[str, list[int]] = {}
     dropped: dict[str, int] = {}
     dropped_facts: list[dict[str, str]] = []
     for split in SPLITS:
-        examples, facts = [], []
+        examples, facts, gold = [], [], []
         for number, fact in enumerate(relation.splits.get(split, []), start=1):
             try:
-                example = encoder.encode(fact.subject, fact.answer)
+                if chosen is None:
+                    example = encoder.encode(fact.subject, fact.answer)
+                elif (answer := chosen.index(encoder.answer_tokens(fact.answer))) is None:
+                    example = None
+                else:
+                    example = encoder.query(fact.subject)
+                    gold.append(answer)
+                    # The longest candidate extends the query: its tokens (causal LMs) or masks (masked LMs).
+                    lm.check_length(len(example) + chosen.longest - 1,
+                                    f"the query for subject {fact.subject[:40]!r} with the longest candidate")
             except SoftpromptError as err:
                 raise SoftpromptError(f"relation {relation.name}, {split} fact {number}: {err}") from err
             if example is not None:
                 examples.append(example)
                 facts.append((fact.subject, fact.answer))
             else:
-                dropped_facts.append(dropped_fact(split, fact.subject, fact.answer))
+                reason = MULTI_TOKEN if chosen is None else NOT_CANDIDATE
+                dropped_facts.append(dropped_fact(split, fact.subject, fact.answer, reason))
         dropped[split] = len(relation.splits.get(split, [])) - len(examples)
         cap = (limits or {}).get(split)
-        splits[split], kept[split] = examples[:cap], facts[:cap]
-    return EncodedRelation(relation.name, encoder, splits, kept, dropped, dropped_facts)
+        splits[split], kept[split], golds[split] = examples[:cap], facts[:cap], gold[:cap]
+    return EncodedRelation(relation.name, encoder, splits, kept, dropped, dropped_facts, chosen,
+                           golds if chosen is not None else {})
 
 
-def no_usable_facts(relation: str, split: str, dropped: int, hint: str = "") -> SoftpromptError:
+def no_usable_facts(relation: str, split: str, dropped: int, hint: str = "",
+                    reason: str = "their answer is not a single token") -> SoftpromptError:
     return SoftpromptError(f"relation {relation}: the {split} split has no usable facts "
-                           f"({dropped} dropped because their answer is not a single token){hint and '; ' + hint}")
+                           f"({dropped} dropped because {reason}){hint and '; ' + hint}")
 
 
 class SplitData(Protocol):
@@ -89,7 +122,8 @@ def require_facts(data: SplitData, splits: Sequence[str], hint: str = "") -> Non
     """Refuse encoded data with an empty split among ``splits`` (before anything is written)."""
     for split in splits:
         if not data.splits[split]:
-            raise no_usable_facts(data.name, split, data.dropped[split], hint)
+            reason = getattr(data, "drop_reason", None)  # a mixture drops facts for the default reason only
+            raise no_usable_facts(data.name, split, data.dropped[split], hint, *([reason] if reason else []))
 
 
 def make_prompt(mode: str, encoder: TemplateEncoder, init: str = "template", seed: int = 0) -> Prompt:
@@ -122,14 +156,28 @@ def predict(
     return ranks, gold, top_ids, top_lp
 
 
+def predict_candidates(
+    scorer: CandidateScorer, prompt: Prompt, examples: Sequence[Example], gold: Sequence[int], top_k: int = 10
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gold ranks among the candidates (ties count against the answer), gold scores, and the top-k candidates
+    (indices, scores) per example, in input order."""
+    scores = scorer.all_scores(examples, prompt.vectors(), prompt.deltas())
+    answers = torch.tensor(list(gold), dtype=torch.long)
+    best = scores.topk(min(top_k, scores.shape[1]), dim=-1)
+    return answer_ranks(scores, answers), scores.gather(1, answers[:, None])[:, 0], best.indices, best.values
+
+
 def evaluate(
     engine: Engine, prompt: Prompt, data: EncodedRelation, split: str = "test",
     batch_size: int = EVAL_BATCH_SIZE
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Metrics on one split and per-example predictions (top-10 with log-probabilities)."""
+    """Metrics on one split and per-example predictions (top-10 with log-probabilities, or in candidate mode
+    the top-10 candidates with their scores)."""
     examples = data.splits.get(split) or []
     if not examples:
-        raise no_usable_facts(data.name, split, data.dropped.get(split, 0))
+        raise no_usable_facts(data.name, split, data.dropped.get(split, 0), reason=data.drop_reason)
+    if data.candidates is not None:
+        return evaluate_candidates(CandidateScorer(engine, data.candidates), prompt, data, split)
     ranks, gold, top_ids, top_lp = predict(engine, prompt, examples, batch_size)
     tok = engine.lm.tokenizer
     rows = []
@@ -146,13 +194,39 @@ def evaluate(
     return ranking_metrics(ranks.tolist()), rows
 
 
+def evaluate_candidates(
+    scorer: CandidateScorer, prompt: Prompt, data: EncodedRelation, split: str
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """``evaluate`` in candidate mode: ranks among the candidates, predictions with the top-10 candidates."""
+    ranks, gold, top, top_scores = predict_candidates(scorer, prompt, data.splits[split], data.gold[split])
+    texts = scorer.candidates.texts
+    rows = [{
+        "relation": data.name,
+        "subject": subject,
+        "answer": answer,
+        "rank": int(ranks[i]),
+        "answer_score": round(float(gold[i]), 5),
+        "top10": [[texts[c], round(float(score), 5)] for c, score in zip(top[i].tolist(), top_scores[i].tolist(),
+                                                                         strict=True)],
+    } for i, (subject, answer) in enumerate(data.facts[split])]
+    return ranking_metrics(ranks.tolist()), rows
+
+
 def run_settings(
     lm: LanguageModel, relation: Relation, mode: str, init: str, config: TrainConfig,
-    limits: Mapping[str, int] | None,
+    limits: Mapping[str, int] | None, candidates: Candidates | None = None,
 ) -> dict[str, Any]:
-    """The entries of a run's config.json that must be equal for the run to be resumed or reused."""
+    """The entries of a run's config.json that must be equal for the run to be resumed or reused (in candidate
+    mode, also the candidates and their scoring)."""
     return {"model": lm.name, "relation": relation.name, "template": relation.template, "mode": mode,
-            "init": init, "train": asdict(config), "limits": dict(limits or {})}
+            "init": init, "train": asdict(config), "limits": dict(limits or {}),
+            **(candidates.settings() if candidates is not None else {})}
+
+
+def ranking(data: EncodedRelation) -> dict[str, Any]:
+    """What metrics.json says of how answers were ranked: nothing for the vocabulary (the paper's protocol,
+    whose files stay as they were), the candidates otherwise."""
+    return data.candidates.settings() if data.candidates is not None else {}
 
 
 def run_probe(
@@ -167,32 +241,39 @@ def run_probe(
     progress: bool = True,
     engine: Engine | None = None,
     data: EncodedRelation | None = None,
+    candidates: CandidateOptions | None = None,
 ) -> dict[str, Any]:
     """Train (unless ``mode='hard'``) and test one prompt for one relation; write the run directory.
-    ``data`` is the relation already encoded for ``lm`` with these ``limits``, if the caller has it."""
+    ``data`` is the relation already encoded for ``lm`` with these ``limits`` (and ``candidates``: rank answers
+    among candidate answers), if the caller has it."""
     config = config or TrainConfig()
     engine = engine or Engine(lm)
-    data = data or encode_relation(relation, lm, limits)
+    data = data or encode_relation(relation, lm, limits, candidates)
     prompt = make_prompt(mode, data.encoder, init, config.seed)
     # Refuse unusable data before anything is written to the run directory.
     require_facts(data, ("train", "dev", "test") if mode != "hard" else ("test",),
                   "training needs facts in train, dev and test (a split directory)")
     run = RunDir(out, "softprompt probe train")
-    settings = run_settings(lm, relation, mode, init, config, limits) | {
-        "examples": {s: len(e) for s, e in data.splits.items()}, "dropped_multi_token": data.dropped,
+    settings = run_settings(lm, relation, mode, init, config, limits, data.candidates) | {
+        "examples": {s: len(e) for s, e in data.splits.items()}, data.dropped_key: data.dropped,
     }
     with run.open(settings, resume):
         run.write_rows(DROPPED, data.dropped_facts)
         result: FitResult | None = None
         warnings: list[str] = []
         if mode != "hard":
-            result = train_prompt(engine, prompt, data.splits["train"], data.splits["dev"], config,
-                                  checkpoint=run.checkpoint, resume=resume, progress=progress)
+            if data.candidates is not None:
+                result = train_candidates(CandidateScorer(engine, data.candidates), prompt, data.splits["train"],
+                                          data.gold["train"], data.splits["dev"], data.gold["dev"], config,
+                                          checkpoint=run.checkpoint, resume=resume, progress=progress)
+            else:
+                result = train_prompt(engine, prompt, data.splits["train"], data.splits["dev"], config,
+                                      checkpoint=run.checkpoint, resume=resume, progress=progress)
             for message in result.warnings():
                 warn(warnings, message)
         metrics, rows = evaluate(engine, prompt, data, "test", config.eval_batch_size)
-        doc = {"relation": relation.name, "mode": mode, "init": init, "test": metrics,
-               "dropped_multi_token": data.dropped, "warnings": warnings}
+        doc = {"relation": relation.name, "mode": mode, "init": init, **ranking(data), "test": metrics,
+               data.dropped_key: data.dropped, "warnings": warnings}
         if result is not None:
             doc |= {"best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history}
         return run.finish(doc, rows, prompt, {"relation": relation.name})
@@ -201,11 +282,14 @@ def run_probe(
 def eval_probe(
     lm: LanguageModel, relation: Relation, out: Path, prompt: Prompt | None = None, prompt_path: Path | None = None,
     split: str = "test", limits: dict[str, int] | None = None, engine: Engine | None = None,
+    candidates: CandidateOptions | None = None,
 ) -> tuple[dict[str, Any], EncodedRelation]:
     """Score a saved prompt (``prompt``, read from ``prompt_path``), or the relation's template as a hard
-    prompt, on one split; write the run directory (no prompt file: the prompt is the one given)."""
-    data = encode_relation(relation, lm, limits)
-    require_facts(data, (split,), "choose another --split, or data with single-token answers")
+    prompt, on one split (with ``candidates``: among candidate answers); write the run directory (no prompt
+    file: the prompt is the one given)."""
+    data = encode_relation(relation, lm, limits, candidates)
+    require_facts(data, (split,), "choose another --split, or data with single-token answers"
+                  if candidates is None else "choose another --split, or candidates that include the answers")
     scored = prompt or make_prompt("hard", data.encoder)
     if not isinstance(scored, TemplatePrompt):
         raise SoftpromptError(f"{prompt_path} holds a {scored.kind} prompt; probe eval scores hard, soft and deep "
@@ -215,10 +299,10 @@ def eval_probe(
         "model": lm.name, "relation": relation.name, "template": relation.template, "mode": scored.kind,
         "init": scored.init, "prompt": str(prompt_path) if prompt_path is not None else None, "split": split,
         "limits": limits or {}, "examples": {split: len(data.splits[split])},
-        "dropped_multi_token": data.dropped,
+        data.dropped_key: data.dropped, **ranking(data),
     }
-    doc = {"relation": relation.name, "mode": scored.kind, "init": scored.init, split: metrics,
-           "dropped_multi_token": data.dropped}
+    doc = {"relation": relation.name, "mode": scored.kind, "init": scored.init, **ranking(data), split: metrics,
+           data.dropped_key: data.dropped}
     run = RunDir(out, "softprompt probe eval")
     with run.open(settings):
         run.write_rows(DROPPED, data.dropped_facts)
