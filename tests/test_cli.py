@@ -281,3 +281,19 @@ def test_demo_table_fits_80_columns() -> None:
     assert max(len(line) for line in lines) <= 80
     assert sum(line.startswith(("capital", "city_country", "macro-average")) for line in lines) == 3
     assert len(lines) == 8  # title, two header lines, rule, two relations, a blank section line, the average
+
+
+def test_demo_in_candidate_mode_keeps_multi_token_answers(causal_lm: LanguageModel, tmp_path: Path) -> None:
+    """Candidate mode ranks every answer, Nairobi (several tokens) too; switching modes is a change of
+    settings, never a reuse of the other mode's runs."""
+    from softprompt.probing.candidates import CandidateOptions
+
+    relations = [tiny_relation("capital", CAPITALS, TEMPLATE)]
+    config = TrainConfig(max_epochs=1)
+    results = run_demo(causal_lm, tmp_path, relations, config=config, limits={}, candidates=CandidateOptions())
+    assert results["capital"]["manual"]["n"] == 3 and "candidate mode" in (tmp_path / "summary.md").read_text()
+    metrics = read_json(tmp_path / "capital/soft/metrics.json")
+    assert metrics["test"]["p@10"] == 1.0  # every answer is among the 10 best of the relation's 6 candidates
+    assert read_json(tmp_path / "capital/soft/config.json")["train"]["max_epochs"] == 1
+    with pytest.raises(SoftpromptError, match="other settings"):
+        run_demo(causal_lm, tmp_path, relations, config=config, limits={})

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from softprompt.cli.common import Model, console, load_lm
 from softprompt.models import DEFAULT_MODEL
+from softprompt.probing.candidates import CandidateOptions
 from softprompt.probing.demo import DEMO_CONFIG, DEMO_LIMITS, QUICK_CONFIG, QUICK_LIMITS, run_demo, summary_table
 from softprompt.probing.geo import GEO_RELATIONS
 
@@ -32,10 +33,14 @@ def demo(
     force: Annotated[bool, typer.Option(
         "--force", help="Redo runs in --out that were made with other settings, instead of stopping."
     )] = False,
+    answers: Annotated[Literal["vocabulary", "candidates"], typer.Option(
+        help="vocabulary: rank the answer over the whole vocabulary (single-token answers only, the paper's "
+             "protocol); candidates: rank answers of any length among the relation's answers.")] = "vocabulary",
 ) -> None:
     started = time.monotonic()
     lm = load_lm(model)
     config, caps = (QUICK_CONFIG, QUICK_LIMITS) if quick else (DEMO_CONFIG, DEMO_LIMITS)
-    results = run_demo(lm, out, config=config, limits=caps, force=force)
+    results = run_demo(lm, out, config=config, limits=caps, force=force,
+                       candidates=CandidateOptions() if answers == "candidates" else None)
     console.print(summary_table(results, title=f"{lm.name}: test metrics (×100)"))
     console.print(f"summary: {out / 'summary.md'}  ({time.monotonic() - started:.0f} s)")

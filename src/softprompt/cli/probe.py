@@ -39,7 +39,7 @@ from softprompt.models import DEFAULT_MODEL
 from softprompt.optimizers import TrainConfig
 from softprompt.probing import EncodedRelation, encode_relation, eval_probe, run_probe
 from softprompt.probing.candidates import CandidateOptions
-from softprompt.probing.probe import run_settings
+from softprompt.probing.probe import resume_settings, run_settings
 from softprompt.prompts import PROMPT_KINDS, TemplatePrompt, load_prompt, read_prompt_file
 from softprompt.runs import DROPPED, RunDir
 
@@ -119,7 +119,7 @@ def probe_train(
     run.prepare(force, resume)
     lm = load_lm(model, quiet=quiet)
     encoded = encode_relation(rel, lm, caps, options)  # also checks that the template suits the model
-    run.prepare(force, resume, run_settings(lm, rel, mode, init, config, caps, encoded.candidates))
+    run.prepare(force, resume, resume_settings(run_settings(lm, rel, mode, init, config, caps, encoded.candidates)))
     print_facts(encoded, out)
     started = time.monotonic()
     doc = run_probe(lm, rel, out, mode=mode, init=init, config=config, limits=caps, resume=resume,

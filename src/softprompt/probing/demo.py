@@ -21,11 +21,13 @@ from softprompt.io import write_text
 from softprompt.metrics import macro_average
 from softprompt.models import LanguageModel
 from softprompt.optimizers import TrainConfig
+from softprompt.probing.candidates import CandidateOptions, build_candidates
 from softprompt.probing.geo import geo_relations
-from softprompt.probing.probe import run_probe, run_settings
+from softprompt.probing.probe import resume_settings, run_probe, run_settings
 from softprompt.probing.relations import Relation
 from softprompt.progress import progress_bar
 from softprompt.runs import RunDir
+from softprompt.templates import TemplateEncoder
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +54,14 @@ def run_demo(
     limits: Mapping[str, int] | None = None,
     force: bool = False,
     progress: bool = True,
+    candidates: CandidateOptions | None = None,
 ) -> Results:
     """Probe each relation (default: the geography ones) with each prompt column; write ``summary.md``.
 
     ``limits`` defaults to DEMO_LIMITS. A run left in ``out`` with other settings stops the demo before
-    anything runs, unless ``force``, which starts that run over.
+    anything runs, unless ``force``, which starts that run over. With ``candidates``, answers of any length
+    are ranked among the relation's answers (most capitals and currencies are several tokens, and the
+    vocabulary mode drops them).
     """
     relations = geo_relations() if relations is None else relations
     limits = DEMO_LIMITS if limits is None else limits
@@ -65,7 +70,10 @@ def run_demo(
     # Settings are checked for every run first, so that a clash stops the demo now rather than midway.
     restart: set[Path] = set()
     for relation, column, run in plan:
-        changed = run.changed(run_settings(lm, relation, COLUMNS[column], "template", config, limits))
+        chosen = (build_candidates(candidates, relation, TemplateEncoder(relation.template, lm))
+                  if candidates is not None else None)
+        changed = run.changed(resume_settings(run_settings(lm, relation, COLUMNS[column], "template", config, limits,
+                                                           chosen)))
         if changed and not force:
             raise SoftpromptError(
                 f"{run.path} holds a run made with other settings ({', '.join(changed)}); "
@@ -83,11 +91,11 @@ def run_demo(
             note = "finished earlier"
         else:
             doc = run_probe(lm, relation, run.path, mode=COLUMNS[column], config=config, limits=limits,
-                            resume=run.path not in restart, progress=False, engine=engine)
+                            resume=run.path not in restart, progress=False, engine=engine, candidates=candidates)
             note = f"{time.monotonic() - started:.0f} s"
         results.setdefault(relation.name, {})[column] = doc["test"]
         log.info("%-14s %-7s P@1 %5.1f  (%s)", relation.name, column, 100 * doc["test"]["p@1"], note)
-    write_text(out / "summary.md", summary_markdown(results, lm.name, config, limits))
+    write_text(out / "summary.md", summary_markdown(results, lm.name, config, limits, candidates is not None))
     return results
 
 
@@ -121,7 +129,7 @@ def summary_table(results: Results, title: str | None = None) -> Table:
 
 
 def summary_markdown(
-    results: Results, model: str, config: TrainConfig, limits: Mapping[str, int]
+    results: Results, model: str, config: TrainConfig, limits: Mapping[str, int], candidates: bool = False
 ) -> str:
     """The summary table as Markdown, with the settings that produced it."""
     header = ["relation", "n", *(f"{c} {m}" for c in COLUMNS for m in METRICS.values())]
@@ -131,7 +139,8 @@ def summary_markdown(
         f"Model `{model}`. Test P@1, P@10 and MRR (×100) per relation; n is the number of test facts.",
         f"Training: Adam, lr {config.lr:g}, batch {config.batch_size}, at most {config.max_epochs} epochs, "
         f"early stopping with patience {config.patience} on dev loss.",
-        "Facts per split (single-token answers only): "
+        ("Answers of any length, ranked among the relation's answers (candidate mode). Facts per split: "
+         if candidates else "Facts per split (single-token answers only): ")
         + (", ".join(f"{split} at most {n}" for split, n in limits.items()) or "all") + ".",
         "",
         "| " + " | ".join(header) + " |",

@@ -223,6 +223,12 @@ def run_settings(
             **(candidates.settings() if candidates is not None else {})}
 
 
+def resume_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``run_settings`` as a stored run must match them to be resumed or reused: a vocabulary run also needs
+    the stored run to have no candidate ranking (its config.json simply lacks the key)."""
+    return settings if "ranking" in settings else settings | {"ranking": None}
+
+
 def ranking(data: EncodedRelation) -> dict[str, Any]:
     """What metrics.json says of how answers were ranked: nothing for the vocabulary (the paper's protocol,
     whose files stay as they were), the candidates otherwise."""
