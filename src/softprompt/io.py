@@ -106,6 +106,20 @@ def one_line(err: BaseException | str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def read_utf8(path: Path, at_line: str = ", line ") -> str:
+    """The text of a UTF-8 file (a BOM is dropped); unreadable or not UTF-8 is a SoftpromptError naming the file
+    and, as ``f"{path}{at_line}{n}"``, the first line that is not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SoftpromptError(f"{path}: cannot read it ({err.strerror or err}); check its permissions") from err
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise SoftpromptError(f"{path}{at_line}{line}: not UTF-8 text; save the file as UTF-8") from err
+
+
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """The JSON objects of a (possibly gzipped) JSONL file with their 1-based line numbers."""
     path = Path(path)

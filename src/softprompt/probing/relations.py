@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.errors import SoftpromptError
-from softprompt.io import excerpt, read_jsonl
+from softprompt.io import excerpt, read_jsonl, read_utf8
 
 SPLITS = ("train", "dev", "test")
 # A split directory may carry its own template, so that it can be used without a templates file.
@@ -140,16 +140,7 @@ def load_split_dir(directory: str | Path) -> dict[str, list[Fact]]:
 def read_text_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 text file (a BOM is dropped), split at line feeds only, so that line numbers in
     messages are an editor's (str.splitlines also splits at form feeds and Unicode line separators)."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise SoftpromptError(f"{path}: cannot read it ({err.strerror or err}); check its permissions") from err
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise SoftpromptError(f"{path}, line {line}: not UTF-8 text; save the file as UTF-8") from err
-    return [line.removesuffix("\r") for line in text.split("\n")]
+    return [line.removesuffix("\r") for line in read_utf8(path).split("\n")]
 
 
 def _read_template_txt(path: Path) -> str:

@@ -34,7 +34,7 @@ import jinja2.sandbox
 import yaml
 
 from softprompt.errors import SoftpromptError
-from softprompt.io import excerpt, one_line, read_jsonl
+from softprompt.io import excerpt, one_line, read_jsonl, read_utf8
 from softprompt.paths import shared_data_dir
 
 METRICS = ("accuracy", "macro_f1", "roc_auc")
@@ -305,15 +305,7 @@ def read_rows(path: Path, fmt: str | None = None) -> list[tuple[int, dict[str, A
 
 def read_table(path: Path, delimiter: str) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) pairs of a TSV or CSV file with a header row."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise SoftpromptError(f"{path}: cannot read it ({err.strerror or err}); check its permissions") from err
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise SoftpromptError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from err
+    text = read_utf8(path, at_line=":")
     # QUOTE_NONE: GLUE TSVs contain bare double quotes inside fields.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
