@@ -320,7 +320,7 @@ def test_cli_candidate_mode(model_dirs, tmp_path, monkeypatch):
     result = runner.invoke(app, ["probe", "train", *common, "--out", str(tmp_path / "run"), "--epochs", "1",
                                  "--quiet", "--answers", "candidates", "--normalise"])
     assert result.exit_code == 0, result.output
-    assert "among 6 candidate answers" in result.output
+    assert "metrics (×100, among 6 candidates)" in result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (metrics["ranking"], metrics["candidates"], metrics["normalise"]) == ("candidates", 6, True)
     listed = tmp_path / "listed.txt"

@@ -123,7 +123,7 @@ def relation_name(data: str, relation: str | None) -> str:
 def metrics_table(relation: str, mode: str, split: str, metrics: Mapping[str, float],
                   candidates: int | None = None) -> Table:
     """One row of P@1, P@10 and MRR; ``candidates``: the answers were ranked among that many candidates."""
-    among = f", among {candidates} candidate answers" if candidates is not None else ""
+    among = f", among {candidates} candidates" if candidates is not None else ""
     table = Table(title=f"{split} metrics (×100{among})")
     for name in ("relation", "prompt", "n", "P@1", "P@10", "MRR"):
         table.add_column(name, justify="left" if name in ("relation", "prompt") else "right")
