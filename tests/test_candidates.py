@@ -168,9 +168,9 @@ def test_a_split_without_listed_answers_is_refused(causal_lm, tmp_path):
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (None, "cannot read the candidates file"),
-    ("\n  \n", "the candidates file is empty; write one candidate answer per line"),
-    (b"Paris\n\xff\n", "not UTF-8 text"),
+    (None, ": cannot read it"),
+    ("\n  \n", ": the candidates file is empty; write one candidate answer per line"),
+    (b"Paris\n\xff\n", ", line 2: not UTF-8 text; save the file as UTF-8"),
 ])
 def test_bad_candidates_file_is_one_line(content, message, causal_lm, tmp_path):
     """A missing, empty or undecodable candidates file is a SoftpromptError naming the file and the fix."""

@@ -23,6 +23,7 @@ import torch
 
 from softprompt.engine import Engine, TokenTree, length_batches
 from softprompt.errors import SoftpromptError
+from softprompt.io import read_utf8
 from softprompt.probing.relations import Relation
 from softprompt.templates import Example, TemplateEncoder
 
@@ -78,15 +79,7 @@ def relation_answers(relation: Relation) -> list[str]:
 
 def read_candidates(path: Path) -> list[str]:
     """The candidate answers of a text file, one per non-blank line (UTF-8, surrounding spaces ignored)."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as err:
-        raise SoftpromptError(f"{path}: cannot read the candidates file ({err.strerror or err}); check the path "
-                              "and its permissions") from err
-    except UnicodeDecodeError as err:
-        raise SoftpromptError(f"{path}: the candidates file is not UTF-8 text; save it as UTF-8, one answer "
-                              "per line") from err
-    answers = [line.strip() for line in text.split("\n") if line.strip()]
+    answers = [line.strip() for line in read_utf8(path).split("\n") if line.strip()]
     if not answers:
         raise SoftpromptError(f"{path}: the candidates file is empty; write one candidate answer per line")
     return answers
