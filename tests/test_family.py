@@ -94,13 +94,18 @@ def as_first_format(path: Path) -> None:
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["softprompt"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    save_file(tensors, str(path), metadata={"softprompt": json.dumps(first_format_header(meta))})
+
+
+def first_format_header(meta: dict) -> dict:
+    """A current prompt-file header as the first format wrote it."""
     old = {k: v for k, v in meta.items() if k not in ("kind", "component_kind", "tuning")}
     old |= {"format": "softprompt.prompt/1", "mode": meta["kind"]}
     if "component_kind" in meta:
         old["component_mode"] = meta["component_kind"]
     if "tuning" in meta:
         old["kind"] = "deep" if meta["tuning"] == "deep" else "soft"
-    save_file(tensors, str(path), metadata={"softprompt": json.dumps(old)})
+    return old
 
 
 @pytest.mark.parametrize("name", ["hard", "soft", "deep", "mixture", "task", "task-hard"])

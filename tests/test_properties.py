@@ -18,6 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
+from test_family import first_format_header
 
 from softprompt.errors import SoftpromptError
 from softprompt.io import read_jsonl
@@ -220,13 +221,7 @@ def saved_prompts(causal_lm: Any, scratch: Path) -> dict[str, tuple[dict[str, An
         prompt.save(path)
         meta, tensors = saved[name] = read_prompt_file(path)
         # The first format: the kind under "mode", a mixture's under "component_mode", a task's tuning "kind".
-        old = {k: v for k, v in meta.items() if k not in ("kind", "component_kind", "tuning")}
-        old |= {"format": "softprompt.prompt/1", "mode": meta["kind"]}
-        if "component_kind" in meta:
-            old["component_mode"] = meta["component_kind"]
-        if "tuning" in meta:
-            old["kind"] = "deep" if meta["tuning"] == "deep" else "soft"
-        saved[f"{name}-v1"] = (old, tensors)
+        saved[f"{name}-v1"] = (first_format_header(meta), tensors)
     return saved
 
 
