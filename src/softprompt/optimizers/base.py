@@ -52,7 +52,7 @@ class FitResult:
     """A fitted prompt (the best on dev) and how it got there."""
 
     prompt: Prompt
-    best_epoch: int
+    best_epoch: int  # the best evaluation's epoch, or step for a discrete search
     best_dev_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
     # Seconds of fitting that interrupted calls had checkpointed before this call resumed them: a resumed
@@ -62,7 +62,15 @@ class FitResult:
     def warnings(self) -> list[str]:
         """What the history says was left undone. Early stopping ends a run after epochs without improvement,
         so a best epoch that is also the last one means the epoch limit stopped a prompt still improving."""
-        last = self.history[-1]["epoch"] if self.history else 0
+        if not self.history:
+            return []
+        if "step" in self.history[-1]:  # a discrete search, evaluated every so many steps
+            last = self.history[-1]["step"]
+            if 0 < self.best_epoch == last:
+                return [f"the best dev score came at the last evaluation (step {last}): the search was still "
+                        "improving when it stopped; search for more steps (--steps)"]
+            return []
+        last = self.history[-1]["epoch"]
         if 0 < self.best_epoch == last:
             return [f"the best dev loss came at the last epoch ({last}): the prompt was still improving when "
                     "training stopped; train for more epochs (--epochs) or with a higher learning rate (--lr)"]

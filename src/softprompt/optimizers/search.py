@@ -1,0 +1,148 @@
+"""Discrete prompt search: what PEZ, AutoPrompt and RLPrompt share.
+
+A ``SearchObjective`` lays a prompt of ``length`` token positions over its data (the trigger positions of a
+LAMA template, the [P] positions of a task layout) and scores any number of candidate token sequences on
+the same items at once (``softprompt.prompt_scorer`` shares the computation candidates have in common).
+Searches work on token ids and return a hard prompt: its vectors are exact vocabulary embeddings, so it is
+faithful by construction (Patel et al.'s Δ_D = 0).
+
+Model selection: the candidate with the best dev accuracy wins, ties broken by the lower dev loss (a dev set
+of 32 examples has only 33 accuracy values). Searches checkpoint their state with ``write_state`` after
+each evaluation and a resumed search replays exactly what an uninterrupted one would have done: every
+step's randomness is seeded by (seed, step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence, Sized
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from softprompt.errors import SoftpromptError
+from softprompt.io import atomic_write
+from softprompt.models import LanguageModel
+from softprompt.optimizers.base import epoch_seed
+from softprompt.prompts import Prompt
+
+
+@dataclass
+class CandidateScores:
+    """How K candidate prompts do on n items."""
+
+    gold: torch.Tensor  # (K, n) log-probability of each item's gold answer, normalised over its answer space
+    best_other: torch.Tensor  # (K, n) that of the most probable wrong answer
+
+    def loss(self) -> torch.Tensor:
+        """(K,) mean negative log-likelihood of the gold answers."""
+        return -self.gold.mean(1)
+
+    def accuracy(self) -> torch.Tensor:
+        """(K,) fraction of items whose gold answer is strictly the most probable (a tie counts as wrong, and
+        a non-finite score never counts as right)."""
+        right = (self.gold > self.best_other) & self.gold.isfinite()
+        return right.float().mean(1)
+
+
+class SearchObjective(Protocol):
+    """A layout of prompt token positions over training and dev items."""
+
+    lm: LanguageModel
+    initial_ids: tuple[int, ...]  # the starting prompt, one token per position
+    free: tuple[int, ...]  # the positions a search may change; the others keep their words
+    items: Sequence[Sized]  # the training items
+    dev: Sequence[Sized]
+    # True when the answer space is a task's few choices (rewards can use their probabilities' gap), False for
+    # probing over the vocabulary or candidate answers (rewards use the gold answer's log-probability).
+    classification: bool
+
+    def scores(self, candidates: torch.Tensor, indices: Sequence[int] | None = None, dev: bool = False
+               ) -> CandidateScores:
+        """Scores of the candidates ``(K, length)`` token ids on training items ``indices`` (all if None), or on
+        the dev items, without gradients."""
+        ...
+
+    def loss(self, vectors: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+        """The mean loss on training items ``indices`` with ``vectors`` ``(length, d)`` at the prompt
+        positions, differentiable with respect to them."""
+        ...
+
+    def hard_prompt(self, ids: Sequence[int]) -> Prompt:
+        """The prompt of these token ids, as the prompt kind the objective's runs load."""
+        ...
+
+
+@dataclass
+class Evaluation:
+    """One candidate on the dev items: what model selection compares."""
+
+    accuracy: float
+    loss: float
+
+    def beats(self, other: Evaluation | None) -> bool:
+        return other is None or (self.accuracy, -self.loss) > (other.accuracy, -other.loss)
+
+
+def evaluate(objective: SearchObjective, ids: Sequence[int]) -> Evaluation:
+    scores = objective.scores(torch.tensor([list(ids)]), dev=True)
+    loss = float(scores.loss()[0])
+    return Evaluation(float(scores.accuracy()[0]), loss if loss == loss else float("inf"))
+
+
+def step_items(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """The training items of one step: a seeded sample, so a resumed search sees the same ones."""
+    return random.Random(epoch_seed(seed, step)).sample(range(n), min(batch_size, n))
+
+
+def allowed_tokens(lm: LanguageModel) -> torch.Tensor:
+    """(V,) booleans: the tokens a search may place in a prompt (not special tokens, not ids past the
+    tokenizer's vocabulary, which some models pad their embedding matrices with)."""
+    allowed = torch.zeros(lm.vocab_size, dtype=torch.bool)
+    allowed[: min(len(lm.tokenizer), lm.vocab_size)] = True
+    allowed[[i for i in lm.tokenizer.all_special_ids if i < lm.vocab_size]] = False
+    return allowed
+
+
+def check_objective(objective: SearchObjective) -> None:
+    if not objective.items:
+        raise SoftpromptError("the training split is empty: nothing to search with")
+    if not objective.dev:
+        raise SoftpromptError("the dev split is empty: a search keeps the prompt that does best on dev data")
+    if not objective.free:
+        raise SoftpromptError("the prompt has no positions to search: give a template with [T] triggers or a "
+                              "layout with [P] positions")
+
+
+def write_state(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write a search's checkpoint atomically: its tensors, and ``meta`` (JSON) in the header."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()} or {"empty": torch.zeros(0)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"softprompt.search": json.dumps(meta)}))
+
+
+def read_state(path: Path, identity: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """A checkpoint written by ``write_state``, or None if there is none. It must have been written with the
+    same ``identity`` (method, settings); a damaged one is moved aside, with one line saying so."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["softprompt.search"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        if not isinstance(meta, dict) or "identity" not in meta or "state" not in meta:
+            raise KeyError("no identity or state")
+    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+        damaged = path.with_name(path.name + ".damaged")
+        os.replace(path, damaged)
+        raise SoftpromptError(f"{path}: the checkpoint is damaged ({type(err).__name__}: {str(err)[:80]}); it was "
+                              f"moved to {damaged.name}; start over with --force") from err
+    if meta["identity"] != identity:
+        raise SoftpromptError(f"{path} was written with search settings {meta['identity']}, not {identity}; resume "
+                              "with the same settings, or start a new run directory")
+    return meta["state"], tensors
