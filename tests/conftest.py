@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from softprompt.models import LanguageModel
 
@@ -147,6 +155,15 @@ def tiny_masked(seed: int = 0, hidden: int = 32, layers: int = 2) -> LanguageMod
         pad_token_id=tokenizer.pad_token_id,
     )
     return LanguageModel(BertForMaskedLM(config), tokenizer, name=f"tiny-bert-{hidden}", kind="masked")
+
+
+def tiny_seq2seq() -> LanguageModel:
+    tokenizer = byte_bpe_tokenizer()
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                      decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id)
+    return LanguageModel(T5ForConditionalGeneration(config), tokenizer, name="tiny-t5", kind="seq2seq")
 
 
 @pytest.fixture(scope="session")

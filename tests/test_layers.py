@@ -21,17 +21,18 @@ LAYERS = {
     "softprompt.models": 2, "softprompt.metrics": 2, "softprompt.significance": 2,
     "softprompt.templates": 3,
     "softprompt.engine": 4,
-    "softprompt.prompts": 5,
-    "softprompt.optimizers": 6,
-    "softprompt.runs": 7,
+    "softprompt.prompt_scorer": 5,
+    "softprompt.prompts": 6,
+    "softprompt.optimizers": 7,
+    "softprompt.runs": 8,
     # applications
-    "softprompt.probing": 8, "softprompt.tasks": 8,
-    "softprompt.transfer": 9, "softprompt.analysis": 9,
-    "softprompt.cli": 10,
+    "softprompt.probing": 9, "softprompt.tasks": 9,
+    "softprompt.transfer": 10, "softprompt.analysis": 10,
+    "softprompt.cli": 11,
     # the public API (the package's own __init__) may import anything
-    "softprompt": 11,
+    "softprompt": 12,
     # the console script's entry point
-    "softprompt.launch": 12,
+    "softprompt.launch": 13,
 }
 
 

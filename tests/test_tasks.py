@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import byte_bpe_tokenizer, tiny_causal
-from transformers import T5Config, T5ForConditionalGeneration
+from conftest import tiny_causal, tiny_seq2seq
 
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
@@ -42,12 +41,7 @@ def rows(n: int = 24) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def seq2seq_lm() -> LanguageModel:
-    tokenizer = byte_bpe_tokenizer()
-    torch.manual_seed(0)
-    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                      decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=tokenizer.eos_token_id)
-    return LanguageModel(T5ForConditionalGeneration(config), tokenizer, name="tiny-t5", kind="seq2seq")
+    return tiny_seq2seq()
 
 
 # --- task files ---------------------------------------------------------------------------------------

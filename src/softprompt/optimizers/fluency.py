@@ -70,7 +70,8 @@ class Fluency:
             raise SoftpromptError("a fluency gradient needs the reference LM to be the prompt's own model "
                                   f"('{self.lm.name}'), not '{self.reference.name}'")
         ids = ids.to(self.reference.device)
-        hidden = self._hidden(vectors[None].to(self.reference.model.dtype), torch.ones_like(ids[None], dtype=torch.bool))
+        real = torch.ones_like(ids[None], dtype=torch.bool)
+        hidden = self._hidden(vectors[None].to(self.reference.model.dtype), real)
         logits = self.engine.project(hidden[0])
         gold = logits.gather(-1, ids[:, None])[:, 0]
         if self.tied:

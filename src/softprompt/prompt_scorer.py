@@ -1,0 +1,157 @@
+"""Scoring many candidate prompts on the same inputs, sharing the computation they have in common.
+
+Discrete searches (AutoPrompt's token swaps, a genetic population, RLPrompt's samples) score K candidate
+prompts on one batch of inputs. Scoring each candidate alone costs K forward passes over the whole batch.
+Here:
+
+- all candidates run in one batch (each input row once per candidate), their vectors stacked into one table;
+- on causal LMs, the part of each row before the first prompt position where the candidates differ is the
+  same for every candidate: it runs once and its key/value cache is shared by every candidate's copy of the
+  row. AutoPrompt swaps one position, so everything before it is shared; a prompt that follows the input
+  (a LAMA template's triggers after the subject, RLPrompt's "[input] [prompt] [answer]") shares the input;
+- only the query positions are projected to the vocabulary, a chunk of candidates at a time, and the
+  caller's ``read`` reduces them at once (a (K, Q, V) tensor of a population would not fit in memory).
+
+The scores equal those of scoring each candidate alone up to float rounding (tests/test_prompt_scorer.py
+holds them to 1e-5 under padding and length groups).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from softprompt.engine import MAX_ROWS, Engine, Tokens
+
+
+@dataclass
+class Queries:
+    """The outputs to read: (row, position) pairs of a batch, positions in the decoder for encoder-decoders."""
+
+    rows: torch.Tensor  # (Q,)
+    positions: torch.Tensor  # (Q,)
+
+
+Read = Callable[[torch.Tensor], torch.Tensor]  # (k, Q, V) logits of k candidates -> (k, ...) what the caller keeps
+
+
+@torch.inference_mode()
+def score_candidates(engine: Engine, tokens: Tokens, queries: Queries, candidates: torch.Tensor, read: Read,
+                     max_rows: int = MAX_ROWS, share_prefix: bool = True) -> torch.Tensor:
+    """``read`` of the query logits under each candidate: ``candidates`` are ``(K, L, d)`` vectors for the
+    batch's L prompt positions; returns ``(K, ...)``. Batches are padded as the engine pads them (encoder-
+    decoder batches carry ``decoder_ids`` and ``decoder_mask``). ``share_prefix=False`` turns the prefix
+    cache off (to measure it)."""
+    rows = tokens.input_ids.shape[0]
+    per_pass = max(1, min(len(candidates), max_rows // rows))
+    prefix = None
+    if share_prefix and engine.lm.kind == "causal" and engine.padding_side == "left" and len(candidates) > 1:
+        prefix = SharedPrefix.build(engine, tokens, queries, candidates)
+    out = []
+    for start in range(0, len(candidates), per_pass):
+        chunk = candidates[start : start + per_pass]
+        logits = prefix.logits(chunk) if prefix is not None else repeated_logits(engine, tokens, queries, chunk)
+        out.append(read(logits))
+    return torch.cat(out)
+
+
+def repeat_rows(tokens: Tokens, k: int, length: int) -> dict[str, torch.Tensor]:
+    """The batch with each row repeated k times in a row (row b, candidate c at b·k + c), each copy's prompt
+    positions pointing at its candidate's rows of the stacked table."""
+    slots = tokens.prompt_slots.repeat_interleave(k, 0)
+    offsets = (torch.arange(len(slots), device=slots.device) % k * length)[:, None]
+    return {"input_ids": tokens.input_ids.repeat_interleave(k, 0),
+            "attention_mask": tokens.attention_mask.repeat_interleave(k, 0),
+            "prompt_slots": torch.where(slots >= 0, slots + offsets, slots)}
+
+
+@dataclass
+class _Rows:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_slots: torch.Tensor
+    decoder_ids: torch.Tensor | None = None
+    decoder_mask: torch.Tensor | None = None
+
+
+def candidate_major(hidden: torch.Tensor, queries: Queries, k: int) -> torch.Tensor:
+    """(k, Q, ...) from per-row outputs (B·k, T, ...) of rows repeated k times, read at the queries."""
+    index = queries.rows[None] * k + torch.arange(k, device=queries.rows.device)[:, None]  # (k, Q)
+    return hidden[index, queries.positions[None].expand(k, -1)]
+
+
+def repeated_logits(engine: Engine, tokens: Tokens, queries: Queries, candidates: torch.Tensor) -> torch.Tensor:
+    """Query logits (k, Q, V) of k candidates from one pass over the batch's rows repeated per candidate."""
+    k, length = candidates.shape[:2]
+    rows = _Rows(**repeat_rows(tokens, k, length))
+    vectors = candidates.reshape(k * length, -1)
+    if engine.lm.kind == "seq2seq":
+        rows.decoder_ids = tokens.decoder_ids.repeat_interleave(k, 0)
+        rows.decoder_mask = tokens.decoder_mask.repeat_interleave(k, 0)
+        return candidate_major(engine.seq2seq_logits(rows, vectors), queries, k)
+    return engine.project(candidate_major(engine.final_hidden(rows, vectors), queries, k))
+
+
+@dataclass
+class SharedPrefix:
+    """A causal batch split at each row's first position that differs between the candidates: the prefixes'
+    key/value cache (computed once) and the suffixes that each candidate runs on top of it."""
+
+    engine: Engine
+    cache: object  # the body's key/value cache of the prefixes
+    prefix_mask: torch.Tensor  # (B, P), prefixes padded on the left
+    suffix: _Rows  # (B, S), suffixes padded on the right
+    suffix_positions: torch.Tensor  # (B, S) position ids
+    queries: Queries  # positions within the suffixes
+
+    @classmethod
+    def build(cls, engine: Engine, tokens: Tokens, queries: Queries, candidates: torch.Tensor) -> SharedPrefix | None:
+        ids, mask, slots = tokens.input_ids, tokens.attention_mask, tokens.prompt_slots
+        rows, width = ids.shape
+        differs = (candidates != candidates[:1]).flatten(2).any(-1).any(0)  # (L,) prompt positions that vary
+        varying = (slots >= 0) & differs[slots.clamp(min=0)]
+        position = torch.arange(width, device=ids.device).expand(rows, -1)
+        first_varying = torch.where(varying, position, width).amin(1)
+        first_query = torch.full((rows,), width, device=ids.device).scatter_reduce(0, queries.rows, queries.positions,
+                                                                                  "amin")
+        split = torch.minimum(first_varying, first_query)  # a query's own position must run per candidate
+        start = width - mask.sum(1)  # rows are padded on the left
+        prefix_width = int((split - start).max())
+        if prefix_width <= 0:
+            return None  # nothing shared: the candidates differ from each row's first token
+        suffix_width = int((width - split).max())
+        # Prefixes right-aligned at column P, suffixes left-aligned at column 0.
+        pre_index = split[:, None] - prefix_width + torch.arange(prefix_width, device=ids.device)
+        pre_real = pre_index >= start[:, None]
+        suf_index = split[:, None] + torch.arange(suffix_width, device=ids.device)
+        suf_real = suf_index < width
+        pre_index, suf_index = pre_index.clamp(min=0), suf_index.clamp(max=width - 1)
+        pad = engine.lm.tokenizer.pad_token_id
+
+        def take(index: torch.Tensor, real: torch.Tensor) -> _Rows:
+            return _Rows(ids.gather(1, index).masked_fill(~real, pad), real.long(),
+                         slots.gather(1, index).masked_fill(~real, -1))
+
+        prefix = take(pre_index, pre_real)
+        embeds = engine.embed(prefix, candidates[0], None)  # prefix positions are equal in every candidate
+        out = engine.body(inputs_embeds=embeds, attention_mask=prefix.attention_mask, use_cache=True,
+                          position_ids=(prefix.attention_mask.cumsum(-1) - 1).clamp(min=0))
+        prefix_lengths = pre_real.sum(1)
+        suffix_positions = prefix_lengths[:, None] + torch.arange(suffix_width, device=ids.device)
+        return cls(engine, out.cache, prefix.attention_mask, take(suf_index, suf_real), suffix_positions,
+                   Queries(queries.rows, queries.positions - split[queries.rows]))
+
+    def logits(self, candidates: torch.Tensor) -> torch.Tensor:
+        """Query logits (k, Q, V) of k candidates, running only their suffixes."""
+        k, length = candidates.shape[:2]
+        rows = _Rows(**repeat_rows(self.suffix, k, length))
+        cache = copy.deepcopy(self.cache)  # a forward pass appends to the cache it is given
+        cache.batch_repeat_interleave(k)
+        embeds = self.engine.embed(rows, candidates.reshape(k * length, -1), None)
+        attention = torch.cat([self.prefix_mask.repeat_interleave(k, 0), rows.attention_mask], 1)
+        hidden = self.engine.body(inputs_embeds=embeds, attention_mask=attention, cache=cache,
+                                  position_ids=self.suffix_positions.repeat_interleave(k, 0), use_cache=True)[0]
+        return self.engine.project(candidate_major(hidden, self.queries, k))

@@ -1,0 +1,98 @@
+"""The candidate-prompt scorer equals scoring each candidate alone, for every kind of LM and layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_causal, tiny_masked, tiny_seq2seq
+
+from softprompt.engine import Engine
+from softprompt.models import LanguageModel
+from softprompt.prompt_scorer import Queries, score_candidates
+from softprompt.prompts.task import TaskPrompt
+from softprompt.tasks.scoring import TaskEncoder, collate_rows, query_logits
+from softprompt.tasks.task import task_from_dict
+from softprompt.templates import TemplateEncoder
+
+SUBJECTS = ["France", "the capital of Japan", "Peru", "Mozart was born in Italy", "Kenya"]
+
+
+def candidates(lm: LanguageModel, k: int, length: int, swap_at: int | None = None, seed: int = 0) -> torch.Tensor:
+    """K random token sequences, or K sequences equal but at ``swap_at`` (AutoPrompt's swaps)."""
+    gen = torch.Generator().manual_seed(seed)
+    low = len(lm.tokenizer.all_special_ids)
+    if swap_at is None:
+        ids = torch.randint(low, lm.vocab_size, (k, length), generator=gen)
+    else:
+        ids = torch.randint(low, lm.vocab_size, (1, length), generator=gen).repeat(k, 1)
+        ids[:, swap_at] = torch.randint(low, lm.vocab_size, (k,), generator=gen)
+    return lm.embed(ids).detach()
+
+
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.log_softmax(-1)
+
+
+def probing_batch(lm: LanguageModel, template: str):
+    engine = Engine(lm)
+    encoder = TemplateEncoder(template, lm)
+    batch = engine.collate([encoder.query(s, 0) for s in SUBJECTS])
+    return engine, batch, Queries(torch.arange(len(SUBJECTS)), batch.answer_positions), len(encoder.prompt_ids)
+
+
+@pytest.mark.parametrize("make", [tiny_causal, tiny_masked])
+@pytest.mark.parametrize("swap_at", [None, 0, 2])
+@pytest.mark.parametrize("template", ["[X] is located in the city of [Y] .", "the [X] , capital [Y] ."])
+def test_probing_scores_equal_one_candidate_at_a_time(make, swap_at: int | None, template: str) -> None:
+    lm = make()
+    engine, batch, queries, length = probing_batch(lm, template)
+    cands = candidates(lm, 6, length, swap_at)
+    many = score_candidates(engine, batch, queries, cands, log_softmax, max_rows=12)  # 2 candidates per pass
+    with torch.inference_mode():
+        alone = torch.stack([engine.answer_logits(batch, c).log_softmax(-1) for c in cands])
+    assert many.shape == alone.shape == (6, len(SUBJECTS), lm.vocab_size)
+    assert (many - alone).abs().max() <= 1e-5
+
+
+def test_the_prefix_cache_is_used_and_changes_nothing() -> None:
+    """Swaps after the subject share the subject: the cached and uncached paths agree, and the cached one
+    runs fewer token positions through the model."""
+    lm = tiny_causal()
+    engine, batch, queries, length = probing_batch(lm, "[X] is located in the city of [Y] .")
+    cands = candidates(lm, 5, length, swap_at=4)
+    seen: list[int] = []
+    hook = engine.body.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["inputs_embeds"].shape[:2].numel()),
+                                                 with_kwargs=True)
+    try:
+        cached = score_candidates(engine, batch, queries, cands, log_softmax)
+        cached_cost, seen[:] = sum(seen), []
+        plain = score_candidates(engine, batch, queries, cands, log_softmax, share_prefix=False)
+        plain_cost = sum(seen)
+    finally:
+        hook.remove()
+    assert (cached - plain).abs().max() <= 1e-5
+    assert cached_cost < plain_cost
+
+
+TASK = {"name": "capital", "description": "capitals", "template": "the capital of {{c}} is", "target": "{{label}}"}
+
+
+@pytest.mark.parametrize("make", [tiny_causal, tiny_masked, tiny_seq2seq])
+@pytest.mark.parametrize("layout", ["[P*3]{input}", "{input} [P*3] so", "hello [P] {input} [P*2]"])
+@pytest.mark.parametrize("labels", [{"a": "Paris", "b": "Berlin"}, {"a": "Paris is big", "b": "Rome or Lima"}])
+def test_task_rows_score_equal_one_candidate_at_a_time(make, layout: str, labels: dict[str, str]) -> None:
+    """Task rows: shared single-token verbalizers and one row per multi-token choice, prefix and suffix
+    layouts, on causal, masked and encoder-decoder LMs."""
+    lm = make()
+    engine = Engine(lm)
+    task = task_from_dict({**TASK, "labels": labels}, "capital.yaml")
+    prompt = TaskPrompt(lm, layout, 0, init="vocab")
+    encoded = TaskEncoder(lm, task, prompt).encode(
+        [task.render({"c": c, "label": y}) for c, y in [("France", "a"), ("the north of Peru", "b"), ("Chile", "a")]])
+    batch = collate_rows(encoded.rows, lm.tokenizer.pad_token_id, engine.padding_side == "left", lm.device)
+    queries = Queries(batch.query_rows, batch.query_positions)
+    cands = candidates(lm, 5, prompt.length, swap_at=1)
+    many = score_candidates(engine, batch, queries, cands, log_softmax)
+    with torch.inference_mode():
+        alone = torch.stack([query_logits(engine, batch, c, None).log_softmax(-1) for c in cands])
+    assert (many - alone).abs().max() <= 1e-5
