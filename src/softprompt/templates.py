@@ -1,8 +1,10 @@
 """LAMA-style templates such as ``"[X] was born in [Y] ."`` and their tokenisation for one model.
 
 A template's own tokens are the *prompt positions*: a hard prompt embeds them as words, a soft prompt
-replaces each by a trainable vector. The subject [X] is always embedded as words. The answer [Y] is
-predicted at one position: the [MASK] for masked LMs, the next token after the prompt for causal LMs.
+replaces each by a trainable vector. A ``[T]`` is a *trigger*: a prompt position with no word of its own,
+which a discrete search fills (``"[X] [T] [T] [T] [Y]"``, or ``"[X] [T] born in [Y]"`` with words kept).
+The subject [X] is always embedded as words. The answer [Y] is predicted at one position: the [MASK] for
+masked LMs, the next token after the prompt for causal LMs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from softprompt.io import excerpt
 from softprompt.models import LanguageModel
 
 SLOT = re.compile(r"\[(X|Y)\]")
+# A trigger: a prompt position without a word of its own, for a search to fill (AutoPrompt's [T]).
+TRIGGER = "[T]"
+TRIGGER_ID = -1  # where a trigger stands among a piece's token ids, until it gets the pad token as placeholder
 
 
 @dataclass(frozen=True)
@@ -106,12 +111,14 @@ class TemplateEncoder:
         self._space_before = {first: before[-1:].isspace(), second: middle[-1:].isspace()}
         if answer_space is not None:
             self._space_before["Y"] = answer_space
-        pieces = [self._ids(before, False), self._ids(middle, middle[:1].isspace()),
-                  self._ids(after, after[:1].isspace())]
+        pieces = [self._piece(before, False), self._piece(middle, middle[:1].isspace()),
+                  self._piece(after, after[:1].isspace())]
         specials_before, specials_after = lm.special_affixes
         if lm.kind == "causal":
             specials_after = []  # e.g. an appended </s>: it would come after the answer position
         self.prompt_ids: tuple[int, ...] = tuple(pieces[0] + pieces[1] + pieces[2])
+        self.triggers: tuple[int, ...] = tuple(i for i, t in enumerate(self.prompt_ids) if t == TRIGGER_ID)
+        self.prompt_ids = tuple(lm.tokenizer.pad_token_id if t == TRIGGER_ID else t for t in self.prompt_ids)
         # The layout of one query, with "X"/"Y" standing for the subject tokens and the answer position.
         layout: list[int | str] = [*specials_before]
         index = 0
@@ -149,6 +156,14 @@ class TemplateEncoder:
         if leading_space:
             text = " " + text
         return self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _piece(self, text: str, leading_space: bool) -> list[int]:
+        """A piece's token ids, with ``TRIGGER_ID`` for each [T] trigger (words after a trigger are words of
+        their own: each starts with a space)."""
+        ids: list[int] = []
+        for i, part in enumerate(text.split(TRIGGER)):
+            ids += ([TRIGGER_ID] if i else []) + self._ids(part, leading_space if i == 0 else True)
+        return ids
 
     def answer_tokens(self, answer: str) -> tuple[int, ...]:
         """The token ids of ``answer`` in this template's context (several for a multi-token answer)."""

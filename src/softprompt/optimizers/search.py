@@ -146,3 +146,30 @@ def read_state(path: Path, identity: dict[str, Any]) -> tuple[dict[str, Any], di
         raise SoftpromptError(f"{path} was written with search settings {meta['identity']}, not {identity}; resume "
                               "with the same settings, or start a new run directory")
     return meta["state"], tensors
+
+
+# Random initial tokens come from the most common ones: BPE ids roughly follow frequency (merge order), as for
+# task prompts' vocabulary init.
+COMMON_TOKENS = 5000
+
+
+def starting_ids(lm: LanguageModel, base: Sequence[int], free: Sequence[int], init: str, seed: int = 0
+                 ) -> tuple[int, ...]:
+    """A search's starting prompt: ``base`` with its free positions filled by ``init``: "random" (common
+    tokens, seeded), "keep" (the base's own words, where it has them), or a text whose tokens are cycled
+    over the free positions (AutoPrompt starts from "the")."""
+    ids = list(base)
+    if init == "keep":
+        return tuple(ids)
+    if init == "random":
+        pool = allowed_tokens(lm).nonzero()[:, 0][:COMMON_TOKENS]
+        gen = torch.Generator().manual_seed(seed)
+        fill = pool[torch.randint(len(pool), (len(free),), generator=gen)].tolist()
+    else:
+        tokens = lm.tokenizer(init if init[:1].isspace() else " " + init, add_special_tokens=False)["input_ids"]
+        if not tokens:
+            raise SoftpromptError(f"the initial text {init!r} has no tokens; give a text, 'random' or 'keep'")
+        fill = (tokens * (len(free) // len(tokens) + 1))[: len(free)]
+    for position, token in zip(free, fill, strict=True):
+        ids[position] = token
+    return tuple(ids)

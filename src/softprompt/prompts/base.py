@@ -119,6 +119,30 @@ def stack_deltas(prompts: Sequence[Prompt]) -> torch.Tensor | None:
                       for p, d in present], dim=1)
 
 
+def token_fields(lm: LanguageModel, ids: Sequence[int]) -> dict[str, Any]:
+    """A searched hard prompt's fields in its file: the token ids, and their tokens and text for people (the
+    tokens also let a load check that the ids mean the same for the loading model)."""
+    return {"token_ids": list(ids), "tokens": lm.tokenizer.convert_ids_to_tokens(list(ids)),
+            "text": lm.tokenizer.decode(list(ids))}
+
+
+def searched_tokens(meta: dict[str, Any], lm: LanguageModel, path: Path) -> list[int] | None:
+    """The token ids of a searched hard prompt's file (None if it has none), refused where the loading
+    model's tokenizer gives them other tokens: ids mean nothing without their vocabulary."""
+    ids, tokens = meta.get("token_ids"), meta.get("tokens")
+    if ids is None:
+        return None
+    if not (isinstance(ids, list) and all(isinstance(i, int) and 0 <= i < lm.vocab_size for i in ids)
+            and isinstance(tokens, list) and len(tokens) == len(ids)):
+        raise SoftpromptError(f"{path}: its 'token_ids' must be token ids of model '{lm.name}' (0 to "
+                              f"{lm.vocab_size - 1}) with one entry of 'tokens' each; the file is damaged or was "
+                              "edited; search the prompt again")
+    if lm.tokenizer.convert_ids_to_tokens(ids) != tokens:
+        raise SoftpromptError(f"{path}: its token ids are {tokens[:5]}... for model '{meta['model']}' but other tokens "
+                              f"for '{lm.name}'; use --model {meta['model']}")
+    return ids
+
+
 class TemplatePrompt(Prompt):
     """A prompt over a LAMA template: one vector per template token (the subject and answer stay words)."""
 

@@ -16,6 +16,7 @@ positions at every layer including the input (``deep``, as the deep prompts of P
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
-from softprompt.prompts.base import Prompt
+from softprompt.prompts.base import Prompt, searched_tokens, token_fields
 from softprompt.prompts.soft import embedding_gaussian
 
 LAYOUTS = {
@@ -87,6 +88,7 @@ class TaskPrompt(Prompt):
         init_text: str = "",
         seed: int = 0,
         task: str = "",
+        token_ids: Sequence[int] | None = None,
     ) -> None:
         super().__init__(lm)
         if tuning not in TUNINGS:
@@ -97,10 +99,17 @@ class TaskPrompt(Prompt):
         self.tuning, self.init, self.init_text, self.seed, self.task = tuning, init, init_text, seed, task
         self.template_markers = template_markers
         n = count_markers(self.layout) + template_markers
-        if tuning == "hard" and n:
+        self.token_ids = tuple(token_ids) if token_ids is not None else None
+        if tuning == "hard" and n and self.token_ids is None:
             raise SoftpromptError(f"a hard prompt has no vectors, but layout {self.layout!r} and the task template "
-                                  f"have {n} [P] markers; use a soft or deep prompt")
-        base = initial_task_vectors(lm, n, init, init_text, seed)
+                                  f"have {n} [P] markers; use a soft or deep prompt, or search token ids for them")
+        if self.token_ids is not None:
+            if tuning != "hard" or len(self.token_ids) != n:
+                raise SoftpromptError(f"searched token ids make a hard prompt with one id per [P] marker ({n}), got "
+                                      f"{len(self.token_ids)} ids for a {tuning} prompt")
+            base = lm.embed(torch.tensor(self.token_ids, dtype=torch.long, device=lm.device)).detach().float()
+        else:
+            base = initial_task_vectors(lm, n, init, init_text, seed)
         if tuning == "soft":
             self.weight = nn.Parameter(base)
         else:
@@ -126,14 +135,14 @@ class TaskPrompt(Prompt):
         return super().metadata() | {
             "layout": self.layout, "template_markers": self.template_markers, "tuning": self.tuning,
             "init": self.init, "init_text": self.init_text, "seed": self.seed, "task": self.task,
-        }
+        } | (token_fields(self.lm, self.token_ids) if self.token_ids is not None else {})
 
     @classmethod
     def from_file(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor], lm: LanguageModel,
                   path: Path) -> TaskPrompt:
         # "vocab" only fills the vectors that the file's tensors then replace.
         prompt = cls(lm, meta["layout"], 0, meta["template_markers"], meta["tuning"], "vocab", meta["init_text"],
-                     meta["seed"], meta["task"])
+                     meta["seed"], meta["task"], searched_tokens(meta, lm, path))
         prompt.init = meta["init"]
         if prompt.length != tensors["weight"].shape[0]:
             raise SoftpromptError(f"{path}: layout {meta['layout']!r} does not match its {len(tensors['weight'])} "
