@@ -12,6 +12,7 @@ from conftest import tiny_causal, tiny_masked, tiny_seq2seq
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
+from softprompt.optimizers.autoprompt import AutoPrompt, AutoPromptConfig
 from softprompt.optimizers.fluency import Fluency
 from softprompt.optimizers.pez import PEZ, PEZConfig, Projection
 from softprompt.optimizers.search import CandidateScores, allowed_tokens
@@ -228,3 +229,74 @@ def test_pez_config_errors(field: str, value: object, message: str) -> None:
     with pytest.raises(SoftpromptError) as err:
         PEZConfig(**{field: value})
     assert str(err.value) == message
+
+
+# --- AutoPrompt ------------------------------------------------------------------------------------------------
+
+
+class KeyTokenRelation:
+    """A toy relation: the answer's logits are the prompt vectors' sum times the answers' embeddings. The key
+    token's embedding is ten times longer than any other's, so that it, anywhere in the prompt, makes the gold
+    answer (the key itself) certain, and no other token comes close."""
+
+    classification = False
+
+    def __init__(self, lm: LanguageModel, key: int, others: list[int], length: int = 3) -> None:
+        self.lm = lm
+        table = lm.embedding_matrix
+        with torch.no_grad():
+            table[key] *= 10 * table.norm(dim=-1).max() / table[key].norm()
+        answers = table[[key, *others]].detach()
+        self.head = 20 * answers.T / table[key].norm() ** 2  # (d, C): a margin of about 20 nats with the key
+        self.items, self.dev = list(range(8)), list(range(4))
+        self.free = tuple(range(length))
+        self.initial_ids = (50,) * length
+
+    def _logp(self, vectors: torch.Tensor) -> torch.Tensor:
+        return (vectors.sum(-2) @ self.head).log_softmax(-1)
+
+    def scores(self, candidates, indices=None, dev=False) -> CandidateScores:
+        logp = self._logp(self.lm.embed(candidates).detach())
+        n = len(self.dev if dev else self.items) if indices is None else len(indices)
+        return CandidateScores(logp[:, :1].expand(-1, n), logp[:, 1:].amax(-1, keepdim=True).expand(-1, n))
+
+    def loss(self, vectors, indices) -> torch.Tensor:
+        return -self._logp(vectors)[0]
+
+    def hard_prompt(self, ids):
+        return TaskPrompt(self.lm, f"[P*{len(ids)}]{{input}}", 0, tuning="hard", token_ids=list(ids))
+
+
+def test_autoprompt_finds_the_trigger_that_makes_the_answer_certain() -> None:
+    lm = tiny_causal()  # its own copy: the toy lengthens one embedding
+    objective = KeyTokenRelation(lm, key=400, others=[300, 350])
+    assert objective.scores(torch.tensor([objective.initial_ids])).loss()[0] > 0.5  # far from certain
+    result = AutoPrompt(AutoPromptConfig(steps=6, candidates=20, eval_every=2), progress=False).fit(objective)
+    assert 400 in result.prompt.token_ids
+    assert result.history[-1]["dev_accuracy"] == 1.0 and result.best_dev_loss < 1e-3
+
+
+def test_autoprompt_on_a_template_is_never_worse_on_dev_and_resumes_exactly(causal_lm: LanguageModel,
+                                                                             tmp_path: Path) -> None:
+    config = AutoPromptConfig(steps=8, candidates=5, batch_size=3, eval_size=4, eval_every=2)
+    objective = template_search(causal_lm, "[X] [T] [T] [T] [Y] .", init="the")
+    whole = AutoPrompt(config, progress=False).fit(objective)
+    assert whole.best_dev_loss <= whole.history[0]["dev_loss"]
+    assert whole.prompt.token_ids != objective.initial_ids  # on random weights some swap always helps
+    calls = {"n": 0}
+    real = objective.scores
+
+    def crash_in_step_6(candidates, indices=None, dev=False):
+        calls["n"] += 1
+        if calls["n"] == 1 + 5 + 3 + 1:  # initial dev, steps 1-5, 3 dev evaluations (steps 2, 4, 6...), step 6
+            raise KeyboardInterrupt
+        return real(candidates, indices, dev)
+
+    objective.scores = crash_in_step_6
+    with pytest.raises(KeyboardInterrupt):
+        AutoPrompt(config, progress=False).fit(objective, tmp_path / "ckpt.safetensors")
+    objective.scores = real
+    resumed = AutoPrompt(config, progress=False).fit(objective, tmp_path / "ckpt.safetensors", resume=True)
+    strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+    assert strip(resumed.history) == strip(whole.history)
+    assert resumed.prompt.token_ids == whole.prompt.token_ids

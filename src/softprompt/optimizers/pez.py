@@ -34,6 +34,7 @@ from softprompt.optimizers.search import (
     allowed_tokens,
     check_objective,
     evaluate,
+    history_record,
     read_state,
     step_items,
     write_state,
@@ -120,7 +121,8 @@ class PEZ(Optimizer):
             state = {"step": 0, "best_step": 0, "best_ids": ids.tolist(), "evaluations": len(objective.dev),
                      "seconds": 0.0}
             best = evaluate(objective, ids.tolist())
-            state |= {"best": asdict(best), "history": [self._record(0, None, best, ids, fluency, state, 0.0)]}
+            first = history_record(0, None, best, ids.tolist(), fluency, state["evaluations"], 0.0)
+            state |= {"best": asdict(best), "history": [first]}
         else:
             state, tensors = stored
             continuous.data.copy_(tensors["continuous"])
@@ -148,7 +150,8 @@ class PEZ(Optimizer):
                 best = current
                 state |= {"best_step": step, "best_ids": ids.tolist(), "best": asdict(best)}
             seconds = earlier + time.perf_counter() - started
-            state["history"].append(self._record(step, loss, current, ids, fluency, state, seconds))
+            state["history"].append(history_record(step, loss, current, ids.tolist(), fluency,
+                                                   state["evaluations"], seconds))
             state |= {"step": step, "seconds": seconds}
             if self.progress:
                 log.info("step %d: loss %.4f  dev accuracy %.4f  dev loss %.4f", step, loss, current.accuracy,
@@ -171,13 +174,6 @@ class PEZ(Optimizer):
             loss = loss + config.fluency_weight * (nll.exp() if config.fluency_form == "perplexity" else nll)
         (grad,) = torch.autograd.grad(loss, projected)
         return loss.item(), grad
-
-    @staticmethod
-    def _record(step: int, loss: float | None, current: Evaluation, ids: torch.Tensor, fluency: Fluency,
-                state: dict[str, Any], seconds: float) -> dict[str, Any]:
-        return {"step": step, "loss": loss, "dev_accuracy": current.accuracy, "dev_loss": current.loss,
-                "perplexity": float(fluency.perplexity(ids[None])[0]), "evaluations": state["evaluations"],
-                "seconds": seconds}
 
 
 def adam_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

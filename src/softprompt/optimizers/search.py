@@ -30,6 +30,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_write
 from softprompt.models import LanguageModel
 from softprompt.optimizers.base import epoch_seed
+from softprompt.optimizers.fluency import Fluency
 from softprompt.prompts import Prompt
 
 
@@ -94,6 +95,16 @@ def evaluate(objective: SearchObjective, ids: Sequence[int]) -> Evaluation:
     scores = objective.scores(torch.tensor([list(ids)]), dev=True)
     loss = float(scores.loss()[0])
     return Evaluation(float(scores.accuracy()[0]), loss if loss == loss else float("inf"))
+
+
+def history_record(step: int, loss: float | None, current: Evaluation, ids: Sequence[int], fluency: Fluency,
+                   evaluations: int, seconds: float) -> dict[str, Any]:
+    """One evaluation's line of a search's history: the step, the training loss (None before the first step),
+    the dev scores and the prompt's perplexity under the fluency reference, the (prompt, item) pairs scored
+    so far, and the seconds spent."""
+    return {"step": step, "loss": loss, "dev_accuracy": current.accuracy, "dev_loss": current.loss,
+            "perplexity": float(fluency.perplexity(torch.tensor([list(ids)]))[0]), "evaluations": evaluations,
+            "seconds": seconds}
 
 
 def step_items(n: int, batch_size: int, seed: int, step: int) -> list[int]:
