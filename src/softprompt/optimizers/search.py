@@ -18,7 +18,7 @@ import json
 import os
 import random
 from collections.abc import Sequence, Sized
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -184,3 +184,19 @@ def starting_ids(lm: LanguageModel, base: Sequence[int], free: Sequence[int], in
     for position, token in zip(free, fill, strict=True):
         ids[position] = token
     return tuple(ids)
+
+
+def search_settings(optimizer: Any) -> dict[str, Any]:
+    """What identifies a search in a run's config.json: the method, its settings and the fluency reference."""
+    fluency = getattr(optimizer, "fluency", None)
+    return {"method": optimizer.name, **asdict(optimizer.config),
+            "fluency_model": fluency.reference.name if fluency is not None else None}
+
+
+def found_prompt(prompt: Prompt, fluency: Fluency) -> dict[str, Any]:
+    """What a run's metrics say of the hard prompt a search found: its text, token ids and perplexity."""
+    ids = list(prompt.token_ids)  # a searched HardPrompt's or TaskPrompt's
+    tokenizer = prompt.lm.tokenizer
+    return {"prompt_text": tokenizer.decode(ids), "prompt_tokens": tokenizer.convert_ids_to_tokens(ids),
+            "token_ids": ids, "perplexity": float(fluency.perplexity(torch.tensor([ids]))[0]),
+            "fluency_model": fluency.reference.name}

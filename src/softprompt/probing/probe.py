@@ -14,10 +14,13 @@ from softprompt.engine import EVAL_BATCH_SIZE, Engine, length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.metrics import answer_ranks, ranking_metrics
 from softprompt.models import LanguageModel
-from softprompt.optimizers import FitResult, TrainConfig
+from softprompt.optimizers import FitResult, Optimizer, TrainConfig
+from softprompt.optimizers.fluency import Fluency
+from softprompt.optimizers.search import found_prompt, search_settings
 from softprompt.probing.candidates import CandidateOptions, Candidates, CandidateScorer, build_candidates
 from softprompt.probing.objective import train_candidates, train_prompt
 from softprompt.probing.relations import SPLITS, Relation
+from softprompt.probing.search import TemplateSearch
 from softprompt.progress import progress_bar
 from softprompt.prompts import HardPrompt, Prompt, TemplatePrompt
 from softprompt.prompts.deep import DeepPrompt
@@ -214,13 +217,14 @@ def evaluate_candidates(
 
 def run_settings(
     lm: LanguageModel, relation: Relation, mode: str, init: str, config: TrainConfig,
-    limits: Mapping[str, int] | None, candidates: Candidates | None = None,
+    limits: Mapping[str, int] | None, candidates: Candidates | None = None, search: Optimizer | None = None,
 ) -> dict[str, Any]:
     """The entries of a run's config.json that must be equal for the run to be resumed or reused (in candidate
-    mode, also the candidates and their scoring)."""
+    mode, also the candidates and their scoring; for a searched prompt, the search's settings)."""
     return {"model": lm.name, "relation": relation.name, "template": relation.template, "mode": mode,
             "init": init, "train": asdict(config), "limits": dict(limits or {}),
-            **(candidates.settings() if candidates is not None else {})}
+            **(candidates.settings() if candidates is not None else {}),
+            **({"search": search_settings(search)} if search is not None else {})}
 
 
 def resume_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -248,26 +252,39 @@ def run_probe(
     engine: Engine | None = None,
     data: EncodedRelation | None = None,
     candidates: CandidateOptions | None = None,
+    search: Optimizer | None = None,
 ) -> dict[str, Any]:
     """Train (unless ``mode='hard'``) and test one prompt for one relation; write the run directory.
     ``data`` is the relation already encoded for ``lm`` with these ``limits`` (and ``candidates``: rank answers
-    among candidate answers), if the caller has it."""
+    among candidate answers), if the caller has it. With ``search`` (PEZ, AutoPrompt, RLPrompt; ``mode`` is
+    then "hard"), the template's [T] triggers, or all its tokens, are searched from ``init`` ("random",
+    "keep" or a text), and the run's prompt is the hard prompt found."""
     config = config or TrainConfig()
     engine = engine or Engine(lm)
     data = data or encode_relation(relation, lm, limits, candidates)
-    prompt = make_prompt(mode, data.encoder, init, config.seed)
+    if search is not None and (mode != "hard" or data.candidates is not None):
+        raise SoftpromptError("a searched prompt is a hard prompt scored over the vocabulary (mode hard, no "
+                              "candidate answers)")
+    prompt = make_prompt(mode, data.encoder, init, config.seed) if search is None else None
     # Refuse unusable data before anything is written to the run directory.
-    require_facts(data, ("train", "dev", "test") if mode != "hard" else ("test",),
+    require_facts(data, ("train", "dev", "test") if mode != "hard" or search else ("test",),
                   "training needs facts in train, dev and test (a split directory)")
-    run = RunDir(out, "softprompt probe train")
-    settings = run_settings(lm, relation, mode, init, config, limits, data.candidates) | {
+    run = RunDir(out, "softprompt probe train" if search is None else f"softprompt search {search.name}")
+    settings = run_settings(lm, relation, mode, init, config, limits, data.candidates, search) | {
         "examples": {s: len(e) for s, e in data.splits.items()}, data.dropped_key: data.dropped,
     }
     with run.open(settings, resume):
         run.write_rows(DROPPED, data.dropped_facts)
         result: FitResult | None = None
         warnings: list[str] = []
-        if mode != "hard":
+        found: dict[str, Any] = {}
+        if search is not None:
+            objective = TemplateSearch(engine, data.encoder, data.splits["train"], data.splits["dev"], init=init,
+                                       seed=config.seed)
+            result = search.fit(objective, run.checkpoint, resume, settings={"relation": relation.name})
+            prompt = result.prompt
+            found = found_prompt(prompt, search.fluency or Fluency(lm))
+        elif mode != "hard":
             if data.candidates is not None:
                 result = train_candidates(CandidateScorer(engine, data.candidates), prompt, data.splits["train"],
                                           data.gold["train"], data.splits["dev"], data.gold["dev"], config,
@@ -275,11 +292,11 @@ def run_probe(
             else:
                 result = train_prompt(engine, prompt, data.splits["train"], data.splits["dev"], config,
                                       checkpoint=run.checkpoint, resume=resume, progress=progress)
-            for message in result.warnings():
-                warn(warnings, message)
+        for message in result.warnings() if result is not None else []:
+            warn(warnings, message)
         metrics, rows = evaluate(engine, prompt, data, "test", config.eval_batch_size)
         doc = {"relation": relation.name, "mode": mode, "init": init, **ranking(data), "test": metrics,
-               data.dropped_key: data.dropped, "warnings": warnings}
+               data.dropped_key: data.dropped, "warnings": warnings, **found}
         if result is not None:
             doc |= {"best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history}
         return run.finish(doc, rows, prompt, {"relation": relation.name})

@@ -19,7 +19,9 @@ from softprompt.errors import SoftpromptError
 from softprompt.io import write_json
 from softprompt.metrics import accuracy, choice_predictions, macro_f1, roc_auc
 from softprompt.models import LanguageModel
-from softprompt.optimizers import FitResult, GradientDescent, TrainConfig
+from softprompt.optimizers import FitResult, GradientDescent, Optimizer, TrainConfig
+from softprompt.optimizers.fluency import Fluency
+from softprompt.optimizers.search import found_prompt, search_settings
 from softprompt.prompts.task import INITS, LAYOUTS, TaskPrompt, count_markers
 from softprompt.runs import RunDir, warn
 from softprompt.tasks.objective import ChoiceObjective
@@ -33,6 +35,7 @@ from softprompt.tasks.sampling import (
     stratified_sample,
 )
 from softprompt.tasks.scoring import CHOICE_BATCH_SIZE, TaskEncoder, calibrate, choice_scores
+from softprompt.tasks.search import LayoutSearch
 from softprompt.tasks.task import HF_PREFIX, Task, TaskExample
 
 log = logging.getLogger(__name__)
@@ -191,6 +194,19 @@ def fit(engine: Engine, prompt: TaskPrompt, task: Task, train: Sequence[TaskExam
                                                  settings={"task": task.name, **settings_identity(settings)})
 
 
+def search_prompt(engine: Engine, prompt: TaskPrompt, task: Task, train: Sequence[TaskExample],
+                  dev: Sequence[TaskExample], settings: TaskSettings, search: Optimizer, checkpoint: Path | None = None,
+                  resume: bool = False) -> FitResult:
+    """Search token ids for ``prompt``'s [P] positions (its layout; its vectors are not used); the result's
+    prompt is the hard prompt found. ``--init text`` starts from the init text's (or description's) tokens, the
+    other inits from sampled common tokens."""
+    encoder = TaskEncoder(engine.lm, task, prompt)
+    init = "random" if settings.init != "text" else (settings.init_text or task.description)
+    objective = LayoutSearch(engine, prompt, encoder.encode(train), encoder.encode(dev), settings.normalise, init=init,
+                             seed=prompt.seed)
+    return search.fit(objective, checkpoint, resume, settings={"task": task.name, **settings_identity(settings)})
+
+
 def predict(engine: Engine, prompt: TaskPrompt | None, task: Task, examples: Sequence[TaskExample],
             settings: TaskSettings, batch_size: int = CHOICE_BATCH_SIZE) -> torch.Tensor:
     """Per-choice scores (N, C) used for prediction: log-likelihoods, length-normalised and/or
@@ -231,9 +247,12 @@ def task_metrics(task: Task, scores: torch.Tensor, labels: Sequence[int]) -> dic
     return out
 
 
-def task_run_settings(lm: LanguageModel, task: Task, settings: TaskSettings, config: TrainConfig) -> dict[str, Any]:
-    """The entries of a task run's config.json that must be equal for the run to be resumed."""
-    return {"task": task.name, "model": lm.name, "settings": settings_identity(settings), "config": asdict(config)}
+def task_run_settings(lm: LanguageModel, task: Task, settings: TaskSettings, config: TrainConfig,
+                      search: Optimizer | None = None) -> dict[str, Any]:
+    """The entries of a task run's config.json that must be equal for the run to be resumed (a discrete search's
+    settings too, when the prompt is searched rather than trained)."""
+    return {"task": task.name, "model": lm.name, "settings": settings_identity(settings), "config": asdict(config),
+            **({"search": search_settings(search)} if search is not None else {})}
 
 
 def eval_sample(task: Task, examples: Sequence[TaskExample], settings: TaskSettings
@@ -250,17 +269,19 @@ def eval_sample(task: Task, examples: Sequence[TaskExample], settings: TaskSetti
 
 def run_task(lm: LanguageModel, task: Task, settings: TaskSettings, config: TrainConfig, out: Path,
              train: Sequence[TaskExample] | None, evaluation: Sequence[TaskExample], resume: bool = False,
-             progress: bool = True, engine: Engine | None = None, sources: Mapping[str, str] | None = None
-             ) -> dict[str, Any]:
+             progress: bool = True, engine: Engine | None = None, sources: Mapping[str, str] | None = None,
+             search: Optimizer | None = None) -> dict[str, Any]:
     """Train (unless the prompt is hard), evaluate, and write the run directory ``out``. ``sources`` (split ->
-    file) go into the run's record; the samples drawn from ``train`` and ``evaluation`` are recorded too."""
+    file) go into the run's record; the samples drawn from ``train`` and ``evaluation`` are recorded too.
+    With ``search`` (PEZ, AutoPrompt, RLPrompt), the prompt's [P] positions are searched for tokens instead:
+    the run's prompt is the hard prompt found."""
     engine = engine or Engine(lm)
     seed = config.seed
     torch.manual_seed(seed)
     prompt = build_prompt(lm, task, settings, seed)
     if settings.kind != "hard" and train is None:
         raise SoftpromptError(f"task {task.name!r}: training a {settings.kind} prompt needs a train split")
-    identity = task_run_settings(lm, task, settings, config)
+    identity = task_run_settings(lm, task, settings, config, search)
     samples: dict[str, Any] = {}
     if settings.kind != "hard":
         train = list(train)
@@ -284,7 +305,14 @@ def run_task(lm: LanguageModel, task: Task, settings: TaskSettings, config: Trai
                      "" if settings.shots is not None else f" (--dev-size {settings.dev_size}, at most a fifth)")
             if message := prior_warning(task, [e.label for e in train_part], labels):
                 warn(warnings, message)
-            result = fit(engine, prompt, task, train_part, dev_part, settings, config, run.checkpoint, resume, progress)
+            if search is None:
+                result = fit(engine, prompt, task, train_part, dev_part, settings, config, run.checkpoint, resume,
+                             progress)
+            else:
+                result = search_prompt(engine, prompt, task, train_part, dev_part, settings, search, run.checkpoint,
+                                       resume)
+                prompt = result.prompt
+                doc |= found_prompt(prompt, search.fluency or Fluency(lm))
             for message in result.warnings():
                 warn(warnings, message)
             earlier = result.earlier_seconds

@@ -1,0 +1,199 @@
+"""``softprompt search pez|autoprompt|rlprompt``: search a hard prompt for a task (``--task``) or a relation
+(``--data``). Each command builds its optimizer from its options and hands it to the task or probing run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.table import Table
+
+from softprompt.cli.common import (
+    Force,
+    MaxDev,
+    MaxTest,
+    MaxTrain,
+    Model,
+    Out,
+    Quiet,
+    RelationName,
+    Resume,
+    TemplatesFile,
+    TemplateText,
+    check_resume_force,
+    console,
+    limits,
+    load_lm,
+    metrics_table,
+    relation_from_options,
+    staged_data,
+)
+from softprompt.cli.task import DataDir
+from softprompt.engine import Engine
+from softprompt.errors import SoftpromptError
+from softprompt.models import DEFAULT_MODEL, LanguageModel
+from softprompt.optimizers import TrainConfig
+from softprompt.optimizers.autoprompt import AutoPrompt, AutoPromptConfig
+from softprompt.optimizers.base import Optimizer
+from softprompt.optimizers.fluency import Fluency
+from softprompt.optimizers.pez import PEZ, PEZConfig
+from softprompt.probing import encode_relation, run_probe
+from softprompt.probing.probe import resume_settings, run_settings
+from softprompt.runs import RunDir
+from softprompt.tasks import TaskSettings, load_task, run_task
+from softprompt.tasks.run import load_split, task_run_settings
+
+app = typer.Typer(help="Search a hard prompt (token ids) for a task or a relation: PEZ, AutoPrompt, RLPrompt.",
+                  no_args_is_help=True)
+
+TaskOption = Annotated[str | None, typer.Option(
+    "--task", help="A built-in task name or a task YAML file (search the [P] positions of --layout).",
+    show_default=False)]
+DataOption = Annotated[str | None, typer.Option(
+    "--data", help="A relation's facts (probing: search the template's [T] triggers, or all its tokens).",
+    show_default=False)]
+Layout = Annotated[str, typer.Option(help="Tasks: where the searched tokens go, a layout name or a pattern with "
+                                     "{input} and [P]/[P*N] markers (e.g. '{input} [P*5]').")]
+Length = Annotated[int, typer.Option(min=1, help="Tasks: N in the prefix/hybrid layouts' [P*N].")]
+Init = Annotated[str, typer.Option(help="Start from: random (common tokens), keep (probing: the template's own "
+                                   "words), or any other text, whose tokens are cycled over the positions.")]
+Shots = Annotated[int | None, typer.Option(min=1, help="Tasks: k training and k dev examples per class.",
+                                           show_default=False)]
+EvalLimit = Annotated[int | None, typer.Option(min=1, help="Tasks: evaluate on a stratified sample of N examples.",
+                                               show_default=False)]
+Seed = Annotated[int, typer.Option(help="Seed of the data split, the initial tokens and the search.")]
+FluencyModel = Annotated[str | None, typer.Option(
+    help="The causal LM whose perplexity of the prompt is measured (and, for PEZ, regularised); default: the "
+         "model itself.", show_default=False)]
+Steps = Annotated[int, typer.Option(min=1, help="Search steps.")]
+EvalEvery = Annotated[int, typer.Option(min=1, help="Evaluate on dev (and checkpoint) every N steps.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Training items per step.")]
+
+
+def fluency_for(lm: LanguageModel, spec: str | None, quiet: bool) -> Fluency:
+    return Fluency(lm) if spec is None or spec == lm.name else Fluency(load_lm(spec, quiet=quiet), lm)
+
+
+def run_search(optimizer_for: type[Optimizer], config: object, task: str | None, data: str | None, out: Path,
+               model: str, template: str | None, templates: Path | None, relation: str | None, layout: str,
+               length: int, init: str, shots: int | None, eval_limit: int | None, seed: int, caps: dict[str, int],
+               fluency_model: str | None, data_dir: Path | None, resume: bool, force: bool, quiet: bool) -> None:
+    """Load the model and the data, search, evaluate, and print what was found."""
+    check_resume_force(resume, force)
+    if (task is None) == (data is None):
+        raise SoftpromptError("give --task (a task's [P] positions) or --data (a relation's template), one of them")
+    command = f"softprompt search {optimizer_for.name}"
+    run = RunDir(out, command)
+    run.prepare(force, resume)
+    lm = load_lm(model, quiet=quiet)
+    search = optimizer_for(config, fluency_for(lm, fluency_model, quiet), progress=not quiet)
+    train_config = TrainConfig(seed=seed)
+    if task is not None:
+        spec = load_task(task)
+        text = init != "random"
+        settings = TaskSettings(layout=layout, length=length, kind="soft", init="text" if text else "random",
+                                init_text=init if text else None, shots=shots, eval_limit=eval_limit)
+        train, train_source = load_split(spec, "train", staged_data(data_dir))
+        evaluation, eval_source = load_split(spec, "validation", staged_data(data_dir))
+        run.prepare(force, resume, task_run_settings(lm, spec, settings, train_config, search))
+        doc = run_task(lm, spec, settings, train_config, out, train, evaluation, resume=resume, progress=not quiet,
+                       engine=Engine(lm), sources={"train": train_source, "validation": eval_source}, search=search)
+        table = Table(title=f"{spec.name}: {search.name} prompt, {doc['metrics']['n']} evaluation examples (×100)")
+        for name in spec.metrics:
+            table.add_column(name, justify="right")
+        table.add_row(*("–" if doc["metrics"][m] is None else f"{100 * doc['metrics'][m]:.1f}" for m in spec.metrics))
+    else:
+        rel = relation_from_options(data, template, templates, relation)
+        encoded = encode_relation(rel, lm, caps)
+        run.prepare(force, resume, resume_settings(run_settings(lm, rel, "hard", init, train_config, caps, None,
+                                                                search)))
+        doc = run_probe(lm, rel, out, mode="hard", init=init, config=train_config, limits=caps, resume=resume,
+                        progress=not quiet, data=encoded, search=search)
+        table = metrics_table(rel.name, search.name, "test", doc["test"])
+    console.print(table)
+    console.print(f"prompt found: {doc['prompt_text']!r} (perplexity {doc['perplexity']:.0f} under "
+                  f"{doc['fluency_model']})")
+    console.print(f"run directory: {out}")
+
+
+@app.command("pez")
+def pez(
+    out: Out,
+    task: TaskOption = None,
+    data: DataOption = None,
+    model: Model = DEFAULT_MODEL,
+    template: TemplateText = None,
+    templates: TemplatesFile = None,
+    relation: RelationName = None,
+    layout: Layout = "prefix",
+    length: Length = 5,
+    init: Init = "random",
+    steps: Steps = PEZConfig.steps,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (the reference's 0.1).")] = PEZConfig.lr,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = PEZConfig.weight_decay,
+    batch_size: BatchSize = PEZConfig.batch_size,
+    projection: Annotated[Literal["cosine", "dot"], typer.Option(
+        help="Nearest vocabulary embedding by cosine similarity (the reference) or dot product.")] = "cosine",
+    fluency_weight: Annotated[float, typer.Option(
+        help="λ: weight of the fluency regulariser (Patel et al.'s J = loss + λ·fluency); 0 is plain PEZ.")] = 0.0,
+    fluency_form: Annotated[Literal["nll", "perplexity"], typer.Option(
+        help="Regularise the prompt's mean token NLL, or its perplexity (exp of it, Patel's J).")] = "nll",
+    fluency_model: FluencyModel = None,
+    eval_every: EvalEvery = PEZConfig.eval_every,
+    seed: Seed = 0,
+    shots: Shots = None,
+    eval_limit: EvalLimit = None,
+    max_train: MaxTrain = None,
+    max_dev: MaxDev = None,
+    max_test: MaxTest = None,
+    data_dir: DataDir = None,
+    resume: Resume = False,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """PEZ (Wen et al. 2023): projected gradient descent with a straight-through step, optionally regularised
+    by the prompt's fluency (Patel et al.). The best projected prompt on dev is kept."""
+    config = PEZConfig(steps=steps, lr=lr, weight_decay=weight_decay, batch_size=batch_size, projection=projection,
+                       fluency_weight=fluency_weight, fluency_form=fluency_form, eval_every=eval_every, seed=seed)
+    run_search(PEZ, config, task, data, out, model, template, templates, relation, layout, length, init, shots,
+               eval_limit, seed, limits(train=max_train, dev=max_dev, test=max_test), fluency_model, data_dir, resume,
+               force, quiet)
+
+
+@app.command("autoprompt")
+def autoprompt(
+    out: Out,
+    task: TaskOption = None,
+    data: DataOption = None,
+    model: Model = DEFAULT_MODEL,
+    template: TemplateText = None,
+    templates: TemplatesFile = None,
+    relation: RelationName = None,
+    layout: Layout = "prefix",
+    length: Length = 5,
+    init: Init = "the",
+    steps: Steps = AutoPromptConfig.steps,
+    candidates: Annotated[int, typer.Option(min=1, help="Candidate tokens scored per step.")] = 10,
+    batch_size: BatchSize = AutoPromptConfig.batch_size,
+    eval_size: Annotated[int, typer.Option(min=1, help="Training items the candidates are compared on.")] = 64,
+    fluency_model: FluencyModel = None,
+    eval_every: EvalEvery = AutoPromptConfig.eval_every,
+    seed: Seed = 0,
+    shots: Shots = None,
+    eval_limit: EvalLimit = None,
+    max_train: MaxTrain = None,
+    max_dev: MaxDev = None,
+    max_test: MaxTest = None,
+    data_dir: DataDir = None,
+    resume: Resume = False,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """AutoPrompt (Shin et al. 2020): gradient-ranked token swaps at the triggers, kept when they lower the loss
+    on a sample of training items. The best prompt on dev is kept."""
+    config = AutoPromptConfig(steps=steps, candidates=candidates, batch_size=batch_size, eval_size=eval_size,
+                              eval_every=eval_every, seed=seed)
+    run_search(AutoPrompt, config, task, data, out, model, template, templates, relation, layout, length, init, shots,
+               eval_limit, seed, limits(train=max_train, dev=max_dev, test=max_test), fluency_model, data_dir, resume,
+               force, quiet)
