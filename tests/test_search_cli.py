@@ -59,3 +59,21 @@ def test_a_relation_search_fills_the_triggers_and_probe_eval_scores_the_same(
 def test_a_search_needs_exactly_one_target(model_dirs: dict[str, Path], tmp_path: Path) -> None:
     assert_user_error(invoke("search", "pez", "--model", model_dirs["causal"], "--out", tmp_path / "r"),
                       "give --task (a task's [P] positions) or --data (a relation's template), one of them")
+
+
+def test_analyze_reads_a_searched_prompt_as_faithful_by_construction(
+        task_dir: Path, model_dirs: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+    run = tmp_path / "runs" / "pez"
+    result = invoke("search", "pez", "--task", task_dir / "capital.yaml", "--data-dir", task_dir, "--model",
+                    model_dirs["causal"], "--out", run, "--length", 3, "--steps", 2, "--eval-every", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    result = invoke("analyze", "run", run, "--out", tmp_path / "analysis", "--model", model_dirs["causal"],
+                    "--task", task_dir / "capital.yaml", "--data-dir", task_dir, "--parts", "readings,faithfulness",
+                    "--eval-limit", 6, "--quiet")
+    assert result.exit_code == 0, result.output
+    doc = read_json(tmp_path / "analysis" / "analysis.json")
+    (faithfulness,) = doc["faithfulness"].values()
+    assert faithfulness["tokens"] == read_json(run / "metrics.json")["token_ids"]
+    assert faithfulness["distance"] == 0 and faithfulness["performance"] == 0
+    assert faithfulness["perplexity"] == pytest.approx(read_json(run / "metrics.json")["perplexity"], rel=1e-5)
+    assert doc["runs"][0]["kind"] == "hard"

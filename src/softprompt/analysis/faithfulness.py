@@ -13,7 +13,6 @@ f_U defines it; decoding to text and re-tokenising could merge or split tokens.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from softprompt.analysis.readings import prompt_vectors, unembed, vocabulary
 from softprompt.engine import Engine, length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
+from softprompt.optimizers.fluency import Fluency
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks.run import TaskSettings, predict, task_metrics
 from softprompt.tasks.scoring import CHOICE_BATCH_SIZE, TaskEncoder, collate_rows, query_logits, scores_from_logits
@@ -47,7 +47,8 @@ def distance_differential(lm: LanguageModel, vectors: torch.Tensor, metric: str 
 
 def projected_prompt(prompt: TaskPrompt, lm: LanguageModel, ids: Sequence[int]) -> TaskPrompt:
     """A soft prompt with the same layout whose vectors are the embeddings of ``ids`` (no deep deltas)."""
-    meta = {**prompt.metadata(), "tuning": "soft"}
+    searched = ("token_ids", "tokens", "text")  # a searched hard prompt's: the projection has its own tokens
+    meta = {k: v for k, v in prompt.metadata().items() if k not in searched} | {"tuning": "soft"}
     weight = vocabulary(lm)[torch.tensor(list(ids), device=lm.device)].clone()
     projected = TaskPrompt.from_file(meta, {"weight": weight}, lm, Path("<projected prompt>"))
     projected.requires_grad_(False)
@@ -148,12 +149,6 @@ def faithfulness(engine: Engine, prompt: TaskPrompt, task: Task, examples: Seque
     )
 
 
-def context_token(lm: LanguageModel) -> int | None:
-    """The token a text starts after: BOS if the tokenizer has one, else EOS (GPT-2's document separator)."""
-    tok = lm.tokenizer
-    return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-
-
 @torch.inference_mode()
 def token_perplexity(reference: LanguageModel, ids: Sequence[int], source: LanguageModel | None = None) -> float:
     """Perplexity exp(−(1/L) Σ log p(P_i | P_<i)) of a token sequence under a causal ``reference`` LM.
@@ -162,18 +157,4 @@ def token_perplexity(reference: LanguageModel, ids: Sequence[int], source: Langu
     to text and re-tokenised. Every token is predicted: the sequence starts after the reference's BOS (or
     EOS) token; a tokenizer with neither leaves the first token unscored.
     """
-    if reference.kind != "causal":
-        raise SoftpromptError(f"perplexity needs a causal reference LM; {reference.name!r} is {reference.kind}")
-    ids = list(ids)
-    foreign = source is not None and source is not reference
-    if foreign and source.tokenizer.get_vocab() != reference.tokenizer.get_vocab():
-        ids = reference.tokenizer(source.tokenizer.decode(ids), add_special_tokens=False)["input_ids"]
-    start = context_token(reference)
-    context = ([start] if start is not None else []) + ids
-    scored = len(context) - 1
-    if scored < 1 or not ids:
-        raise SoftpromptError("perplexity needs at least one token to predict")
-    inputs = torch.tensor([context], device=reference.device)
-    logp = reference.model(input_ids=inputs, use_cache=False).logits[0, :-1].float().log_softmax(-1)
-    token_logp = logp.gather(1, inputs[0, 1:, None])[:, 0]
-    return math.exp(-float(token_logp.mean()))
+    return float(Fluency(reference, source).perplexity(torch.tensor([list(ids)]))[0])

@@ -1,7 +1,8 @@
 """Fluency of a prompt's tokens under a reference causal LM: Patel et al.'s scrutability proxy.
 
 The perplexity of prompt tokens P_1..P_L is exp(-1/L Σ log p(P_i | P_<i)); the first token is predicted from
-the reference tokenizer's start token (its BOS, else its EOS, as GPT-2 begins texts). The reference LM
+the reference tokenizer's start token (its BOS, else its EOS, as GPT-2 begins texts; with neither, the first
+token is not scored). The reference LM
 defaults to the prompt's own model; any causal LM can stand in. When the two tokenizers differ, the prompt's
 text is decoded and re-tokenised for the reference.
 
@@ -24,13 +25,14 @@ from softprompt.models import LanguageModel
 class Fluency:
     def __init__(self, reference: LanguageModel, lm: LanguageModel | None = None) -> None:
         if reference.kind != "causal":
-            raise SoftpromptError(f"the fluency reference must be a causal LM; model '{reference.name}' is "
-                                  f"{reference.kind}")
+            raise SoftpromptError(f"perplexity needs a causal reference LM; '{reference.name}' is {reference.kind}")
         self.reference = reference
         self.lm = lm or reference
         self.engine = Engine(reference)
         tok = reference.tokenizer
+        # A tokenizer with neither leaves the first token unscored (it is read after a pad token).
         self.start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        self.first = 0 if self.start is not None else 1
         self.same_tokens = self.lm is reference or self.lm.tokenizer.get_vocab() == tok.get_vocab()
         head = reference.model.get_output_embeddings()
         # With tied embeddings a token's log-probability also depends on its own (input) vector.
@@ -43,14 +45,18 @@ class Fluency:
         width = max(len(r) for r in rows)
         pad = self.reference.tokenizer.pad_token_id
         targets = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        real = torch.zeros((len(rows), width), dtype=torch.bool)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)  # the tokens scored
         for i, r in enumerate(rows):
             targets[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = True
+            real[i, : len(r)] = True
+            mask[i, self.first : len(r)] = True
+        if not mask.any(1).all():
+            raise SoftpromptError("perplexity needs at least one token to predict")
         device = self.reference.device
-        targets, mask = targets.to(device), mask.to(device)
+        targets, mask, real = targets.to(device), mask.to(device), real.to(device)
         with torch.inference_mode():
-            hidden = self._hidden(self.reference.embed(targets), mask)
+            hidden = self._hidden(self.reference.embed(targets), real)
             logp = self.engine.project(hidden).log_softmax(-1)
         nll = -logp.gather(-1, targets[..., None])[..., 0]
         return nll.masked_fill(~mask, 0.0).float(), mask
@@ -77,14 +83,13 @@ class Fluency:
         if self.tied:
             own = (hidden[0] * vectors.to(hidden.dtype)).sum(-1).float()
             gold = gold + own - own.detach()  # same value, plus the gradient through the token's own vector
-        return (logits.logsumexp(-1) - gold).mean()
+        return (logits.logsumexp(-1) - gold)[self.first :].mean()
 
     def _hidden(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Hidden states predicting each of ``embeds``' tokens: the start token, then all but the last token."""
-        if self.start is None:
-            raise SoftpromptError(f"model '{self.reference.name}' has no BOS or EOS token to start a prompt from")
         rows = embeds.shape[0]
-        start = self.reference.embed(torch.full((rows, 1), self.start, dtype=torch.long,
+        first = self.start if self.start is not None else self.reference.tokenizer.pad_token_id
+        start = self.reference.embed(torch.full((rows, 1), first, dtype=torch.long,
                                                 device=embeds.device)).to(embeds.dtype)
         inputs = torch.cat([start, embeds[:, :-1]], 1)
         attention = torch.cat([torch.ones_like(mask[:, :1]), mask[:, :-1]], 1).long()
