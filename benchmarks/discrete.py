@@ -1,0 +1,242 @@
+"""Discrete prompts on SmolLM2 (Patel et al. §4): accuracy against perplexity for PEZ with a fluency
+regulariser, RLPrompt with a perplexity reward, and AutoPrompt, beside the manual template and a soft prefix.
+
+    .venv/bin/python benchmarks/discrete.py [--tasks sst2 boolq] [--methods manual soft pez-0 ...]
+        [--seeds 0 1 2] [--profile cpu] [--render-only]
+
+Methods:
+- manual: the task's template, zero-shot;
+- soft: 20 trained vectors before the input (prompt tuning), initialised from the task description; its
+  unembedding's accuracy gives Patel's Δ_L and its perplexity;
+- pez-λ: PEZ with the fluency regulariser λ·NLL (λ = 0 is plain PEZ), 5 tokens;
+- autoprompt: AutoPrompt's swaps, 5 tokens starting from "the";
+- rlprompt-α: RLPrompt with reward − α·perplexity, 5 tokens.
+Searched tokens sit between the input and the answer ("{input} [P*5]", RLPrompt's "[input] [prompt]
+[answer]"), where the candidate scorer computes each input once for all candidates.
+
+Data: few-shot, k training and k dev examples per class drawn with the seed (SST-2: k = 16, Patel's 32-shot;
+BoolQ: k = 8 from FewGLUE's 32 examples, the staged train set); evaluation on a stratified sample of the
+validation set (seed 0, the same for every method and seed). Perplexities are under the model itself.
+
+Every (task, method, seed) is one run directory under benchmarks/cache/discrete/<model>/<profile>/; a finished
+one is reused and an interrupted one resumes from its checkpoint. Writes docs/results/discrete.md from what
+has finished, listing what has not. Run it with OMP_NUM_THREADS=1 when another job shares the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from softprompt.analysis.faithfulness import faithfulness
+from softprompt.engine import Engine
+from softprompt.io import write_json, write_text
+from softprompt.models import LanguageModel, load_model
+from softprompt.optimizers import TrainConfig
+from softprompt.optimizers.autoprompt import AutoPrompt, AutoPromptConfig
+from softprompt.optimizers.base import Optimizer
+from softprompt.optimizers.pez import PEZ, PEZConfig
+from softprompt.paths import shared_data_dir
+from softprompt.prompts import load_prompt
+from softprompt.tasks import TaskSettings, load_task, run_task
+from softprompt.tasks.sampling import stratified_sample
+
+SHARED = shared_data_dir(default=Path(__file__).resolve().parents[2] / "shared" / "data")
+ROOT = Path(__file__).resolve().parent
+TASKS = ("sst2", "boolq")
+SHOTS = {"sst2": 16, "boolq": 8}
+SEARCH_LAYOUT = "{input} [P*5]"
+METHODS = ("manual", "soft", "pez-0", "pez-0.3", "pez-1", "autoprompt", "rlprompt-0", "rlprompt-0.01",
+           "rlprompt-0.05")
+
+
+@dataclass(frozen=True)
+class Profile:
+    soft: TrainConfig
+    pez: PEZConfig
+    autoprompt: AutoPromptConfig
+    rlprompt_steps: int
+    eval_limit: int | None
+
+
+PROFILES = {
+    # Two CPU cores: a search of 5 tokens takes 3-6 minutes on SST-2.
+    "cpu": Profile(TrainConfig(lr=1e-2, batch_size=16, max_epochs=12, patience=4, eval_batch_size=32),
+                   PEZConfig(steps=80, batch_size=8, eval_every=20), AutoPromptConfig(steps=40, batch_size=8,
+                                                                                       eval_size=16, eval_every=10),
+                   60, 200),
+    # The references' budgets (PEZ 3000 steps, AutoPrompt 100×10, RLPrompt 12,000 steps in Deng et al.).
+    "full": Profile(TrainConfig(lr=1e-2, batch_size=16, max_epochs=40, patience=8, eval_batch_size=64),
+                    PEZConfig(), AutoPromptConfig(), 12000, None),
+}
+
+
+def settings_for(task: str, method: str, profile: Profile) -> TaskSettings:
+    common = {"shots": SHOTS[task], "eval_limit": profile.eval_limit}
+    if method == "manual":
+        return TaskSettings(layout="manual", kind="hard", **common)
+    if method == "soft":
+        return TaskSettings(layout="prefix", length=20, init="text", **common)
+    init = {"init": "text", "init_text": "the"} if method == "autoprompt" else {"init": "random"}
+    return TaskSettings(layout=SEARCH_LAYOUT, length=5, kind="soft", **init, **common)
+
+
+def optimizer_for(method: str, profile: Profile, seed: int) -> Optimizer | None:
+    name, _, weight = method.partition("-")
+    if name == "pez":
+        return PEZ(replace(profile.pez, fluency_weight=float(weight), seed=seed), progress=False)
+    if name == "autoprompt":
+        return AutoPrompt(replace(profile.autoprompt, seed=seed), progress=False)
+    if name == "rlprompt":
+        from softprompt.optimizers.rlprompt import RLPrompt, RLPromptConfig
+
+        return RLPrompt(RLPromptConfig(steps=profile.rlprompt_steps, alpha=float(weight), seed=seed), progress=False)
+    return None
+
+
+def run_dir(cache: Path, task: str, method: str, seed: int) -> Path:
+    return cache / task / method / f"seed-{seed}"
+
+
+def seeds_of(method: str, seeds: list[int]) -> list[int]:
+    return [0] if method == "manual" else seeds
+
+
+def soft_faithfulness(lm: LanguageModel, engine: Engine, out: Path, task_name: str, profile: Profile) -> None:
+    """Patel's Δ_L and perplexity of a trained soft prompt's unembedding, beside its run directory."""
+    target = out.parent / f"{out.name}.faithfulness.json"
+    if target.is_file():
+        return
+    task = load_task(task_name)
+    evaluation = task.load("validation", SHARED)
+    chosen = [evaluation[i] for i in stratified_sample([e.label for e in evaluation], profile.eval_limit, 0)]
+    prompt = load_prompt(out / "prompt.safetensors", lm)
+    write_json(target, faithfulness(engine, prompt, task, chosen, reference=lm).to_dict())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "discrete.md")
+    args = parser.parse_args()
+    if SHARED is None:
+        sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
+    profile = PROFILES[args.profile]
+    cache = ROOT / "cache" / "discrete" / re.sub(r"[^\w.-]", "_", args.model) / args.profile
+    if not args.render_only:
+        lm = load_model(args.model)
+        engine = Engine(lm)
+        for seed in sorted(set(args.seeds)):  # seeds outermost: a partial run covers every method once
+            for name in args.tasks:
+                task = load_task(name)
+                train, evaluation = task.load("train", SHARED), task.load("validation", SHARED)
+                for method in args.methods:
+                    out = run_dir(cache, name, method, seed)
+                    if seed not in seeds_of(method, args.seeds) or (out / "metrics.json").is_file():
+                        continue
+                    config = replace(profile.soft, seed=seed)
+                    start = time.perf_counter()
+                    doc = run_task(lm, task, settings_for(name, method, profile), config, out, train, evaluation,
+                                   resume=True, progress=False, engine=engine,
+                                   search=optimizer_for(method, profile, seed))
+                    if method == "soft":
+                        soft_faithfulness(lm, engine, out, name, profile)
+                    print(f"{name:6} {method:14} seed {seed}  acc {100 * doc['metrics']['accuracy']:5.1f}  "
+                          f"{time.perf_counter() - start:5.0f}s  {doc.get('prompt_text', '')!r}", flush=True)
+    write_text(args.out, render(cache, args, profile))
+    print(f"wrote {args.out}")
+
+
+def load_docs(cache: Path, task: str, method: str, seeds: list[int]) -> list[dict[str, Any]]:
+    docs = []
+    for seed in seeds_of(method, seeds):
+        path = run_dir(cache, task, method, seed)
+        if (path / "metrics.json").is_file():
+            doc = json.loads((path / "metrics.json").read_text())
+            side = path.parent / f"{path.name}.faithfulness.json"
+            docs.append(doc | ({"faithfulness": json.loads(side.read_text())} if side.is_file() else {}))
+    return docs
+
+
+def cell(values: list[float], scale: float = 100, digits: int = 1) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    mean = scale * statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
+
+
+def scorings(doc: dict[str, Any]) -> int | None:
+    """(prompt, example) pairs scored: a search's count, or a soft run's epochs × (train + dev) examples."""
+    history = doc.get("history") or []
+    if history and "evaluations" in history[-1]:
+        return history[-1]["evaluations"]
+    if history:
+        return (len(history) - 1) * doc["train_examples"] + len(history) * doc["dev_examples"]
+    return None
+
+
+def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
+    lines = [
+        "# Discrete prompts on SmolLM2: PEZ with a fluency regulariser, RLPrompt with a perplexity reward, "
+        "AutoPrompt (Patel et al. §4)",
+        "",
+        f"Model `{args.model}` (causal, fp32, frozen); profile `{args.profile}`. Reproduce: "
+        f"`OMP_NUM_THREADS=1 .venv/bin/python benchmarks/discrete.py --profile {args.profile}` (resumable; "
+        "`--render-only` rewrites this file from the cache). The method list and the data are in the script's "
+        "docstring. Accuracy ×100, mean ± std over the seeds that finished; perplexity of the prompt's tokens "
+        "under the model itself (geometric mean over seeds would hide nothing here: we show the mean); Δ_L is "
+        "|accuracy of the soft prompt − accuracy of its nearest-token unembedding| (0 by construction for the "
+        "discrete methods, whose vectors are tokens); scorings are (prompt, example) pairs scored, forward "
+        "passes of one example under one prompt.",
+        "",
+        "| task | method | seeds | accuracy | perplexity | Δ_L | train s | scorings |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    missing, texts = [], []
+    for name in args.tasks:
+        for method in args.methods:
+            docs = load_docs(cache, name, method, args.seeds)
+            expected = len(seeds_of(method, args.seeds))
+            if len(docs) < expected:
+                missing.append(f"{name} {method} ({len(docs)}/{expected} seeds)")
+            if not docs:
+                continue
+            accuracy = [d["metrics"]["accuracy"] for d in docs]
+            if method == "soft":
+                perplexity = [d["faithfulness"]["perplexity"] for d in docs if "faithfulness" in d]
+                delta = cell([d["faithfulness"]["performance"] for d in docs if "faithfulness" in d])
+            else:
+                perplexity = [d.get("perplexity") for d in docs]
+                delta = "–" if method == "manual" else "0"
+            counts = [scorings(d) for d in docs]
+            lines.append(f"| {name} | {method} | {len(docs)} | {cell(accuracy)} | {cell(perplexity, 1, 0)} | {delta} | "
+                         f"{statistics.fmean(d['train_seconds'] for d in docs):.0f} | "
+                         f"{cell(counts, 1, 0) if None not in counts else '–'} |")
+            for seed, d in zip(seeds_of(method, args.seeds), docs, strict=False):
+                if "prompt_text" in d:
+                    texts.append(f"| {name} | {method} | {seed} | {100 * d['metrics']['accuracy']:.1f} | "
+                                 f"{d['perplexity']:.0f} | `{json.dumps(d['prompt_text'])[1:-1]}` |")
+    lines += ["", "## The prompts found", "", "| task | method | seed | accuracy | perplexity | text |",
+              "|---|---|---|---|---|---|", *texts]
+    if missing:
+        lines += ["", "## Not run yet", "", *(f"- {m}" for m in missing)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
