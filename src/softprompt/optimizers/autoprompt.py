@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,20 +26,10 @@ import torch
 from softprompt.errors import SoftpromptError
 from softprompt.optimizers.base import FitResult, Optimizer, epoch_seed
 from softprompt.optimizers.fluency import Fluency
-from softprompt.optimizers.search import (
-    Evaluation,
-    SearchObjective,
-    allowed_tokens,
-    check_objective,
-    evaluate,
-    history_record,
-    read_state,
-    step_items,
-    write_state,
-)
+from softprompt.optimizers.search import SearchLog, SearchObjective, allowed_tokens, check_objective, step_items
 from softprompt.progress import progress_bar
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,21 +75,12 @@ class AutoPrompt(Optimizer):
         blocked = ~allowed_tokens(lm).to(lm.device)
         identity = {"method": self.name, "config": asdict(config), "initial_ids": list(objective.initial_ids),
                     "settings": settings or {}}
-        started = time.perf_counter()
-        stored = read_state(checkpoint, identity) if resume and checkpoint else None
-        if stored is None:
-            ids = list(objective.initial_ids)
-            best = evaluate(objective, ids)
-            state = {"step": 0, "ids": ids, "best_step": 0, "best_ids": ids, "best": asdict(best),
-                     "evaluations": len(objective.dev), "accepted": 0, "seconds": 0.0}
-            state["history"] = [history_record(0, None, best, ids, fluency, state["evaluations"], 0.0)]
-        else:
-            state = stored[0]
-            best = Evaluation(**state["best"])
-        earlier = state["seconds"]
-        ids = torch.tensor(state["ids"], dtype=torch.long)
+        log = SearchLog(objective, fluency, checkpoint, identity)
+        log.start(resume)
+        ids = torch.tensor(log.state.get("ids", objective.initial_ids), dtype=torch.long)
+        accepted = log.state.get("accepted", 0)
 
-        for step in progress_bar(range(state["step"] + 1, config.steps + 1), "AutoPrompt", self.progress):
+        for step in progress_bar(range(log.step + 1, config.steps + 1), "AutoPrompt", self.progress):
             position = random.Random(epoch_seed(config.seed, step)).choice(objective.free)
             grad_items = step_items(len(objective.items), config.batch_size, config.seed, step)
             swaps = self.candidates(objective, ids, position, grad_items, blocked)
@@ -108,28 +88,15 @@ class AutoPrompt(Optimizer):
             population[1:, position] = swaps
             eval_items = step_items(len(objective.items), config.eval_size, config.seed + 1, step)
             losses = objective.scores(population, eval_items).loss()
-            state["evaluations"] += len(population) * len(eval_items) + len(grad_items)
+            log.count(len(population) * len(eval_items) + len(grad_items))
             winner = int(losses.argmin())
             if winner and losses[winner] < losses[0]:
                 ids = population[winner]
-                state["accepted"] += 1
-            state["ids"] = ids.tolist()
-            if step % config.eval_every and step != config.steps:
-                continue
-            current = evaluate(objective, ids.tolist())
-            state["evaluations"] += len(objective.dev)
-            if current.beats(best):
-                best = current
-                state |= {"best_step": step, "best_ids": ids.tolist(), "best": asdict(best)}
-            seconds = earlier + time.perf_counter() - started
-            state["history"].append(history_record(step, float(losses[0]), current, ids.tolist(), fluency,
-                                                   state["evaluations"], seconds))
-            state |= {"step": step, "seconds": seconds}
-            if self.progress:
-                log.info("step %d: dev accuracy %.4f  dev loss %.4f  (%d swaps accepted)", step, current.accuracy,
-                         current.loss, state["accepted"])
-            if checkpoint:
-                write_state(checkpoint, {}, {"identity": identity, "state": state})
-        return FitResult(objective.hard_prompt(state["best_ids"]), state["best_step"], state["best"]["loss"],
-                         state["history"], earlier)
+                accepted += 1
+            if step % config.eval_every == 0 or step == config.steps:
+                current = log.evaluate(step, float(losses[0]), ids.tolist(), ids=ids.tolist(), accepted=accepted)
+                if self.progress:
+                    logger.info("step %d: dev accuracy %.4f  dev loss %.4f  (%d swaps accepted)", step,
+                                current.accuracy, current.loss, accepted)
+        return log.result()
 

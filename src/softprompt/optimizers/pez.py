@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,20 +27,10 @@ import torch
 from softprompt.errors import SoftpromptError
 from softprompt.optimizers.base import FitResult, Optimizer
 from softprompt.optimizers.fluency import Fluency
-from softprompt.optimizers.search import (
-    Evaluation,
-    SearchObjective,
-    allowed_tokens,
-    check_objective,
-    evaluate,
-    history_record,
-    read_state,
-    step_items,
-    write_state,
-)
+from softprompt.optimizers.search import SearchLog, SearchObjective, allowed_tokens, check_objective, step_items
 from softprompt.progress import progress_bar
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PROJECTIONS = ("cosine", "dot")
 FLUENCY_FORMS = ("nll", "perplexity")
@@ -114,24 +103,12 @@ class PEZ(Optimizer):
         optimizer = torch.optim.AdamW([continuous], lr=config.lr, weight_decay=config.weight_decay)
         identity = {"method": self.name, "config": asdict(config), "initial_ids": list(objective.initial_ids),
                     "settings": settings or {}}
-
-        started = time.perf_counter()
-        stored = read_state(checkpoint, identity) if resume and checkpoint else None
-        if stored is None:
-            state = {"step": 0, "best_step": 0, "best_ids": ids.tolist(), "evaluations": len(objective.dev),
-                     "seconds": 0.0}
-            best = evaluate(objective, ids.tolist())
-            first = history_record(0, None, best, ids.tolist(), fluency, state["evaluations"], 0.0)
-            state |= {"best": asdict(best), "history": [first]}
-        else:
-            state, tensors = stored
+        log = SearchLog(objective, fluency, checkpoint, identity)
+        if (tensors := log.start(resume)) is not None:
             continuous.data.copy_(tensors["continuous"])
             optimizer.load_state_dict(adam_state(tensors, optimizer))
-            best = Evaluation(**state["best"])
-        earlier = state["seconds"]
 
-        steps = range(state["step"] + 1, config.steps + 1)
-        for step in progress_bar(steps, "PEZ", self.progress):
+        for step in progress_bar(range(log.step + 1, config.steps + 1), "PEZ", self.progress):
             ids[free] = project(continuous)
             indices = step_items(len(objective.items), config.batch_size, config.seed, step)
             loss, grad = self.gradient(objective, fluency, ids, indices)
@@ -140,27 +117,14 @@ class PEZ(Optimizer):
                                       "(--lr) or the fluency weight")
             continuous.grad = grad[free].to(continuous.dtype)  # the straight-through step
             optimizer.step()
-            state["evaluations"] += len(indices)
-            if step % config.eval_every and step != config.steps:
-                continue
-            ids[free] = project(continuous)
-            current = evaluate(objective, ids.tolist())
-            state["evaluations"] += len(objective.dev)
-            if current.beats(best):
-                best = current
-                state |= {"best_step": step, "best_ids": ids.tolist(), "best": asdict(best)}
-            seconds = earlier + time.perf_counter() - started
-            state["history"].append(history_record(step, loss, current, ids.tolist(), fluency,
-                                                   state["evaluations"], seconds))
-            state |= {"step": step, "seconds": seconds}
-            if self.progress:
-                log.info("step %d: loss %.4f  dev accuracy %.4f  dev loss %.4f", step, loss, current.accuracy,
-                         current.loss)
-            if checkpoint:
-                write_state(checkpoint, {"continuous": continuous} | adam_tensors(optimizer),
-                            {"identity": identity, "state": state})
-        return FitResult(objective.hard_prompt(state["best_ids"]), state["best_step"], state["best"]["loss"],
-                         state["history"], earlier)
+            log.count(len(indices))
+            if step % config.eval_every == 0 or step == config.steps:
+                ids[free] = project(continuous)
+                current = log.evaluate(step, loss, ids.tolist(), {"continuous": continuous} | adam_tensors(optimizer))
+                if self.progress:
+                    logger.info("step %d: loss %.4f  dev accuracy %.4f  dev loss %.4f", step, loss, current.accuracy,
+                                current.loss)
+        return log.result()
 
     def gradient(self, objective: SearchObjective, fluency: Fluency, ids: torch.Tensor, indices: list[int]
                  ) -> tuple[float, torch.Tensor]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from collections.abc import Sequence, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from safetensors.torch import save_file
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_write
 from softprompt.models import LanguageModel
-from softprompt.optimizers.base import epoch_seed
+from softprompt.optimizers.base import FitResult, epoch_seed
 from softprompt.optimizers.fluency import Fluency
 from softprompt.prompts import Prompt
 
@@ -97,14 +98,72 @@ def evaluate(objective: SearchObjective, ids: Sequence[int]) -> Evaluation:
     return Evaluation(float(scores.accuracy()[0]), loss if loss == loss else float("inf"))
 
 
-def history_record(step: int, loss: float | None, current: Evaluation, ids: Sequence[int], fluency: Fluency,
-                   evaluations: int, seconds: float) -> dict[str, Any]:
-    """One evaluation's line of a search's history: the step, the training loss (None before the first step),
-    the dev scores and the prompt's perplexity under the fluency reference, the (prompt, item) pairs scored
-    so far, and the seconds spent."""
-    return {"step": step, "loss": loss, "dev_accuracy": current.accuracy, "dev_loss": current.loss,
-            "perplexity": float(fluency.perplexity(torch.tensor([list(ids)]))[0]), "evaluations": evaluations,
-            "seconds": seconds}
+class SearchLog:
+    """A search's bookkeeping between steps: the best prompt on dev so far, the history, the (prompt, item)
+    pairs scored, the time spent, and the checkpoint that holds them with the method's own ``tensors``.
+
+    ``start`` evaluates the initial prompt (step 0) or restores a checkpoint of the same ``identity``; the
+    method then calls ``count`` as it scores items and ``evaluate`` every so many steps; ``result`` is the
+    best prompt found. Each history line: the step, the training loss (None at step 0), the dev accuracy and
+    loss, the prompt's perplexity under the fluency reference, the pairs scored so far and the seconds."""
+
+    def __init__(self, objective: SearchObjective, fluency: Fluency, checkpoint: Path | None,
+                 identity: dict[str, Any]) -> None:
+        self.objective, self.fluency, self.checkpoint, self.identity = objective, fluency, checkpoint, identity
+        self.started = time.perf_counter()
+        self.state: dict[str, Any] = {}
+        self.earlier = 0.0  # seconds spent by the calls that wrote the checkpoint this call resumed
+
+    def start(self, resume: bool) -> dict[str, torch.Tensor] | None:
+        """Restore the checkpoint (returning the method's tensors) if resuming from one, else begin at step 0."""
+        stored = read_state(self.checkpoint, self.identity) if resume and self.checkpoint else None
+        if stored is not None:
+            self.state, tensors = stored
+            self.earlier = self.state["seconds"]
+            return tensors
+        self.earlier = 0.0
+        ids = list(self.objective.initial_ids)
+        self.state = {"step": 0, "best_step": 0, "best_ids": ids, "evaluations": 0, "seconds": 0.0, "history": []}
+        self._record(0, None, ids)
+        return None
+
+    @property
+    def step(self) -> int:
+        """The last step evaluated (and checkpointed)."""
+        return self.state["step"]
+
+    def count(self, pairs: int) -> None:
+        self.state["evaluations"] += pairs
+
+    def evaluate(self, step: int, loss: float, prompt: Sequence[int], tensors: dict[str, torch.Tensor] | None = None,
+                 **extra: Any) -> Evaluation:
+        """Evaluate the token ids ``prompt`` on dev at ``step``, keep them if best, record the line and write the
+        checkpoint with the method's ``tensors`` and ``extra`` state (JSON)."""
+        current = self._record(step, loss, list(prompt))
+        self.state |= extra
+        if self.checkpoint:
+            write_state(self.checkpoint, tensors or {}, {"identity": self.identity, "state": self.state})
+        return current
+
+    def result(self) -> FitResult:
+        state = self.state
+        return FitResult(self.objective.hard_prompt(state["best_ids"]), state["best_step"], state["best"]["loss"],
+                         state["history"], self.earlier)
+
+    def _record(self, step: int, loss: float | None, ids: list[int]) -> Evaluation:
+        state = self.state
+        current = evaluate(self.objective, ids)
+        self.count(len(self.objective.dev))
+        if step == 0 or current.beats(Evaluation(**state["best"])):
+            state |= {"best_step": step, "best_ids": ids, "best": asdict(current)}
+        if step:  # a resumed call's time adds to what the checkpoint had spent
+            state["seconds"] = self.earlier + time.perf_counter() - self.started
+        state["step"] = step
+        state["history"].append({"step": step, "loss": loss, "dev_accuracy": current.accuracy,
+                                 "dev_loss": current.loss, "perplexity": float(self.fluency.perplexity(
+                                     torch.tensor([ids]))[0]), "evaluations": state["evaluations"],
+                                 "seconds": state["seconds"]})
+        return current
 
 
 def step_items(n: int, batch_size: int, seed: int, step: int) -> list[int]:
