@@ -300,3 +300,18 @@ def test_autoprompt_on_a_template_is_never_worse_on_dev_and_resumes_exactly(caus
     strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)
     assert resumed.prompt.token_ids == whole.prompt.token_ids
+
+
+@pytest.mark.parametrize("method", ["pez", "autoprompt"])
+@pytest.mark.parametrize("make", [tiny_masked, tiny_seq2seq])
+def test_searches_run_on_masked_and_encoder_decoder_lms_and_never_end_worse_on_dev(method: str, make) -> None:
+    lm = make()
+    objective = layout_search(lm, "[P*2] {input} [P]", {"a": "Paris", "b": "Berlin"})
+    search = PEZ(PEZConfig(steps=4, eval_every=2), progress=False) if method == "pez" else \
+        AutoPrompt(AutoPromptConfig(steps=4, candidates=4, batch_size=2, eval_size=3, eval_every=2), progress=False)
+    result = search.fit(objective)
+    first = result.history[0]
+    assert (-result.history[0]["dev_accuracy"], first["dev_loss"]) >= (-max(h["dev_accuracy"] for h in
+                                                                            result.history), result.best_dev_loss)
+    again = objective.scores(torch.tensor([result.prompt.token_ids]), dev=True)
+    assert again.loss()[0].item() == pytest.approx(result.best_dev_loss, abs=1e-5)

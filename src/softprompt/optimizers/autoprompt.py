@@ -26,7 +26,14 @@ import torch
 from softprompt.errors import SoftpromptError
 from softprompt.optimizers.base import FitResult, Optimizer, epoch_seed
 from softprompt.optimizers.fluency import Fluency
-from softprompt.optimizers.search import SearchLog, SearchObjective, allowed_tokens, check_objective, step_items
+from softprompt.optimizers.search import (
+    SearchLog,
+    SearchObjective,
+    allowed_tokens,
+    check_objective,
+    fluency_of,
+    step_items,
+)
 from softprompt.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -71,7 +78,7 @@ class AutoPrompt(Optimizer):
             settings: dict[str, Any] | None = None) -> FitResult:
         check_objective(objective)
         config, lm = self.config, objective.lm
-        fluency = self.fluency or Fluency(lm)
+        fluency = fluency_of(self, lm)
         blocked = ~allowed_tokens(lm).to(lm.device)
         identity = {"method": self.name, "config": asdict(config), "initial_ids": list(objective.initial_ids),
                     "settings": settings or {}}

@@ -27,7 +27,14 @@ import torch
 from softprompt.errors import SoftpromptError
 from softprompt.optimizers.base import FitResult, Optimizer
 from softprompt.optimizers.fluency import Fluency
-from softprompt.optimizers.search import SearchLog, SearchObjective, allowed_tokens, check_objective, step_items
+from softprompt.optimizers.search import (
+    SearchLog,
+    SearchObjective,
+    allowed_tokens,
+    check_objective,
+    fluency_of,
+    step_items,
+)
 from softprompt.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -87,14 +94,14 @@ class PEZ(Optimizer):
         self.config = config or PEZConfig()
         self.fluency = fluency
         self.progress = progress
-        if self.config.fluency_weight > 0 and fluency is None:
-            raise SoftpromptError("a fluency weight > 0 needs a fluency reference LM")
 
     def fit(self, objective: SearchObjective, checkpoint: Path | None = None, resume: bool = False,
             settings: dict[str, Any] | None = None) -> FitResult:
         check_objective(objective)
         config, lm = self.config, objective.lm
-        fluency = self.fluency or Fluency(lm)
+        fluency = fluency_of(self, lm)
+        if config.fluency_weight and fluency is None:
+            raise SoftpromptError(f"model '{lm.name}' is {lm.kind}: PEZ's fluency regulariser needs a causal model")
         embeddings = lm.embedding_matrix
         project = Projection(embeddings, allowed_tokens(lm), config.projection)
         free = torch.tensor(objective.free, dtype=torch.long)
@@ -126,14 +133,14 @@ class PEZ(Optimizer):
                                 current.loss)
         return log.result()
 
-    def gradient(self, objective: SearchObjective, fluency: Fluency, ids: torch.Tensor, indices: list[int]
+    def gradient(self, objective: SearchObjective, fluency: Fluency | None, ids: torch.Tensor, indices: list[int]
                  ) -> tuple[float, torch.Tensor]:
         """J = loss + λ·fluency of the hard prompt ``ids`` on training items ``indices``, and its gradient with
         respect to the prompt's embeddings, (L, d): the gradient at the projected point."""
         config = self.config
         projected = objective.lm.embedding_matrix[ids].detach().float().requires_grad_()
         loss = objective.loss(projected, indices)
-        if config.fluency_weight:
+        if config.fluency_weight and fluency is not None:
             nll = fluency.nll_of_vectors(ids, projected)
             loss = loss + config.fluency_weight * (nll.exp() if config.fluency_form == "perplexity" else nll)
         (grad,) = torch.autograd.grad(loss, projected)

@@ -107,7 +107,7 @@ class SearchLog:
     best prompt found. Each history line: the step, the training loss (None at step 0), the dev accuracy and
     loss, the prompt's perplexity under the fluency reference, the pairs scored so far and the seconds."""
 
-    def __init__(self, objective: SearchObjective, fluency: Fluency, checkpoint: Path | None,
+    def __init__(self, objective: SearchObjective, fluency: Fluency | None, checkpoint: Path | None,
                  identity: dict[str, Any]) -> None:
         self.objective, self.fluency, self.checkpoint, self.identity = objective, fluency, checkpoint, identity
         self.started = time.perf_counter()
@@ -160,9 +160,8 @@ class SearchLog:
             state["seconds"] = self.earlier + time.perf_counter() - self.started
         state["step"] = step
         state["history"].append({"step": step, "loss": loss, "dev_accuracy": current.accuracy,
-                                 "dev_loss": current.loss, "perplexity": float(self.fluency.perplexity(
-                                     torch.tensor([ids]))[0]), "evaluations": state["evaluations"],
-                                 "seconds": state["seconds"]})
+                                 "dev_loss": current.loss, "perplexity": perplexity(self.fluency, ids),
+                                 "evaluations": state["evaluations"], "seconds": state["seconds"]})
         return current
 
 
@@ -245,6 +244,18 @@ def starting_ids(lm: LanguageModel, base: Sequence[int], free: Sequence[int], in
     return tuple(ids)
 
 
+def fluency_of(optimizer: Any, lm: LanguageModel) -> Fluency | None:
+    """The search's fluency reference: its own, else the model itself when it is causal (a masked or
+    encoder-decoder model has no perplexity of its own; give a causal reference to measure one)."""
+    if getattr(optimizer, "fluency", None) is not None:
+        return optimizer.fluency
+    return Fluency(lm) if lm.kind == "causal" else None
+
+
+def perplexity(fluency: Fluency | None, ids: Sequence[int]) -> float | None:
+    return float(fluency.perplexity(torch.tensor([list(ids)]))[0]) if fluency is not None else None
+
+
 def search_settings(optimizer: Any) -> dict[str, Any]:
     """What identifies a search in a run's config.json: the method, its settings and the fluency reference."""
     fluency = getattr(optimizer, "fluency", None)
@@ -252,10 +263,10 @@ def search_settings(optimizer: Any) -> dict[str, Any]:
             "fluency_model": fluency.reference.name if fluency is not None else None}
 
 
-def found_prompt(prompt: Prompt, fluency: Fluency) -> dict[str, Any]:
-    """What a run's metrics say of the hard prompt a search found: its text, token ids and perplexity."""
+def found_prompt(prompt: Prompt, fluency: Fluency | None) -> dict[str, Any]:
+    """What a run's metrics say of the hard prompt a search found: its text, tokens, ids and perplexity."""
     ids = list(prompt.token_ids)  # a searched HardPrompt's or TaskPrompt's
     tokenizer = prompt.lm.tokenizer
     return {"prompt_text": tokenizer.decode(ids), "prompt_tokens": tokenizer.convert_ids_to_tokens(ids),
-            "token_ids": ids, "perplexity": float(fluency.perplexity(torch.tensor([ids]))[0]),
-            "fluency_model": fluency.reference.name}
+            "token_ids": ids, "perplexity": perplexity(fluency, ids),
+            "fluency_model": fluency.reference.name if fluency is not None else None}

@@ -15,8 +15,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.metrics import answer_ranks, ranking_metrics
 from softprompt.models import LanguageModel
 from softprompt.optimizers import FitResult, Optimizer, TrainConfig
-from softprompt.optimizers.fluency import Fluency
-from softprompt.optimizers.search import found_prompt, search_settings
+from softprompt.optimizers.search import fluency_of, found_prompt, search_settings
 from softprompt.probing.candidates import CandidateOptions, Candidates, CandidateScorer, build_candidates
 from softprompt.probing.objective import train_candidates, train_prompt
 from softprompt.probing.relations import SPLITS, Relation
@@ -283,7 +282,7 @@ def run_probe(
                                        seed=config.seed)
             result = search.fit(objective, run.checkpoint, resume, settings={"relation": relation.name})
             prompt = result.prompt
-            found = found_prompt(prompt, search.fluency or Fluency(lm))
+            found = found_prompt(prompt, fluency_of(search, lm))
         elif mode != "hard":
             if data.candidates is not None:
                 result = train_candidates(CandidateScorer(engine, data.candidates), prompt, data.splits["train"],

@@ -20,8 +20,7 @@ from softprompt.io import write_json
 from softprompt.metrics import accuracy, choice_predictions, macro_f1, roc_auc
 from softprompt.models import LanguageModel
 from softprompt.optimizers import FitResult, GradientDescent, Optimizer, TrainConfig
-from softprompt.optimizers.fluency import Fluency
-from softprompt.optimizers.search import found_prompt, search_settings
+from softprompt.optimizers.search import fluency_of, found_prompt, search_settings
 from softprompt.prompts.task import INITS, LAYOUTS, TaskPrompt, count_markers
 from softprompt.runs import RunDir, warn
 from softprompt.tasks.objective import ChoiceObjective
@@ -312,7 +311,7 @@ def run_task(lm: LanguageModel, task: Task, settings: TaskSettings, config: Trai
                 result = search_prompt(engine, prompt, task, train_part, dev_part, settings, search, run.checkpoint,
                                        resume)
                 prompt = result.prompt
-                doc |= found_prompt(prompt, search.fluency or Fluency(lm))
+                doc |= found_prompt(prompt, fluency_of(search, lm))
             for message in result.warnings():
                 warn(warnings, message)
             earlier = result.earlier_seconds
