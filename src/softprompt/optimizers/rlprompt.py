@@ -16,7 +16,9 @@ other) times 200 when right and 180 when wrong (λ2, λ1 of ``fsc_helpers.py``),
 for probing; minus α × the prompt's perplexity under a reference LM (Patel et al.); then z-scored across the
 step's prompts (std + 1e-4, all prompts share the one dummy input) and scaled by 5 (the few-shot config's
 shaping of [0, 1] to [0, 5]). Every ``eval_every`` steps the greedy prompt (or the step's best sample) is
-evaluated on dev; the best by accuracy, then loss, is the result.
+evaluated on dev; the best by accuracy, then loss, is the result, the objective's initial prompt counting as
+step 0. History lines are every search's (``SearchLog``: "loss" is the SQL loss) plus the step's mean raw
+reward.
 
 Other defaults from the few-shot classification example (``config.yaml``, ``trainer_helpers.py``): Adam at
 lr 5e-5 with gradient norm clipped at 5, 12000 steps, evaluation every 10, sampling from the policy's top 256
@@ -28,7 +30,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,17 +44,16 @@ from softprompt.optimizers.base import FitResult, Optimizer, epoch_seed
 from softprompt.optimizers.fluency import Fluency
 from softprompt.optimizers.search import (
     Evaluation,
+    SearchLog,
     SearchObjective,
     allowed_tokens,
     check_objective,
-    evaluate,
-    read_state,
+    fluency_of,
     step_items,
-    write_state,
 )
 from softprompt.progress import progress_bar
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FINALS = ("greedy", "sample-best")
 
@@ -132,7 +132,7 @@ class RLPrompt(Optimizer):
     def __init__(self, config: RLPromptConfig | None = None, fluency: Fluency | None = None,
                  policy: LanguageModel | None = None, progress: bool = True) -> None:
         self.config = config or RLPromptConfig()
-        self.fluency = fluency  # the perplexity reference; the objective's own LM when None
+        self.fluency = fluency  # the perplexity reference; the objective's own LM (if causal) when None
         self.policy = policy  # the frozen LM of the policy; the objective's own LM when None
         self.progress = progress
         self.best_ids: list[int] | None = None
@@ -185,8 +185,8 @@ class RLPrompt(Optimizer):
                 masks.append(mask)
         return ids, torch.stack(states, 1), torch.stack(masks, 1)
 
-    def rewards(self, objective: SearchObjective, ids: torch.Tensor, indices: list[int], fluency: Fluency
-                ) -> torch.Tensor:
+    def rewards(self, objective: SearchObjective, ids: torch.Tensor, indices: list[int],
+                fluency: Fluency | None) -> torch.Tensor:
         """(K,) raw rewards of the prompts ``ids`` on training items ``indices``."""
         config = self.config
         scores = objective.scores(ids, indices)
@@ -196,7 +196,7 @@ class RLPrompt(Optimizer):
             reward = (gap * torch.where(gap > 0, config.correct_coeff, config.incorrect_coeff)).mean(1)
         else:
             reward = gold.mean(1)
-        if config.alpha:
+        if config.alpha and fluency is not None:
             reward = reward - config.alpha * fluency.perplexity(ids).cpu()
         return reward
 
@@ -205,7 +205,10 @@ class RLPrompt(Optimizer):
         check_objective(objective)
         self.prepare(objective)
         config, device = self.config, self.lm.device
-        fluency = self.fluency or Fluency(objective.lm)
+        fluency = fluency_of(self, objective.lm)
+        if config.alpha and fluency is None:
+            raise SoftpromptError(f"model '{objective.lm.name}' is {objective.lm.kind}: RLPrompt's perplexity reward "
+                                  "needs a causal reference model")
         free = sorted(objective.free)
         base = torch.tensor(objective.initial_ids, dtype=torch.long)
         mlp = adaptor(self.lm.hidden_size, config.mlp_hidden, torch.Generator().manual_seed(config.seed)).to(device)
@@ -213,21 +216,13 @@ class RLPrompt(Optimizer):
         optimizer = torch.optim.Adam(mlp.parameters(), lr=config.lr)
         identity = {"method": self.name, "config": asdict(config), "initial_ids": list(objective.initial_ids),
                     "policy": self.lm.name, "settings": settings or {}}
-
-        started = time.perf_counter()
-        stored = read_state(checkpoint, identity) if resume and checkpoint else None
-        if stored is None:
-            state: dict[str, Any] = {"step": 0, "best_step": 0, "best_ids": None, "best": None, "evaluations": 0,
-                                     "seconds": 0.0, "history": []}
-        else:
-            state, tensors = stored
+        log = RewardLog(objective, fluency, checkpoint, identity)
+        if (tensors := log.start(resume)) is not None:
             mlp.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("mlp.")})
             target.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("target.")})
             optimizer.load_state_dict(adam_state(tensors, optimizer))
-        best = Evaluation(**state["best"]) if state["best"] else None
-        earlier = state["seconds"]
 
-        for step in progress_bar(range(state["step"] + 1, config.steps + 1), "RLPrompt", self.progress):
+        for step in progress_bar(range(log.step + 1, config.steps + 1), "RLPrompt", self.progress):
             with torch.no_grad():
                 for kept, learnt in zip(target.parameters(), mlp.parameters(), strict=True):
                     kept.lerp_(learnt, config.polyak)
@@ -235,7 +230,7 @@ class RLPrompt(Optimizer):
             ids, hidden, mask = self.decode(mlp, base, free, config.prompts_per_step, generator)
             indices = step_items(len(objective.items), config.batch_size, config.seed, step)
             raw = self.rewards(objective, ids, indices, fluency)
-            state["evaluations"] += len(ids) * len(indices)
+            log.count(len(ids) * len(indices))
             if not raw.isfinite().all():
                 raise SoftpromptError(f"RLPrompt's rewards at step {step} are not finite ({raw.tolist()}): the "
                                       "objective scored a prompt as impossible")
@@ -250,31 +245,30 @@ class RLPrompt(Optimizer):
             loss.backward()
             nn.utils.clip_grad_norm_(mlp.parameters(), config.grad_clip)
             optimizer.step()
-            if step % config.eval_every and step != config.steps:
-                continue
-            greedy = config.final == "greedy"
-            chosen = self.decode(mlp, base, free, 1, None)[0][0] if greedy else ids[raw.argmax()]
-            current = evaluate(objective, chosen.tolist())
-            state["evaluations"] += len(objective.dev)
-            if current.beats(best):
-                best = current
-                state |= {"best_step": step, "best_ids": chosen.tolist(), "best": asdict(best)}
-            seconds = earlier + time.perf_counter() - started
-            state["history"].append({
-                "step": step, "reward": float(raw.mean()), "dev_accuracy": current.accuracy, "dev_loss": current.loss,
-                "perplexity": float(fluency.perplexity(chosen[None])[0]), "evaluations": state["evaluations"],
-                "seconds": seconds})
-            state |= {"step": step, "seconds": seconds}
-            if self.progress:
-                log.info("step %d: reward %.4f  dev accuracy %.4f  dev loss %.4f", step, raw.mean(),
-                         current.accuracy, current.loss)
-            if checkpoint:
+            if step % config.eval_every == 0 or step == config.steps:
+                greedy = config.final == "greedy"
+                chosen = self.decode(mlp, base, free, 1, None)[0][0] if greedy else ids[raw.argmax()]
+                log.reward = float(raw.mean())
                 tensors = {f"mlp.{k}": v for k, v in mlp.state_dict().items()}
                 tensors |= {f"target.{k}": v for k, v in target.state_dict().items()} | adam_tensors(optimizer)
-                write_state(checkpoint, tensors, {"identity": identity, "state": state})
-        self.best_ids = state["best_ids"]
-        return FitResult(objective.hard_prompt(state["best_ids"]), state["best_step"], state["best"]["loss"],
-                         state["history"], earlier)
+                current = log.evaluate(step, loss.item(), chosen.tolist(), tensors)
+                if self.progress:
+                    logger.info("step %d: reward %.4f  dev accuracy %.4f  dev loss %.4f", step, log.reward,
+                                current.accuracy, current.loss)
+        self.best_ids = log.state["best_ids"]
+        return log.result()
+
+
+class RewardLog(SearchLog):
+    """A search's bookkeeping whose history lines also give the mean raw reward of the evaluated step's
+    sampled prompts (None at step 0, the initial prompt's line): the quantity RLPrompt maximises."""
+
+    reward: float | None = None
+
+    def _record(self, step: int, loss: float | None, ids: list[int]) -> Evaluation:
+        current = super()._record(step, loss, ids)
+        self.state["history"][-1]["reward"] = self.reward
+        return current
 
 
 def adam_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
