@@ -17,7 +17,7 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("method", ["pez", "autoprompt"])
+@pytest.mark.parametrize("method", ["pez", "autoprompt", "rlprompt"])
 def test_a_task_search_finds_a_hard_prompt_that_task_eval_scores_the_same(
         method: str, task_dir: Path, model_dirs: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
     run = tmp_path / "run"

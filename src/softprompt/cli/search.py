@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -38,6 +40,7 @@ from softprompt.optimizers.autoprompt import AutoPrompt, AutoPromptConfig
 from softprompt.optimizers.base import Optimizer
 from softprompt.optimizers.fluency import Fluency
 from softprompt.optimizers.pez import PEZ, PEZConfig
+from softprompt.optimizers.rlprompt import RLPrompt, RLPromptConfig
 from softprompt.probing import encode_relation, run_probe
 from softprompt.probing.probe import resume_settings, run_settings
 from softprompt.runs import RunDir
@@ -71,31 +74,55 @@ EvalEvery = Annotated[int, typer.Option(min=1, help="Evaluate on dev (and checkp
 BatchSize = Annotated[int, typer.Option(min=1, help="Training items per step.")]
 
 
-def fluency_for(lm: LanguageModel, spec: str | None, quiet: bool) -> Fluency:
-    return Fluency(lm) if spec is None or spec == lm.name else Fluency(load_lm(spec, quiet=quiet), lm)
+def fluency_for(lm: LanguageModel, spec: str | None, quiet: bool) -> Fluency | None:
+    """The --fluency-model reference; None leaves the search its default (the model itself, when causal)."""
+    if spec is None:
+        return None
+    return Fluency(lm) if spec == lm.name else Fluency(load_lm(spec, quiet=quiet), lm)
 
 
-def run_search(optimizer_for: type[Optimizer], config: object, task: str | None, data: str | None, out: Path,
-               model: str, template: str | None, templates: Path | None, relation: str | None, layout: str,
-               length: int, init: str, shots: int | None, eval_limit: int | None, seed: int, caps: dict[str, int],
-               fluency_model: str | None, data_dir: Path | None, resume: bool, force: bool, quiet: bool) -> None:
+Build = Callable[[LanguageModel, Fluency | None, bool], Optimizer]  # (model, fluency reference, quiet) -> search
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a search command's options say to search: a task's layout or a relation's template, and the data."""
+
+    task: str | None
+    data: str | None
+    template: str | None
+    templates: Path | None
+    relation: str | None
+    layout: str
+    length: int
+    init: str
+    shots: int | None
+    eval_limit: int | None
+    seed: int
+    caps: dict[str, int]
+    data_dir: Path | None
+
+
+def run_search(build: Build, name: str, target: Target, out: Path, model: str, fluency_model: str | None,
+               resume: bool, force: bool, quiet: bool) -> None:
     """Load the model and the data, search, evaluate, and print what was found."""
+    task, data, init, seed = target.task, target.data, target.init, target.seed
     check_resume_force(resume, force)
     if (task is None) == (data is None):
         raise SoftpromptError("give --task (a task's [P] positions) or --data (a relation's template), one of them")
-    command = f"softprompt search {optimizer_for.name}"
-    run = RunDir(out, command)
+    run = RunDir(out, f"softprompt search {name}")
     run.prepare(force, resume)
     lm = load_lm(model, quiet=quiet)
-    search = optimizer_for(config, fluency_for(lm, fluency_model, quiet), progress=not quiet)
+    search = build(lm, fluency_for(lm, fluency_model, quiet), quiet)
     train_config = TrainConfig(seed=seed)
     if task is not None:
         spec = load_task(task)
         text = init != "random"
-        settings = TaskSettings(layout=layout, length=length, kind="soft", init="text" if text else "random",
-                                init_text=init if text else None, shots=shots, eval_limit=eval_limit)
-        train, train_source = load_split(spec, "train", staged_data(data_dir))
-        evaluation, eval_source = load_split(spec, "validation", staged_data(data_dir))
+        settings = TaskSettings(layout=target.layout, length=target.length, kind="soft",
+                                init="text" if text else "random", init_text=init if text else None,
+                                shots=target.shots, eval_limit=target.eval_limit)
+        train, train_source = load_split(spec, "train", staged_data(target.data_dir))
+        evaluation, eval_source = load_split(spec, "validation", staged_data(target.data_dir))
         run.prepare(force, resume, task_run_settings(lm, spec, settings, train_config, search))
         doc = run_task(lm, spec, settings, train_config, out, train, evaluation, resume=resume, progress=not quiet,
                        engine=Engine(lm), sources={"train": train_source, "validation": eval_source}, search=search)
@@ -104,16 +131,17 @@ def run_search(optimizer_for: type[Optimizer], config: object, task: str | None,
             table.add_column(name, justify="right")
         table.add_row(*("–" if doc["metrics"][m] is None else f"{100 * doc['metrics'][m]:.1f}" for m in spec.metrics))
     else:
-        rel = relation_from_options(data, template, templates, relation)
-        encoded = encode_relation(rel, lm, caps)
-        run.prepare(force, resume, resume_settings(run_settings(lm, rel, "hard", init, train_config, caps, None,
+        rel = relation_from_options(data, target.template, target.templates, target.relation)
+        encoded = encode_relation(rel, lm, target.caps)
+        run.prepare(force, resume, resume_settings(run_settings(lm, rel, "hard", init, train_config, target.caps, None,
                                                                 search)))
-        doc = run_probe(lm, rel, out, mode="hard", init=init, config=train_config, limits=caps, resume=resume,
+        doc = run_probe(lm, rel, out, mode="hard", init=init, config=train_config, limits=target.caps, resume=resume,
                         progress=not quiet, data=encoded, search=search)
         table = metrics_table(rel.name, search.name, "test", doc["test"])
     console.print(table)
-    console.print(f"prompt found: {doc['prompt_text']!r} (perplexity {doc['perplexity']:.0f} under "
-                  f"{doc['fluency_model']})")
+    perplexity = "no causal reference for a perplexity" if doc["perplexity"] is None else (
+        f"perplexity {doc['perplexity']:.0f} under {doc['fluency_model']}")
+    console.print(f"prompt found: {doc['prompt_text']!r} ({perplexity})")
     console.print(f"run directory: {out}")
 
 
@@ -156,9 +184,10 @@ def pez(
     by the prompt's fluency (Patel et al.). The best projected prompt on dev is kept."""
     config = PEZConfig(steps=steps, lr=lr, weight_decay=weight_decay, batch_size=batch_size, projection=projection,
                        fluency_weight=fluency_weight, fluency_form=fluency_form, eval_every=eval_every, seed=seed)
-    run_search(PEZ, config, task, data, out, model, template, templates, relation, layout, length, init, shots,
-               eval_limit, seed, limits(train=max_train, dev=max_dev, test=max_test), fluency_model, data_dir, resume,
-               force, quiet)
+    target = Target(task, data, template, templates, relation, layout, length, init, shots, eval_limit, seed,
+                    limits(train=max_train, dev=max_dev, test=max_test), data_dir)
+    run_search(lambda lm, fluency, quiet: PEZ(config, fluency, progress=not quiet), "pez", target, out, model,
+               fluency_model, resume, force, quiet)
 
 
 @app.command("autoprompt")
@@ -194,6 +223,61 @@ def autoprompt(
     on a sample of training items. The best prompt on dev is kept."""
     config = AutoPromptConfig(steps=steps, candidates=candidates, batch_size=batch_size, eval_size=eval_size,
                               eval_every=eval_every, seed=seed)
-    run_search(AutoPrompt, config, task, data, out, model, template, templates, relation, layout, length, init, shots,
-               eval_limit, seed, limits(train=max_train, dev=max_dev, test=max_test), fluency_model, data_dir, resume,
-               force, quiet)
+    target = Target(task, data, template, templates, relation, layout, length, init, shots, eval_limit, seed,
+                    limits(train=max_train, dev=max_dev, test=max_test), data_dir)
+    run_search(lambda lm, fluency, quiet: AutoPrompt(config, fluency, progress=not quiet), "autoprompt", target, out,
+               model, fluency_model, resume, force, quiet)
+
+
+@app.command("rlprompt")
+def rlprompt(
+    out: Out,
+    task: TaskOption = None,
+    data: DataOption = None,
+    model: Model = DEFAULT_MODEL,
+    template: TemplateText = None,
+    templates: TemplatesFile = None,
+    relation: RelationName = None,
+    layout: Layout = "prefix",
+    length: Length = 5,
+    init: Init = "random",
+    steps: Steps = RLPromptConfig.steps,
+    prompts_per_step: Annotated[int, typer.Option(min=1, help="Prompts sampled per step.")] = 16,
+    batch_size: BatchSize = RLPromptConfig.batch_size,
+    lr: Annotated[float, typer.Option(help="Adam learning rate of the policy's MLP.")] = RLPromptConfig.lr,
+    alpha: Annotated[float, typer.Option(
+        help="α: the reward loses α × the prompt's perplexity (Patel et al.); 0 is plain RLPrompt.")] = 0.0,
+    top_k: Annotated[int | None, typer.Option(
+        help="Fluent sampling: only the frozen LM's own top-k tokens at each step.", show_default=False)] = None,
+    final: Annotated[Literal["greedy", "sample-best"], typer.Option(
+        help="The prompt evaluated on dev: the policy's greedy decoding, or the step's best-rewarded sample.")
+    ] = "greedy",
+    policy_model: Annotated[str | None, typer.Option(
+        help="The policy's frozen causal LM (same tokenizer as --model); default: the model itself.",
+        show_default=False)] = None,
+    fluency_model: FluencyModel = None,
+    eval_every: EvalEvery = RLPromptConfig.eval_every,
+    seed: Seed = 0,
+    shots: Shots = None,
+    eval_limit: EvalLimit = None,
+    max_train: MaxTrain = None,
+    max_dev: MaxDev = None,
+    max_test: MaxTest = None,
+    data_dir: DataDir = None,
+    resume: Resume = False,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """RLPrompt (Deng et al. 2022): a policy (a frozen causal LM with a small trainable MLP) learns to write the
+    prompt by soft Q-learning on the task's reward, optionally minus α × perplexity. The best prompt on dev is
+    kept."""
+    config = RLPromptConfig(steps=steps, prompts_per_step=prompts_per_step, batch_size=batch_size, lr=lr, alpha=alpha,
+                            top_k=top_k, final=final, eval_every=eval_every, seed=seed)
+
+    def build(lm: LanguageModel, fluency: Fluency | None, quiet: bool) -> Optimizer:
+        policy = load_lm(policy_model, quiet=quiet) if policy_model and policy_model != lm.name else None
+        return RLPrompt(config, fluency, policy, progress=not quiet)
+
+    target = Target(task, data, template, templates, relation, layout, length, init, shots, eval_limit, seed,
+                    limits(train=max_train, dev=max_dev, test=max_test), data_dir)
+    run_search(build, "rlprompt", target, out, model, fluency_model, resume, force, quiet)

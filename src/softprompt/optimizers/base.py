@@ -121,3 +121,21 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def copy_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """A torch optimizer's per-parameter state (Adam's moments and step counts) as named tensors, for a
+    safetensors checkpoint: ``optim.<parameter index>.<slot>``."""
+    return {f"optim.{index}.{k}": torch.as_tensor(v).reshape(-1) if k == "step" else v
+            for index, slots in optimizer.state_dict()["state"].items() for k, v in slots.items()}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                      param_groups: list[dict[str, Any]] | None = None) -> None:
+    """Load the state ``optimizer_tensors`` wrote (with the stored ``param_groups``, else the optimizer's own)."""
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            slots.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
+    optimizer.load_state_dict({"state": slots, "param_groups": param_groups or optimizer.state_dict()["param_groups"]})

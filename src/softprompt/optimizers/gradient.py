@@ -27,7 +27,16 @@ from torch import nn
 from softprompt.engine import length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_write
-from softprompt.optimizers.base import FitResult, Objective, Optimizer, TrainConfig, copy_state, epoch_seed
+from softprompt.optimizers.base import (
+    FitResult,
+    Objective,
+    Optimizer,
+    TrainConfig,
+    copy_state,
+    epoch_seed,
+    optimizer_tensors,
+    restore_optimizer,
+)
 from softprompt.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -120,11 +129,8 @@ def save_checkpoint(
 ) -> None:
     tensors = {f"prompt.{k}": v.detach().contiguous() for k, v in module.state_dict().items()}
     tensors |= {f"best.{k}": v.contiguous() for k, v in best.items()}
-    optim = optimizer.state_dict()
-    for index, slots in optim["state"].items():
-        tensors |= {f"optim.{index}.{k}": torch.as_tensor(v).reshape(-1) if k == "step" else v
-                    for k, v in slots.items()}
-    meta = {"state": state, **identity, "param_groups": optim["param_groups"]}
+    tensors |= optimizer_tensors(optimizer)
+    meta = {"state": state, **identity, "param_groups": optimizer.state_dict()["param_groups"]}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"softprompt.checkpoint": json.dumps(meta)}))
 
 
@@ -153,10 +159,5 @@ def load_checkpoint(
         )
     module.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("prompt.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-    slots: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            slots.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
-    optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
+    restore_optimizer(optimizer, tensors, meta["param_groups"])
     return meta["state"], best

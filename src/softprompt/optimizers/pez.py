@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from softprompt.errors import SoftpromptError
-from softprompt.optimizers.base import FitResult, Optimizer
+from softprompt.optimizers.base import FitResult, Optimizer, optimizer_tensors, restore_optimizer
 from softprompt.optimizers.fluency import Fluency
 from softprompt.optimizers.search import (
     SearchLog,
@@ -113,7 +113,7 @@ class PEZ(Optimizer):
         log = SearchLog(objective, fluency, checkpoint, identity)
         if (tensors := log.start(resume)) is not None:
             continuous.data.copy_(tensors["continuous"])
-            optimizer.load_state_dict(adam_state(tensors, optimizer))
+            restore_optimizer(optimizer, tensors)
 
         for step in progress_bar(range(log.step + 1, config.steps + 1), "PEZ", self.progress):
             ids[free] = project(continuous)
@@ -127,7 +127,8 @@ class PEZ(Optimizer):
             log.count(len(indices))
             if step % config.eval_every == 0 or step == config.steps:
                 ids[free] = project(continuous)
-                current = log.evaluate(step, loss, ids.tolist(), {"continuous": continuous} | adam_tensors(optimizer))
+                tensors = {"continuous": continuous} | optimizer_tensors(optimizer)
+                current = log.evaluate(step, loss, ids.tolist(), tensors)
                 if self.progress:
                     logger.info("step %d: loss %.4f  dev accuracy %.4f  dev loss %.4f", step, loss, current.accuracy,
                                 current.loss)
@@ -146,13 +147,3 @@ class PEZ(Optimizer):
         (grad,) = torch.autograd.grad(loss, projected)
         return loss.item(), grad
 
-
-def adam_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """The (one-parameter) optimizer's state as named tensors for a checkpoint."""
-    slots = optimizer.state_dict()["state"].get(0, {})
-    return {f"optim.{k}": torch.as_tensor(v).reshape(-1) if k == "step" else v for k, v in slots.items()}
-
-
-def adam_state(tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    slots = {k[6:]: v.reshape(()) if k == "optim.step" else v for k, v in tensors.items() if k.startswith("optim.")}
-    return {"state": {0: slots} if slots else {}, "param_groups": optimizer.state_dict()["param_groups"]}

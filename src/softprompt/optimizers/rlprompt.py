@@ -40,10 +40,9 @@ from torch import nn
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
-from softprompt.optimizers.base import FitResult, Optimizer, epoch_seed
+from softprompt.optimizers.base import FitResult, Optimizer, epoch_seed, optimizer_tensors, restore_optimizer
 from softprompt.optimizers.fluency import Fluency
 from softprompt.optimizers.search import (
-    Evaluation,
     SearchLog,
     SearchObjective,
     allowed_tokens,
@@ -216,11 +215,11 @@ class RLPrompt(Optimizer):
         optimizer = torch.optim.Adam(mlp.parameters(), lr=config.lr)
         identity = {"method": self.name, "config": asdict(config), "initial_ids": list(objective.initial_ids),
                     "policy": self.lm.name, "settings": settings or {}}
-        log = RewardLog(objective, fluency, checkpoint, identity)
+        log = SearchLog(objective, fluency, checkpoint, identity, line_fields=("reward",))
         if (tensors := log.start(resume)) is not None:
             mlp.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("mlp.")})
             target.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("target.")})
-            optimizer.load_state_dict(adam_state(tensors, optimizer))
+            restore_optimizer(optimizer, tensors)
 
         for step in progress_bar(range(log.step + 1, config.steps + 1), "RLPrompt", self.progress):
             with torch.no_grad():
@@ -248,39 +247,11 @@ class RLPrompt(Optimizer):
             if step % config.eval_every == 0 or step == config.steps:
                 greedy = config.final == "greedy"
                 chosen = self.decode(mlp, base, free, 1, None)[0][0] if greedy else ids[raw.argmax()]
-                log.reward = float(raw.mean())
                 tensors = {f"mlp.{k}": v for k, v in mlp.state_dict().items()}
-                tensors |= {f"target.{k}": v for k, v in target.state_dict().items()} | adam_tensors(optimizer)
-                current = log.evaluate(step, loss.item(), chosen.tolist(), tensors)
+                tensors |= {f"target.{k}": v for k, v in target.state_dict().items()} | optimizer_tensors(optimizer)
+                current = log.evaluate(step, loss.item(), chosen.tolist(), tensors, {"reward": float(raw.mean())})
                 if self.progress:
-                    logger.info("step %d: reward %.4f  dev accuracy %.4f  dev loss %.4f", step, log.reward,
+                    logger.info("step %d: reward %.4f  dev accuracy %.4f  dev loss %.4f", step, float(raw.mean()),
                                 current.accuracy, current.loss)
         self.best_ids = log.state["best_ids"]
         return log.result()
-
-
-class RewardLog(SearchLog):
-    """A search's bookkeeping whose history lines also give the mean raw reward of the evaluated step's
-    sampled prompts (None at step 0, the initial prompt's line): the quantity RLPrompt maximises."""
-
-    reward: float | None = None
-
-    def _record(self, step: int, loss: float | None, ids: list[int]) -> Evaluation:
-        current = super()._record(step, loss, ids)
-        self.state["history"][-1]["reward"] = self.reward
-        return current
-
-
-def adam_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """Adam's per-parameter state as named tensors for a checkpoint."""
-    return {f"optim.{index}.{k}": torch.as_tensor(v).reshape(-1) if k == "step" else v
-            for index, slots in optimizer.state_dict()["state"].items() for k, v in slots.items()}
-
-
-def adam_state(tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    slots: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            slots.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
-    return {"state": slots, "param_groups": optimizer.state_dict()["param_groups"]}

@@ -108,8 +108,9 @@ class SearchLog:
     loss, the prompt's perplexity under the fluency reference, the pairs scored so far and the seconds."""
 
     def __init__(self, objective: SearchObjective, fluency: Fluency | None, checkpoint: Path | None,
-                 identity: dict[str, Any]) -> None:
+                 identity: dict[str, Any], line_fields: tuple[str, ...] = ()) -> None:
         self.objective, self.fluency, self.checkpoint, self.identity = objective, fluency, checkpoint, identity
+        self.line_fields = line_fields  # the method's own fields of each history line (None at step 0)
         self.started = time.perf_counter()
         self.state: dict[str, Any] = {}
         self.earlier = 0.0  # seconds spent by the calls that wrote the checkpoint this call resumed
@@ -124,7 +125,7 @@ class SearchLog:
         self.earlier = 0.0
         ids = list(self.objective.initial_ids)
         self.state = {"step": 0, "best_step": 0, "best_ids": ids, "evaluations": 0, "seconds": 0.0, "history": []}
-        self._record(0, None, ids)
+        self._record(0, None, ids, dict.fromkeys(self.line_fields))
         return None
 
     @property
@@ -136,10 +137,10 @@ class SearchLog:
         self.state["evaluations"] += pairs
 
     def evaluate(self, step: int, loss: float, prompt: Sequence[int], tensors: dict[str, torch.Tensor] | None = None,
-                 **extra: Any) -> Evaluation:
-        """Evaluate the token ids ``prompt`` on dev at ``step``, keep them if best, record the line and write the
-        checkpoint with the method's ``tensors`` and ``extra`` state (JSON)."""
-        current = self._record(step, loss, list(prompt))
+                 line: dict[str, Any] | None = None, **extra: Any) -> Evaluation:
+        """Evaluate the token ids ``prompt`` on dev at ``step``, keep them if best, record the line (with the
+        method's ``line`` fields) and write the checkpoint with the method's ``tensors`` and ``extra`` state."""
+        current = self._record(step, loss, list(prompt), line or {})
         self.state |= extra
         if self.checkpoint:
             write_state(self.checkpoint, tensors or {}, {"identity": self.identity, "state": self.state})
@@ -150,7 +151,7 @@ class SearchLog:
         return FitResult(self.objective.hard_prompt(state["best_ids"]), state["best_step"], state["best"]["loss"],
                          state["history"], self.earlier)
 
-    def _record(self, step: int, loss: float | None, ids: list[int]) -> Evaluation:
+    def _record(self, step: int, loss: float | None, ids: list[int], line: dict[str, Any]) -> Evaluation:
         state = self.state
         current = evaluate(self.objective, ids)
         self.count(len(self.objective.dev))
@@ -161,7 +162,7 @@ class SearchLog:
         state["step"] = step
         state["history"].append({"step": step, "loss": loss, "dev_accuracy": current.accuracy,
                                  "dev_loss": current.loss, "perplexity": perplexity(self.fluency, ids),
-                                 "evaluations": state["evaluations"], "seconds": state["seconds"]})
+                                 "evaluations": state["evaluations"], "seconds": state["seconds"], **line})
         return current
 
 
