@@ -43,6 +43,7 @@ from softprompt.optimizers import TrainConfig
 from softprompt.optimizers.autoprompt import AutoPrompt, AutoPromptConfig
 from softprompt.optimizers.base import Optimizer
 from softprompt.optimizers.pez import PEZ, PEZConfig
+from softprompt.optimizers.rlprompt import RLPrompt, RLPromptConfig
 from softprompt.paths import shared_data_dir
 from softprompt.prompts import load_prompt
 from softprompt.tasks import TaskSettings, load_task, run_task
@@ -53,8 +54,9 @@ ROOT = Path(__file__).resolve().parent
 TASKS = ("sst2", "boolq")
 SHOTS = {"sst2": 16, "boolq": 8}
 SEARCH_LAYOUT = "{input} [P*5]"
-METHODS = ("manual", "soft", "pez-0", "pez-0.3", "pez-1", "autoprompt", "rlprompt-0", "rlprompt-0.01",
-           "rlprompt-0.05")
+# λ on the mean token NLL (a few nats); α on the perplexity itself (10^3-10^6 for random tokens), so small.
+METHODS = ("manual", "soft", "pez-0", "pez-0.3", "pez-1", "autoprompt", "rlprompt-0", "rlprompt-0.0001",
+           "rlprompt-0.001")
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,6 @@ def optimizer_for(method: str, profile: Profile, seed: int) -> Optimizer | None:
     if name == "autoprompt":
         return AutoPrompt(replace(profile.autoprompt, seed=seed), progress=False)
     if name == "rlprompt":
-        from softprompt.optimizers.rlprompt import RLPrompt, RLPromptConfig
-
         return RLPrompt(RLPromptConfig(steps=profile.rlprompt_steps, alpha=float(weight), seed=seed), progress=False)
     return None
 
