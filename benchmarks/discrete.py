@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,39 @@ def scorings(doc: dict[str, Any]) -> int | None:
     return None
 
 
+def trade_off(means: dict[str, tuple[float, float | None]], family: str, weight: str) -> str | None:
+    """How a family's accuracy and perplexity move as its fluency weight grows, as a sentence."""
+    runs = sorted(((float(m.partition("-")[2]), v) for m, v in means.items() if m.startswith(family + "-")))
+    if len(runs) < 2:
+        return None
+    steps = ", ".join(f"{weight} = {w:g}: {100 * a:.1f} at perplexity "
+                      f"{'–' if p is None else f'{p:,.0f}'}" for w, (a, p) in runs)
+    perplexities = [p for _, (_, p) in runs if p is not None]
+    falls = len(perplexities) == len(runs) and all(b <= a for a, b in pairwise(perplexities))
+    costs = all(b[1][0] <= a[1][0] for a, b in pairwise(runs))
+    verdict = ("perplexity falls and accuracy never rises as the weight grows: the trade-off Patel et al. report"
+               if falls and costs else "not the monotone trade-off Patel et al. report")
+    return f"{family}: {steps}; {verdict}."
+
+
+def findings(cache: Path, args: argparse.Namespace) -> list[str]:
+    out = []
+    for name in args.tasks:
+        means: dict[str, tuple[float, float | None]] = {}
+        for method in args.methods:
+            docs = load_docs(cache, name, method, args.seeds)
+            if docs:
+                ppl = [d.get("perplexity") for d in docs if d.get("perplexity") is not None]
+                means[method] = (statistics.fmean(d["metrics"]["accuracy"] for d in docs),
+                                 statistics.fmean(ppl) if ppl else None)
+        if not means:
+            continue
+        order = sorted(means, key=lambda m: -means[m][0])
+        out.append(f"- {name}, by mean accuracy: " + ", ".join(f"{m} {100 * means[m][0]:.1f}" for m in order) + ".")
+        out += [f"- {name} {s}" for f, w in (("pez", "λ"), ("rlprompt", "α")) if (s := trade_off(means, f, w))]
+    return out
+
+
 def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
     lines = [
         "# Discrete prompts on SmolLM2: PEZ with a fluency regulariser, RLPrompt with a perplexity reward, "
@@ -199,7 +233,7 @@ def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
         f"`OMP_NUM_THREADS=1 .venv/bin/python benchmarks/discrete.py --profile {args.profile}` (resumable; "
         "`--render-only` rewrites this file from the cache). The method list and the data are in the script's "
         "docstring. Accuracy ×100, mean ± std over the seeds that finished; perplexity of the prompt's tokens "
-        "under the model itself (geometric mean over seeds would hide nothing here: we show the mean); Δ_L is "
+        "under the model itself (mean over seeds); Δ_L is "
         "|accuracy of the soft prompt − accuracy of its nearest-token unembedding| (0 by construction for the "
         "discrete methods, whose vectors are tokens); scorings are (prompt, example) pairs scored, forward "
         "passes of one example under one prompt.",
@@ -231,6 +265,7 @@ def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
                 if "prompt_text" in d:
                     texts.append(f"| {name} | {method} | {seed} | {100 * d['metrics']['accuracy']:.1f} | "
                                  f"{d['perplexity']:.0f} | `{json.dumps(d['prompt_text'])[1:-1]}` |")
+    lines += ["", "## Findings (generated from the table)", "", *findings(cache, args)]
     lines += ["", "## The prompts found", "", "| task | method | seed | accuracy | perplexity | text |",
               "|---|---|---|---|---|---|", *texts]
     if missing:
