@@ -17,7 +17,9 @@ _EXPORTS = {
     "SoftpromptError": "softprompt.errors",
     "DEFAULT_MODEL": "softprompt.models", "LanguageModel": "softprompt.models", "load_model": "softprompt.models",
     "EM": "softprompt.optimizers", "FitResult": "softprompt.optimizers", "GradientDescent": "softprompt.optimizers",
-    "Optimizer": "softprompt.optimizers", "TrainConfig": "softprompt.optimizers",
+    "Optimizer": "softprompt.optimizers", "TrainConfig": "softprompt.optimizers", "PEZ": "softprompt.optimizers",
+    "AutoPrompt": "softprompt.optimizers", "RLPrompt": "softprompt.optimizers",
+    "TemplateSearch": "softprompt.probing.search", "LayoutSearch": "softprompt.tasks.search",
     "train_prompt": "softprompt.probing",
     "DeepPrompt": "softprompt.prompts", "HardPrompt": "softprompt.prompts", "MixturePrompt": "softprompt.prompts",
     "Prompt": "softprompt.prompts", "SoftPrompt": "softprompt.prompts", "TaskPrompt": "softprompt.prompts",
@@ -27,20 +29,25 @@ _EXPORTS = {
 __all__ = [
     "DEFAULT_MODEL",
     "EM",
+    "PEZ",
+    "AutoPrompt",
     "DeepPrompt",
     "Engine",
     "FitResult",
     "GradientDescent",
     "HardPrompt",
     "LanguageModel",
+    "LayoutSearch",
     "MixturePrompt",
     "Optimizer",
     "Prompt",
+    "RLPrompt",
     "SoftPrompt",
     "SoftpromptError",
     "TaskPrompt",
     "Template",
     "TemplateEncoder",
+    "TemplateSearch",
     "TrainConfig",
     "load_model",
     "load_prompt",
@@ -51,8 +58,9 @@ if TYPE_CHECKING:
     from softprompt.engine import Engine
     from softprompt.errors import SoftpromptError
     from softprompt.models import DEFAULT_MODEL, LanguageModel, load_model
-    from softprompt.optimizers import EM, FitResult, GradientDescent, Optimizer, TrainConfig
+    from softprompt.optimizers import EM, PEZ, AutoPrompt, FitResult, GradientDescent, Optimizer, RLPrompt, TrainConfig
     from softprompt.probing import train_prompt
+    from softprompt.probing.search import TemplateSearch
     from softprompt.prompts import (
         DeepPrompt,
         HardPrompt,
@@ -62,6 +70,7 @@ if TYPE_CHECKING:
         TaskPrompt,
         load_prompt,
     )
+    from softprompt.tasks.search import LayoutSearch
     from softprompt.templates import Template, TemplateEncoder
 
 
