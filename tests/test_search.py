@@ -315,3 +315,14 @@ def test_searches_run_on_masked_and_encoder_decoder_lms_and_never_end_worse_on_d
                                                                             result.history), result.best_dev_loss)
     again = objective.scores(torch.tensor([result.prompt.token_ids]), dev=True)
     assert again.loss()[0].item() == pytest.approx(result.best_dev_loss, abs=1e-5)
+
+
+def test_a_damaged_search_checkpoint_is_set_aside_in_one_line(causal_lm: LanguageModel, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    checkpoint.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")  # a header without the search's metadata
+    objective = template_search(causal_lm, "[X] [T] [Y] .")
+    with pytest.raises(SoftpromptError) as err:
+        PEZ(PEZConfig(steps=2), progress=False).fit(objective, checkpoint, resume=True)
+    assert str(err.value).startswith(f"{checkpoint}: the checkpoint is damaged (")
+    assert str(err.value).endswith("it was moved to checkpoint.safetensors.damaged; start over with --force")
+    assert not checkpoint.exists() and (tmp_path / "checkpoint.safetensors.damaged").is_file()

@@ -11,7 +11,9 @@ docs/design.md, "Optimizers").
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from softprompt.engine import EVAL_BATCH_SIZE
 from softprompt.errors import SoftpromptError
@@ -139,3 +142,23 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
             _, index, name = key.split(".", 2)
             slots.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
     optimizer.load_state_dict({"state": slots, "param_groups": param_groups or optimizer.state_dict()["param_groups"]})
+
+
+def read_checkpoint(path: Path, header: str, required: set[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The JSON metadata (under ``header``, with the ``required`` keys) and tensors of a safetensors checkpoint.
+    A damaged one is moved aside (``.damaged``, kept for inspection, out of the next start's way) and refused in
+    one line. Tensors load on the CPU: load_state_dict copies them onto the module's and optimizer's devices."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()[header])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        if not isinstance(meta, dict):
+            raise TypeError("the metadata is not an object")
+        if missing := required - set(meta):
+            raise KeyError(f"no {', '.join(sorted(missing))}")
+    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+        damaged = path.with_name(path.name + ".damaged")
+        os.replace(path, damaged)
+        raise SoftpromptError(f"{path}: the checkpoint is damaged ({type(err).__name__}: {str(err)[:80]}); it was "
+                              f"moved to {damaged.name}; start over with --force") from err
+    return meta, tensors

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -35,6 +33,7 @@ from softprompt.optimizers.base import (
     copy_state,
     epoch_seed,
     optimizer_tensors,
+    read_checkpoint,
     restore_optimizer,
 )
 from softprompt.progress import progress_bar
@@ -139,18 +138,7 @@ def load_checkpoint(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
     if not path.is_file():
         return None
-    # Loaded on the CPU: load_state_dict copies onto the module's and the optimizer's devices.
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["softprompt.checkpoint"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        if missing := {"state", "config", "param_groups"} - set(meta):
-            raise KeyError(f"no {', '.join(sorted(missing))}")
-    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as err:
-        damaged = path.with_name(path.name + ".damaged")
-        os.replace(path, damaged)  # kept for inspection, out of the way of the next start
-        raise SoftpromptError(f"{path}: the checkpoint is damaged ({type(err).__name__}: {str(err)[:80]}); it was "
-                              f"moved to {damaged.name}; start over with --force") from err
+    meta, tensors = read_checkpoint(path, "softprompt.checkpoint", {"state", "config", "param_groups"})
     stored = {"config": meta["config"], "settings": meta.get("settings", {})}
     if stored != identity:
         raise SoftpromptError(

@@ -15,7 +15,6 @@ step's randomness is seeded by (seed, step).
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections.abc import Sequence, Sized
@@ -24,13 +23,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_write
 from softprompt.models import LanguageModel
-from softprompt.optimizers.base import FitResult, epoch_seed
+from softprompt.optimizers.base import FitResult, epoch_seed, read_checkpoint
 from softprompt.optimizers.fluency import Fluency
 from softprompt.prompts import Prompt
 
@@ -201,17 +199,7 @@ def read_state(path: Path, identity: dict[str, Any]) -> tuple[dict[str, Any], di
     same ``identity`` (method, settings); a damaged one is moved aside, with one line saying so."""
     if not path.is_file():
         return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["softprompt.search"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        if not isinstance(meta, dict) or "identity" not in meta or "state" not in meta:
-            raise KeyError("no identity or state")
-    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as err:
-        damaged = path.with_name(path.name + ".damaged")
-        os.replace(path, damaged)
-        raise SoftpromptError(f"{path}: the checkpoint is damaged ({type(err).__name__}: {str(err)[:80]}); it was "
-                              f"moved to {damaged.name}; start over with --force") from err
+    meta, tensors = read_checkpoint(path, "softprompt.search", {"identity", "state"})
     if meta["identity"] != identity:
         raise SoftpromptError(f"{path} was written with search settings {meta['identity']}, not {identity}; resume "
                               "with the same settings, or start a new run directory")
