@@ -42,7 +42,7 @@ from softprompt.probing.relations import Relation
 
 SHARED = shared_data_dir(default=Path(__file__).resolve().parents[2] / "shared" / "data")
 ROOT = Path(__file__).resolve().parent
-METHODS = ("hard", "autoprompt-5", "pez-5", "autoprompt-template", "pez-template")
+METHODS = ("hard", "autoprompt-template", "pez-5", "autoprompt-5", "pez-template")
 TRIGGERS = "[X] [T] [T] [T] [T] [T] [Y]"
 # lama.md's macro P@1 over the ten relations (benchmarks/lama.py, same facts and model).
 QUOTED = {"soft": 48.1, "deep": 51.0}
@@ -51,7 +51,7 @@ QUOTED = {"soft": 48.1, "deep": 51.0}
 def search_for(method: str, steps: int) -> Optimizer | None:
     name = method.partition("-")[0]
     if name == "autoprompt":
-        return AutoPrompt(AutoPromptConfig(steps=steps, eval_every=max(1, steps // 5)), progress=False)
+        return AutoPrompt(AutoPromptConfig(steps=steps, eval_size=32, eval_every=max(1, steps // 5)), progress=False)
     if name == "pez":
         return PEZ(PEZConfig(steps=steps, batch_size=32, eval_every=max(1, steps // 5)), progress=False)
     return None
@@ -107,7 +107,7 @@ def render(cache: Path, args: argparse.Namespace) -> str:
         "",
         f"Model `{args.model}`; the facts of [lama.md](lama.md) (AutoPrompt's train/dev split, the LAMA test set, "
         f"first {args.test_limit} single-token test facts). Searches: {args.steps} steps, the best dev P@1 kept; "
-        "AutoPrompt compares 10 candidates a step on 64 training facts (gradient on 32), PEZ takes 32 facts a "
+        "AutoPrompt compares 10 candidates a step on 32 training facts (gradient on 32), PEZ takes 32 facts a "
         "step. P@1 ×100 over the whole vocabulary. Reproduce: `OMP_NUM_THREADS=1 .venv/bin/python "
         f"benchmarks/trex_discrete.py --steps {args.steps}` (resumable; `--render-only` rewrites this file).",
         "",
