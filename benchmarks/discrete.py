@@ -18,9 +18,11 @@ Data: few-shot, k training and k dev examples per class drawn with the seed (SST
 BoolQ: k = 8 from FewGLUE's 32 examples, the staged train set); evaluation on a stratified sample of the
 validation set (seed 0, the same for every method and seed). Perplexities are under the model itself.
 
-Every (task, method, seed) is one run directory under benchmarks/cache/discrete/<model>/<profile>/; a finished
-one is reused and an interrupted one resumes from its checkpoint. Writes docs/results/discrete.md from what
-has finished, listing what has not. Run it with OMP_NUM_THREADS=1 when another job shares the cores.
+Every (task, method, seed) is one run directory under benchmarks/cache/discrete/<model>/<profile>/ (ignored);
+an interrupted one resumes from its checkpoint. A finished one is published as a small record (its metrics.json,
+with the soft prompt's faithfulness) under benchmarks/results/discrete/<model>/<profile>/, which is committed:
+results outlive the cache, and a later checkout skips what is published. Writes docs/results/discrete.md from
+the records, listing what has not run. Run it with OMP_NUM_THREADS=1 when another job shares the cores.
 """
 
 from __future__ import annotations
@@ -110,16 +112,22 @@ def seeds_of(method: str, seeds: list[int]) -> list[int]:
     return [0] if method == "manual" else seeds
 
 
-def soft_faithfulness(lm: LanguageModel, engine: Engine, out: Path, task_name: str, profile: Profile) -> None:
-    """Patel's Δ_L and perplexity of a trained soft prompt's unembedding, beside its run directory."""
-    target = out.parent / f"{out.name}.faithfulness.json"
-    if target.is_file():
-        return
-    task = load_task(task_name)
-    evaluation = task.load("validation", SHARED)
-    chosen = [evaluation[i] for i in stratified_sample([e.label for e in evaluation], profile.eval_limit, 0)]
-    prompt = load_prompt(out / "prompt.safetensors", lm)
-    write_json(target, faithfulness(engine, prompt, task, chosen, reference=lm).to_dict())
+def record_path(store: Path, task: str, method: str, seed: int) -> Path:
+    return store / task / method / f"seed-{seed}.json"
+
+
+def publish(lm: LanguageModel, engine: Engine, out: Path, record: Path, task_name: str, method: str,
+            profile: Profile) -> None:
+    """Write the committed record of a finished run: its metrics (with the search's history and the prompt's
+    text), and for a soft prompt Patel's Δ_L and the perplexity of its unembedding."""
+    doc = json.loads((out / "metrics.json").read_text())
+    if method == "soft":
+        task = load_task(task_name)
+        evaluation = task.load("validation", SHARED)
+        chosen = [evaluation[i] for i in stratified_sample([e.label for e in evaluation], profile.eval_limit, 0)]
+        prompt = load_prompt(out / "prompt.safetensors", lm)
+        doc["faithfulness"] = faithfulness(engine, prompt, task, chosen, reference=lm).to_dict()
+    write_json(record, doc)
 
 
 def main() -> None:
@@ -135,7 +143,9 @@ def main() -> None:
     if SHARED is None:
         sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
     profile = PROFILES[args.profile]
-    cache = ROOT / "cache" / "discrete" / re.sub(r"[^\w.-]", "_", args.model) / args.profile
+    model_dir = re.sub(r"[^\w.-]", "_", args.model)
+    cache = ROOT / "cache" / "discrete" / model_dir / args.profile
+    store = ROOT / "results" / "discrete" / model_dir / args.profile
     if not args.render_only:
         lm = load_model(args.model)
         engine = Engine(lm)
@@ -144,31 +154,25 @@ def main() -> None:
                 task = load_task(name)
                 train, evaluation = task.load("train", SHARED), task.load("validation", SHARED)
                 for method in args.methods:
-                    out = run_dir(cache, name, method, seed)
-                    if seed not in seeds_of(method, args.seeds) or (out / "metrics.json").is_file():
+                    out, record = run_dir(cache, name, method, seed), record_path(store, name, method, seed)
+                    if seed not in seeds_of(method, args.seeds) or record.is_file():
                         continue
-                    config = replace(profile.soft, seed=seed)
                     start = time.perf_counter()
-                    doc = run_task(lm, task, settings_for(name, method, profile), config, out, train, evaluation,
-                                   resume=True, progress=False, engine=engine,
-                                   search=optimizer_for(method, profile, seed))
-                    if method == "soft":
-                        soft_faithfulness(lm, engine, out, name, profile)
+                    if not (out / "metrics.json").is_file():
+                        run_task(lm, task, settings_for(name, method, profile), replace(profile.soft, seed=seed), out,
+                                 train, evaluation, resume=True, progress=False, engine=engine,
+                                 search=optimizer_for(method, profile, seed))
+                    publish(lm, engine, out, record, name, method, profile)
+                    doc = json.loads(record.read_text())
                     print(f"{name:6} {method:14} seed {seed}  acc {100 * doc['metrics']['accuracy']:5.1f}  "
                           f"{time.perf_counter() - start:5.0f}s  {doc.get('prompt_text', '')!r}", flush=True)
-    write_text(args.out, render(cache, args, profile))
+    write_text(args.out, render(store, args, profile))
     print(f"wrote {args.out}")
 
 
-def load_docs(cache: Path, task: str, method: str, seeds: list[int]) -> list[dict[str, Any]]:
-    docs = []
-    for seed in seeds_of(method, seeds):
-        path = run_dir(cache, task, method, seed)
-        if (path / "metrics.json").is_file():
-            doc = json.loads((path / "metrics.json").read_text())
-            side = path.parent / f"{path.name}.faithfulness.json"
-            docs.append(doc | ({"faithfulness": json.loads(side.read_text())} if side.is_file() else {}))
-    return docs
+def load_docs(store: Path, task: str, method: str, seeds: list[int]) -> list[dict[str, Any]]:
+    paths = [record_path(store, task, method, seed) for seed in seeds_of(method, seeds)]
+    return [json.loads(p.read_text()) for p in paths if p.is_file()]
 
 
 def cell(values: list[float], scale: float = 100, digits: int = 1) -> str:
@@ -206,12 +210,12 @@ def trade_off(means: dict[str, tuple[float, float | None]], family: str, weight:
     return f"{family}: {steps}; {verdict}."
 
 
-def findings(cache: Path, args: argparse.Namespace) -> list[str]:
+def findings(store: Path, args: argparse.Namespace) -> list[str]:
     out = []
     for name in args.tasks:
         means: dict[str, tuple[float, float | None]] = {}
         for method in args.methods:
-            docs = load_docs(cache, name, method, args.seeds)
+            docs = load_docs(store, name, method, args.seeds)
             if docs:
                 ppl = [d.get("perplexity") for d in docs if d.get("perplexity") is not None]
                 means[method] = (statistics.fmean(d["metrics"]["accuracy"] for d in docs),
@@ -224,15 +228,15 @@ def findings(cache: Path, args: argparse.Namespace) -> list[str]:
     return out
 
 
-def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
+def render(store: Path, args: argparse.Namespace, profile: Profile) -> str:
     lines = [
         "# Discrete prompts on SmolLM2: PEZ with a fluency regulariser, RLPrompt with a perplexity reward, "
         "AutoPrompt (Patel et al. §4)",
         "",
         f"Model `{args.model}` (causal, fp32, frozen); profile `{args.profile}`. Reproduce: "
         f"`OMP_NUM_THREADS=1 .venv/bin/python benchmarks/discrete.py --profile {args.profile}` (resumable; "
-        "`--render-only` rewrites this file from the cache). The method list and the data are in the script's "
-        "docstring. Accuracy ×100, mean ± std over the seeds that finished; perplexity of the prompt's tokens "
+        "`--render-only` rewrites this file from the committed records). The method list and the data are in the "
+        "script's docstring. Accuracy ×100, mean ± std over the seeds that finished; perplexity of the prompt's tokens "
         "under the model itself (mean over seeds); Δ_L is "
         "|accuracy of the soft prompt − accuracy of its nearest-token unembedding| (0 by construction for the "
         "discrete methods, whose vectors are tokens); scorings are (prompt, example) pairs scored, forward "
@@ -244,7 +248,7 @@ def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
     missing, texts = [], []
     for name in args.tasks:
         for method in args.methods:
-            docs = load_docs(cache, name, method, args.seeds)
+            docs = load_docs(store, name, method, args.seeds)
             expected = len(seeds_of(method, args.seeds))
             if len(docs) < expected:
                 missing.append(f"{name} {method} ({len(docs)}/{expected} seeds)")
@@ -265,7 +269,7 @@ def render(cache: Path, args: argparse.Namespace, profile: Profile) -> str:
                 if "prompt_text" in d:
                     texts.append(f"| {name} | {method} | {seed} | {100 * d['metrics']['accuracy']:.1f} | "
                                  f"{d['perplexity']:.0f} | `{json.dumps(d['prompt_text'])[1:-1]}` |")
-    lines += ["", "## Findings (generated from the table)", "", *findings(cache, args)]
+    lines += ["", "## Findings (generated from the table)", "", *findings(store, args)]
     lines += ["", "## The prompts found", "", "| task | method | seed | accuracy | perplexity | text |",
               "|---|---|---|---|---|---|", *texts]
     if missing:

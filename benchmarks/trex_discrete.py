@@ -13,9 +13,10 @@ Each search keeps the prompt with the best dev P@1 (then dev loss); the test met
 the whole vocabulary, as in lama.md. The soft (48.1) and deep (51.0) macro P@1 of lama.md are quoted, not
 rerun (hours of CPU).
 
-Resumable: each (relation, method) run lives in benchmarks/cache/trex_discrete/<model>/<relation>/<method>/;
-a finished one is reused and an interrupted one resumes from its checkpoint. Writes
-docs/results/trex_discrete.md from what has finished. Run with OMP_NUM_THREADS=1 beside another job.
+Resumable: each (relation, method) run lives in benchmarks/cache/trex_discrete/<model>/<relation>/<method>/
+(ignored), and an interrupted one resumes from its checkpoint. A finished one is published as its metrics.json
+under benchmarks/results/trex_discrete/<model>/steps-N/ (committed), which a later checkout skips. Writes
+docs/results/trex_discrete.md from the records. Run with OMP_NUM_THREADS=1 beside another job.
 """
 
 from __future__ import annotations
@@ -77,14 +78,19 @@ def main() -> None:
     args = parser.parse_args()
     if SHARED is None:
         sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
-    cache = ROOT / "cache" / "trex_discrete" / re.sub(r"[^\w.-]", "_", args.model)
+    model_dir = re.sub(r"[^\w.-]", "_", args.model)
+    cache = ROOT / "cache" / "trex_discrete" / model_dir
+    store = ROOT / "results" / "trex_discrete" / model_dir / f"steps-{args.steps}"
     if not args.render_only:
         lm = load_model(args.model)
         engine = Engine(lm)
         for method in args.methods:  # methods outermost: a partial run covers every relation for a method
             for rel in args.relations:
-                out = cache / rel / method
+                out, record = cache / rel / method, store / rel / f"{method}.json"
+                if record.is_file():
+                    continue
                 if (out / "metrics.json").is_file():
+                    write_text(record, (out / "metrics.json").read_text())
                     continue
                 base = load_relation(SHARED / "qin_eisner_soft_prompts" / "db" / "trex_original" / rel,
                                      templates_file=SHARED / "lama" / "relations.jsonl", name=rel)
@@ -93,15 +99,16 @@ def main() -> None:
                 doc = run_probe(lm, relation, out, mode="hard", init=init, config=TrainConfig(),
                                 limits={"test": args.test_limit}, resume=True, progress=False, engine=engine,
                                 search=search_for(method, args.steps))
+                write_text(record, json.dumps(doc, indent=2))
                 print(f"{rel:6} {method:20} P@1 {100 * doc['test']['p@1']:5.1f}  {time.perf_counter() - start:5.0f}s"
                       f"  {doc.get('prompt_text', '')!r}", flush=True)
-    write_text(args.out, render(cache, args))
+    write_text(args.out, render(store, args))
     print(f"wrote {args.out}")
 
 
-def render(cache: Path, args: argparse.Namespace) -> str:
-    docs = {m: {r: json.loads((cache / r / m / "metrics.json").read_text()) for r in args.relations
-                if (cache / r / m / "metrics.json").is_file()} for m in args.methods}
+def render(store: Path, args: argparse.Namespace) -> str:
+    docs = {m: {r: json.loads((store / r / f"{m}.json").read_text()) for r in args.relations
+                if (store / r / f"{m}.json").is_file()} for m in args.methods}
     lines = [
         "# T-REx-10: AutoPrompt and PEZ against the manual template (SmolLM2)",
         "",
@@ -109,7 +116,8 @@ def render(cache: Path, args: argparse.Namespace) -> str:
         f"first {args.test_limit} single-token test facts). Searches: {args.steps} steps, the best dev P@1 kept; "
         "AutoPrompt compares 10 candidates a step on 32 training facts (gradient on 32), PEZ takes 32 facts a "
         "step. P@1 ×100 over the whole vocabulary. Reproduce: `OMP_NUM_THREADS=1 .venv/bin/python "
-        f"benchmarks/trex_discrete.py --steps {args.steps}` (resumable; `--render-only` rewrites this file).",
+        f"benchmarks/trex_discrete.py --steps {args.steps}` (resumable; `--render-only` rewrites this file from the "
+        "committed records).",
         "",
         "| relation | " + " | ".join(args.methods) + " |",
         "|---|" + "---|" * len(args.methods),

@@ -1,0 +1,307 @@
+"""Scoring K candidate prompts on one batch: ``softprompt.prompt_scorer.score_candidates`` vs the naive loop.
+
+    .venv/bin/python benchmarks/prompt_scorer.py [--facts 64] [--inputs 16] [--k 32] [--repeats 3]
+        [--threads 2] [--relation P19] [--out results.json]
+
+What a discrete search step costs (AutoPrompt's swaps, GPS/RLPrompt's populations): the scores of K candidate
+prompts of 5 tokens on the same batch. Three ways, timed in the same run, the same ``read`` after each:
+
+- naive: one forward per candidate over the whole batch (``Engine.answer_logits`` for probing,
+  ``tasks.scoring.query_logits`` for tasks), then ``read`` on its logits;
+- batched: ``score_candidates(..., share_prefix=False)``: every candidate in one batch of rows (up to
+  ``MAX_ROWS`` = 512 rows a pass), the projection at the query positions only;
+- scorer: ``score_candidates(..., share_prefix=True)``: batched, and each row's part before the first prompt
+  position where the candidates differ runs once, its key/value cache shared by every candidate.
+
+``read`` is cheap and identical in all three: probing keeps the gold answer's log-probability and the best
+other token's; tasks keep the log-probabilities of the two verbalizers.
+
+Profiles (each a ratio naive / batched and naive / scorer, with seconds):
+
+1. probe swaps: T-REx (--relation, test split, the first --facts facts with a single-token answer) under the
+   trigger template "[X] [T] [T] [T] [T] [T] [Y]"; a current 5-token prompt and K candidates that replace one
+   position by K tokens (AutoPrompt's swap evaluation), for each swap position 0..4; the mean over positions.
+2. SST-2 swaps: the first --inputs validation sentences of the built-in sst2 task, prompt after the input
+   ("{input} [P*5]", RLPrompt's placement) and before it ("[P*5]{input}", prefix: only the prompt tokens
+   before the swapped one can be shared); every swap position 0..4, the mean.
+3. populations: K random 5-token prompts, all different (GPS / RLPrompt), on the probe facts and on the
+   SST-2 inputs with "{input} [P*5]".
+
+Every time is the median of --repeats timed passes after a warm-up; within a pass the methods run in rotating
+order, so that load from other processes hits them alike. The naive loop and the batched path never look at
+the candidates' values (they run every position of every row for each candidate), so they are timed once per
+batch, on its first candidate set; the scorer is timed on every candidate set. Before timing, every candidate
+set is checked: the scorer's and the batched path's scores equal the naive loop's within 1e-4 (max abs diff
+printed; the check runs the naive loop on 8 of the K candidates, spread over the scorer's chunks, and the timed
+naive runs compare all K). "positions" counts the token positions the LM body runs (a forward pre-hook),
+per method, relative to naive.
+
+Needs ../shared/data (or $SOFTPROMPT_SHARED_DATA). With the defaults it takes about 10 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+
+from softprompt.engine import MAX_ROWS, Engine, Tokens
+from softprompt.models import LanguageModel, load_model
+from softprompt.paths import shared_data_dir
+from softprompt.probing import load_relation
+from softprompt.prompt_scorer import Queries, Read, score_candidates
+from softprompt.prompts.task import TaskPrompt
+from softprompt.tasks import TaskEncoder, load_task
+from softprompt.tasks.scoring import collate_rows, query_logits
+from softprompt.templates import TemplateEncoder
+
+# The staged datasets beside this checkout, unless $SOFTPROMPT_SHARED_DATA says otherwise (as benchmarks/lama.py).
+SHARED_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
+TRIGGERS = "[X] [T] [T] [T] [T] [T] [Y]"
+PROMPT_LENGTH = 5
+TOLERANCE = 1e-4
+METHODS = ("naive", "batched", "scorer")
+CHECKED = 4  # candidates per set that the untimed agreement check runs through the naive loop
+
+
+@dataclass
+class Unit:
+    """One batch and how the naive loop scores one candidate's vectors on it."""
+
+    name: str
+    engine: Engine
+    batch: Tokens
+    queries: Queries
+    naive_logits: Callable[[torch.Tensor], torch.Tensor]  # (L, d) vectors -> (Q, V) query logits
+    read: Read
+    sets: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (K, L) candidate token ids
+
+
+def probe_read(gold: torch.Tensor) -> Read:
+    """(k, Q, V) logits -> (k, Q, 2): the gold answer's log-probability and the best other token's."""
+
+    def read(logits: torch.Tensor) -> torch.Tensor:
+        logp = logits.log_softmax(-1)
+        index = gold.expand(len(logp), -1)[..., None]
+        others = logp.scatter(-1, index, float("-inf")).amax(-1)
+        return torch.stack([logp.gather(-1, index)[..., 0], others], -1)
+
+    return read
+
+
+def verbalizer_read(ids: tuple[int, ...]) -> Read:
+    """(k, Q, V) logits -> (k, Q, C): the verbalizers' log-probabilities."""
+    return lambda logits: logits.log_softmax(-1)[..., list(ids)]
+
+
+def candidate_sets(lm: LanguageModel, k: int, positions: list[int], population: bool, gen: torch.Generator
+                   ) -> dict[str, torch.Tensor]:
+    """(k, 5) token ids per set: a population of k random prompts (if asked), then AutoPrompt's swap set at each
+    position (a current prompt with that position replaced by k tokens)."""
+    low = len(lm.tokenizer.all_special_ids)
+    sets = {"population": torch.randint(low, lm.vocab_size, (k, PROMPT_LENGTH), generator=gen)} if population else {}
+    current = torch.randint(low, lm.vocab_size, (PROMPT_LENGTH,), generator=gen)
+    for position in positions:
+        ids = current.repeat(k, 1)
+        ids[:, position] = torch.randint(low, lm.vocab_size, (k,), generator=gen)
+        sets[f"swap@{position}"] = ids
+    return sets
+
+
+def probe_unit(lm: LanguageModel, engine: Engine, shared: Path, relation: str, facts: int) -> Unit:
+    rel = load_relation(shared / "qin_eisner_soft_prompts" / "db" / "trex_original" / relation,
+                        templates_file=shared / "lama" / "relations.jsonl", name=relation)
+    encoder = TemplateEncoder(TRIGGERS, lm)
+    examples = [e for e in (encoder.encode(f.subject, f.answer) for f in rel.splits["test"]) if e is not None]
+    batch = engine.collate(examples[:facts])
+    gold = torch.tensor([e.answer_id for e in examples[:facts]])
+    queries = Queries(torch.arange(len(batch)), batch.answer_positions)
+    return Unit(f"T-REx {relation}, `{TRIGGERS}`", engine, batch, queries,
+                lambda v: engine.answer_logits(batch, v), probe_read(gold))
+
+
+def task_unit(lm: LanguageModel, engine: Engine, shared: Path, layout: str, inputs: int) -> Unit:
+    task = load_task("sst2")
+    examples = task.load("validation", data_dir=shared)[:inputs]
+    prompt = TaskPrompt(lm, layout, 0, init="vocab")
+    encoded = TaskEncoder(lm, task, prompt).encode(examples)
+    batch = collate_rows(encoded.rows, lm.tokenizer.pad_token_id, engine.padding_side == "left", lm.device)
+    return Unit(f"SST-2, `{layout}`", engine, batch, Queries(batch.query_rows, batch.query_positions),
+                lambda v: query_logits(engine, batch, v, None), verbalizer_read(encoded.shared_ids))
+
+
+def run(method: str, unit: Unit, vectors: torch.Tensor) -> torch.Tensor:
+    if method == "naive":
+        with torch.inference_mode():
+            return torch.cat([unit.read(unit.naive_logits(v)[None]) for v in vectors])
+    return score_candidates(unit.engine, unit.batch, unit.queries, vectors, unit.read, max_rows=MAX_ROWS,
+                            share_prefix=method == "scorer")
+
+
+class PositionCounter:
+    """Token positions the LM body runs (rows × width of every forward), via a forward pre-hook."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.count = 0
+        self.handle = engine.body.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, _module: object, _args: object, kwargs: dict) -> None:
+        self.count += kwargs["inputs_embeds"].shape[:2].numel()
+
+
+def timed(method: str, unit: Unit, vectors: torch.Tensor, counter: PositionCounter) -> tuple[float, int, torch.Tensor]:
+    counter.count = 0
+    start = time.perf_counter()
+    out = run(method, unit, vectors)
+    return time.perf_counter() - start, counter.count, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--relation", default="P19")
+    parser.add_argument("--facts", type=int, default=64, help="probe facts (rows of the probing batch)")
+    parser.add_argument("--inputs", type=int, default=16, help="SST-2 validation inputs (rows of the task batches)")
+    parser.add_argument("--k", type=int, default=32, help="candidates per set")
+    parser.add_argument("--prefix-swaps", type=int, nargs="*", default=[0, 4],
+                        help="swap positions timed with the prefix layout [P*5]{input}")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="write the raw numbers as JSON")
+    args = parser.parse_args()
+    shared = shared_data_dir(default=SHARED_DEFAULT)
+    if shared is None or not shared.is_dir():
+        sys.exit("benchmarks/prompt_scorer.py needs the staged data in ../shared/data (or $SOFTPROMPT_SHARED_DATA)")
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    lm = load_model(args.model)
+    engine = Engine(lm)
+    gen = torch.Generator().manual_seed(args.seed)
+    probe = probe_unit(lm, engine, shared, args.relation, args.facts)
+    after = task_unit(lm, engine, shared, "{input} [P*5]", args.inputs)
+    before = task_unit(lm, engine, shared, "[P*5]{input}", args.inputs)
+    everywhere = list(range(PROMPT_LENGTH))
+    for unit, positions, population in ((probe, everywhere, True), (after, everywhere, True),
+                                        (before, args.prefix_swaps, False)):
+        unit.sets = candidate_sets(lm, args.k, positions, population, gen)
+    units = {"probe": probe, "sst2-after": after, "sst2-before": before}
+    counter = PositionCounter(engine)
+    records: dict[str, dict] = {}
+    pick = torch.linspace(0, args.k - 1, CHECKED).round().long()  # spread over the scorer's chunks
+    for key, unit in units.items():
+        unit_start = time.perf_counter()
+        vectors = {name: lm.embed(ids).detach() for name, ids in unit.sets.items()}
+        rows, width = unit.batch.input_ids.shape
+        print(f"{key}: {rows} rows × {width} positions ({int(unit.batch.attention_mask.sum())} real), "
+              f"K={args.k}, sets {', '.join(vectors)}", flush=True)
+        # Warm-up and the reference of the agreement check: the naive loop on CHECKED candidates of every set.
+        run("scorer", unit, vectors[next(iter(vectors))][:2])
+        reference = {name: run("naive", unit, v[pick]) for name, v in vectors.items()}
+        # Timing: naive and batched on the first set, the scorer on every set, methods in rotating order.
+        first = next(iter(vectors))
+        jobs = [("naive", first), ("batched", first)] + [("scorer", name) for name in vectors]
+        times: dict[str, list[float]] = {f"{m}/{n}": [] for m, n in jobs}
+        positions: dict[str, int] = {}
+        diffs: dict[str, float] = dict.fromkeys(times, 0.0)
+        for r in range(args.repeats):
+            shift = r % len(jobs)
+            outs = {}
+            for method, name in jobs[shift:] + jobs[:shift]:
+                seconds, count, out = timed(method, unit, vectors[name], counter)
+                times[f"{method}/{name}"].append(seconds)
+                positions[f"{method}/{name}"] = count
+                outs[method, name] = out
+                diffs[f"{method}/{name}"] = max(diffs[f"{method}/{name}"],
+                                                float((out[pick] - reference[name]).abs().max()))
+            for method in ("batched", "scorer"):  # every candidate of the first set against the timed naive loop
+                diff = float((outs[method, first] - outs["naive", first]).abs().max())
+                diffs[f"{method}/{first}"] = max(diffs[f"{method}/{first}"], diff)
+        worst = max(diffs.values())
+        records[key] = {"unit": unit.name, "rows": rows, "width": width,
+                        "real_positions": int(unit.batch.attention_mask.sum()), "k": args.k,
+                        "sets": {n: ids.tolist() for n, ids in unit.sets.items()}, "times": times,
+                        "positions": positions, "max_abs_diffs": diffs, "max_abs_diff": worst,
+                        "seconds": time.perf_counter() - unit_start}
+        print(f"  max abs diff vs naive: {worst:.2e}; {records[key]['seconds']:.0f} s", flush=True)
+        if args.out:  # after every batch, so that a long run can be watched
+            write_json(args.out, meta(args, lm, time.perf_counter() - started), records)
+        if worst > TOLERANCE:
+            sys.exit(f"{key}: the scores differ from the naive loop's by {worst:.2e} > {TOLERANCE}")
+    counter.handle.remove()
+    info = meta(args, lm, time.perf_counter() - started)
+    print()
+    print(f"{info['date']}, {info['machine']}, {info['cpus']} CPUs, torch threads {info['torch_threads']}, "
+          f"torch {info['torch']}, transformers {info['transformers']}, {info['dtype']}, "
+          f"{info['seconds']:.0f} s in all")
+    print()
+    print(render(records))
+    if args.out:
+        write_json(args.out, info, records)
+        print(f"wrote {args.out}")
+
+
+def meta(args: argparse.Namespace, lm: LanguageModel, seconds: float) -> dict:
+    return {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} {platform.system()}",
+            "cpus": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__,
+            "transformers": transformers.__version__, "model": args.model, "dtype": str(lm.model.dtype),
+            "args": {k: str(v) for k, v in vars(args).items()}, "max_rows": MAX_ROWS, "seconds": seconds}
+
+
+def write_json(path: Path, info: dict, records: dict[str, dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": info, "profiles": records}, indent=1))
+
+
+def median(times: dict[str, list[float]], key: str) -> float:
+    return statistics.median(times[key])
+
+
+def render(records: dict[str, dict]) -> str:
+    """The summary table (one row per profile) and the per-set detail table."""
+    lines = ["| profile | batch (rows × positions) | naive s | batched s | scorer s | naive/batched | naive/scorer | "
+             "positions run, batched / scorer (naive = 1) | max abs diff |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    detail = ["| batch | candidate set | scorer s | naive/scorer | positions run by the scorer (naive = 1) | "
+              "max abs diff |", "|---|---|---:|---:|---:|---:|"]
+    for rec in records.values():
+        times, positions, diffs = rec["times"], rec["positions"], rec["max_abs_diffs"]
+        naive_key = next(k for k in times if k.startswith("naive/"))
+        batched_key = "batched/" + naive_key.partition("/")[2]
+        naive, batched = median(times, naive_key), median(times, batched_key)
+        for kind in ("swap", "population"):
+            sets = [k for k in times if k.startswith("scorer/" + kind)]
+            if not sets:
+                continue
+            label = "population" if kind == "population" else "swaps at position " + ", ".join(
+                k.partition("@")[2] for k in sets) + (" (mean)" if len(sets) > 1 else "")
+            scorer = statistics.mean(median(times, k) for k in sets)
+            ratio = statistics.mean(naive / median(times, k) for k in sets)
+            scorer_positions = statistics.mean(positions[k] for k in sets) / positions[naive_key]
+            diff = max(diffs[k] for k in [batched_key, *sets])
+            lines.append(f"| {rec['unit']}: {label} | {rec['rows']} × {rec['width']}, K={rec['k']} | {naive:.1f} | "
+                         f"{batched:.1f} | {scorer:.1f} | {naive / batched:.2f}× | **{ratio:.2f}×** | "
+                         f"{positions[batched_key] / positions[naive_key]:.2f} / {scorer_positions:.2f} | "
+                         f"{diff:.1e} |")
+        for k in times:
+            if k.startswith("scorer/"):
+                detail.append(f"| {rec['unit']} | {k.partition('/')[2]} | {median(times, k):.2f} | "
+                              f"{naive / median(times, k):.2f}× | {positions[k] / positions[naive_key]:.2f} | "
+                              f"{diffs[k]:.1e} |")
+    return "\n".join([*lines, "", *detail])
+
+
+if __name__ == "__main__":
+    main()
