@@ -326,3 +326,16 @@ def test_a_damaged_search_checkpoint_is_set_aside_in_one_line(causal_lm: Languag
     assert str(err.value).startswith(f"{checkpoint}: the checkpoint is damaged (")
     assert str(err.value).endswith("it was moved to checkpoint.safetensors.damaged; start over with --force")
     assert not checkpoint.exists() and (tmp_path / "checkpoint.safetensors.damaged").is_file()
+
+
+def test_scores_do_not_depend_on_how_items_are_grouped_into_passes(causal_lm: LanguageModel) -> None:
+    """Items scored in length groups of 2 (several passes, each with its own shared prefix and padding) score
+    as in one pass, and come back in the items' order."""
+    whole = template_search(causal_lm, "[X] [T] [T] [Y] .")
+    grouped = template_search(causal_lm, "[X] [T] [T] [Y] .")
+    grouped.batch_size = 2
+    ids = torch.tensor([whole.initial_ids, [7, 8], [9, 9]])
+    a, b = whole.scores(ids, [4, 0, 3, 1]), grouped.scores(ids, [4, 0, 3, 1])
+    assert torch.allclose(a.gold, b.gold, atol=1e-5) and torch.allclose(a.best_other, b.best_other, atol=1e-5)
+    single = whole.scores(ids, [3])
+    assert torch.allclose(single.gold[:, 0], a.gold[:, 2], atol=1e-5)
