@@ -40,6 +40,12 @@ class CandidateScores:
     gold: torch.Tensor  # (K, n) log-probability of each item's gold answer, normalised over its answer space
     best_other: torch.Tensor  # (K, n) that of the most probable wrong answer
 
+    @classmethod
+    def from_logprobs(cls, logp: torch.Tensor, gold: torch.Tensor) -> CandidateScores:
+        """From (K, n, A) log-probabilities over each item's answer space and the (n,) gold answers."""
+        index = gold.to(logp.device)[None, :, None].expand(len(logp), -1, 1)
+        return cls(logp.gather(-1, index)[..., 0], logp.scatter(-1, index, float("-inf")).amax(-1))
+
     def loss(self) -> torch.Tensor:
         """(K,) mean negative log-likelihood of the gold answers."""
         return -self.gold.mean(1)

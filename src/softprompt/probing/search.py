@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +26,10 @@ from softprompt.templates import Example, TemplateEncoder
 SEARCH_BATCH_SIZE = 64
 
 
-def gold_and_best_other(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+def gold_and_best_other(gold: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """(k, n, 2): each item's gold log-probability and the best wrong answer's, from (k, n, V) logits."""
-    logp = logits.log_softmax(-1)
-    index = gold.to(logp.device)[None, :, None].expand(len(logp), -1, 1)
-    gold_logp = logp.gather(-1, index)
-    other = logp.scatter(-1, index, float("-inf")).amax(-1, keepdim=True)
-    return torch.cat([gold_logp, other], -1).float().cpu()
+    scores = CandidateScores.from_logprobs(logits.log_softmax(-1), gold)
+    return torch.stack([scores.gold, scores.best_other], -1).float().cpu()
 
 
 @dataclass
@@ -68,7 +66,7 @@ class TemplateSearch:
             batch = self.engine.collate([facts[chosen[i]] for i in group])
             queries = Queries(torch.arange(len(group), device=batch.input_ids.device), batch.answer_positions)
             out[:, group] = score_candidates(self.engine, batch, queries, vectors,
-                                             lambda logits, gold=batch.answer_ids: gold_and_best_other(logits, gold))
+                                             partial(gold_and_best_other, batch.answer_ids))
         return CandidateScores(out[..., 0], out[..., 1])
 
     def loss(self, vectors: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 
 from softprompt.engine import Engine
 from softprompt.prompts import TaskPrompt
-from softprompt.tasks.scoring import Encoded, choice_loss, choice_scores, example_rows, row_scores
+from softprompt.tasks.scoring import Encoded, choice_loss, choice_scores, example_rows, example_sizes, row_scores
 
 
 @dataclass
@@ -23,10 +23,7 @@ class ChoiceObjective:
 
     @property
     def items(self) -> list[range]:
-        # length_batches only needs each example's size: its rows' total token count.
-        per = 1 if self.train.shared_ids is not None else self.train.num_choices
-        rows = self.train.rows
-        return [range(sum(len(rows[i * per + c]) for c in range(per))) for i in range(self.train.num_examples)]
+        return example_sizes(self.train)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         return [{"params": self.prompt.trainable_parameters(), "lr": lr}]

@@ -262,6 +262,11 @@ def choice_scores(engine: Engine, encoded: Encoded, vectors: torch.Tensor | None
     return out.view(encoded.num_examples, encoded.num_choices)
 
 
+def example_sizes(encoded: Encoded) -> list[range]:
+    """Each example as a sized item (its rows' total token count): what length batching and samplers need."""
+    return [range(sum(len(encoded.rows[r]) for r in example_rows(encoded, [i]))) for i in range(encoded.num_examples)]
+
+
 def example_rows(encoded: Encoded, examples: Sequence[int]) -> list[int]:
     """Row indices of the given examples (one row each, or one per choice)."""
     per = 1 if encoded.shared_ids is not None else encoded.num_choices

@@ -19,7 +19,15 @@ from softprompt.models import LanguageModel
 from softprompt.optimizers.search import CandidateScores, starting_ids
 from softprompt.prompt_scorer import Queries, score_candidates
 from softprompt.prompts import TaskPrompt
-from softprompt.tasks.scoring import CHOICE_BATCH_SIZE, Encoded, choice_loss, collate_rows, example_rows, row_scores
+from softprompt.tasks.scoring import (
+    CHOICE_BATCH_SIZE,
+    Encoded,
+    choice_loss,
+    collate_rows,
+    example_rows,
+    example_sizes,
+    row_scores,
+)
 
 
 def rows_from_logits(encoded: Encoded, targets: torch.Tensor, query_rows: torch.Tensor, rows: int,
@@ -45,8 +53,10 @@ class LayoutSearch:
     classification: bool = True
     free: tuple[int, ...] = field(init=False)
     initial_ids: tuple[int, ...] = field(init=False)
+    items: list[range] = field(init=False)  # the training examples as sized items, computed once
 
     def __post_init__(self) -> None:
+        self.items = example_sizes(self.train)
         self.free = tuple(range(self.prompt.length))
         base = [self.lm.tokenizer.pad_token_id] * self.prompt.length
         self.initial_ids = starting_ids(self.lm, base, self.free, "random" if self.init == "keep" else self.init,
@@ -55,12 +65,6 @@ class LayoutSearch:
     @property
     def lm(self) -> LanguageModel:
         return self.engine.lm
-
-    @property
-    def items(self) -> list[range]:
-        # length_batches and samplers only need each example's size: its rows' total token count.
-        return [range(sum(len(self.train.rows[r]) for r in example_rows(self.train, [i])))
-                for i in range(self.train.num_examples)]
 
     @property
     def dev(self) -> list[int]:
@@ -87,11 +91,7 @@ class LayoutSearch:
         scores = self.choice_scores(candidates, encoded, examples)
         if self.normalise:
             scores = scores / encoded.choice_lengths[examples]
-        logp = scores.log_softmax(-1)
-        labels = encoded.labels[examples][None, :, None].expand(len(candidates), -1, 1)
-        gold = logp.gather(-1, labels)[..., 0]
-        other = logp.scatter(-1, labels, float("-inf")).amax(-1)
-        return CandidateScores(gold, other)
+        return CandidateScores.from_logprobs(scores.log_softmax(-1), encoded.labels[examples])
 
     def loss(self, vectors: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
         indices = list(indices)
