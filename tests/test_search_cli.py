@@ -77,3 +77,38 @@ def test_analyze_reads_a_searched_prompt_as_faithful_by_construction(
     assert faithfulness["distance"] == 0 and faithfulness["performance"] == 0
     assert faithfulness["perplexity"] == pytest.approx(read_json(run / "metrics.json")["perplexity"], rel=1e-5)
     assert doc["runs"][0]["kind"] == "hard"
+
+
+def test_gps_evolves_prompts_that_task_eval_scores_the_same(task_dir: Path, model_dirs: dict[str, Path],  # noqa: F811
+                                                           tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ("search", "gps", "--task", task_dir / "capital.yaml", "--data-dir", task_dir, "--model",
+            model_dirs["causal"], "--out", run, "--iterations", 1, "--top-k", 2, "--children", 2, "--prompt",
+            "Capital?\n{input}", "--prompt", "Options: {options}\n{input}", "--quiet")
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    metrics = read_json(run / "metrics.json")
+    lineage = [json.loads(line) for line in (run / "lineage.jsonl").read_text().splitlines()]
+    assert [row["text"] for row in lineage[:2]] == ["Capital?\n{input}", "Options: {options}\n{input}"]
+    assert {row["mutator"] for row in lineage[2:]} <= {"paraphrase", "infill"}
+    assert metrics["prompt_text"] == metrics["final"][0]["text"] and len(metrics["final"]) == 2
+    assert read_json(run / "config.json")["search"]["initial"] == ["Capital?\n{input}", "Options: {options}\n{input}"]
+    evaluated = tmp_path / "eval"
+    result = invoke("task", "eval", task_dir / "capital.yaml", "--data-dir", task_dir, "--model", model_dirs["causal"],
+                    "--prompt", run / "prompt.safetensors", "--out", evaluated)
+    assert result.exit_code == 0, result.output
+    assert read_json(evaluated / "metrics.json")["metrics"] == metrics["metrics"]
+    assert_user_error(invoke(*args), "already holds a finished run")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--prompt", "no slot here"), "initial prompt 'no slot here' must contain the input slot {input} exactly once"),
+    (("--mutator", "crossover"), "unknown mutator 'crossover'; choose from: paraphrase, infill, backtranslate"),
+    (("--mutator", "backtranslate"), "back-translation needs --mutator backtranslate with both --translate-with"),
+])
+def test_gps_refuses_bad_options_in_one_line(extra: tuple[str, ...], message: str, task_dir: Path,  # noqa: F811
+                                             model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    result = invoke("search", "gps", "--task", task_dir / "capital.yaml", "--data-dir", task_dir, "--model",
+                    model_dirs["causal"], "--out", tmp_path / "run", "--iterations", 1, "--quiet", *extra)
+    assert_user_error(result, message)
+    assert not (tmp_path / "run" / "metrics.json").exists()

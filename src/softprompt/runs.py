@@ -3,8 +3,9 @@
 A run directory holds ``config.json`` (the settings that identify the run, written before any work),
 ``checkpoint.safetensors`` (while and after training: it is what ``--resume`` continues),
 ``prompt.safetensors``, ``predictions.jsonl``, ``dropped.jsonl`` (facts a probing run could not use, and
-why) and, written last so that its presence marks the run as finished, ``metrics.json`` (with the run's
-``warnings``). Every file is written atomically. One rule decides whether a run may start in a directory
+why), ``lineage.jsonl`` (every prompt a genetic search scored, and where it came from) and, written last
+so that its presence marks the run as finished, ``metrics.json`` (with the run's ``warnings``). Every file
+is written atomically. One rule decides whether a run may start in a directory
 (``RunDir.prepare``), and one check says which settings differ from the stored run's.
 
 A run holds the directory's lock (``.lock``, an advisory ``flock`` that the system releases when the process
@@ -37,12 +38,13 @@ CONFIG = "config.json"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.jsonl"
 DROPPED = "dropped.jsonl"
+LINEAGE = "lineage.jsonl"
 PROMPT = "prompt.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 WARMUP = "warmup.safetensors"
 LOCK = ".lock"
 # What a run leaves, in the order a new run removes it: the finished marker first, the identity last.
-RUN_FILES = (METRICS, PREDICTIONS, PROMPT, CHECKPOINT, WARMUP, DROPPED, CONFIG)
+RUN_FILES = (METRICS, PREDICTIONS, PROMPT, CHECKPOINT, WARMUP, DROPPED, LINEAGE, CONFIG)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +151,7 @@ class RunDir:
             left.unlink(missing_ok=True)
 
     def write_rows(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Write one of the run's JSONL files besides the predictions (``DROPPED``), within ``open``."""
+        """Write one of the run's JSONL files besides the predictions (``DROPPED``, ``LINEAGE``), within ``open``."""
         write_jsonl(self.path / name, list(rows))
 
     def finish(self, metrics: Mapping[str, Any], predictions: Sequence[dict[str, Any]], prompt: Prompt | None = None,

@@ -1,5 +1,6 @@
 """``softprompt search pez|autoprompt|rlprompt``: search a hard prompt for a task (``--task``) or a relation
-(``--data``). Each command builds its optimizer from its options and hands it to the task or probing run."""
+(``--data``); ``softprompt search gps``: evolve instruction prompts for a task. Each command builds its optimizer
+from its options and hands it to the task or probing run."""
 
 from __future__ import annotations
 
@@ -39,15 +40,19 @@ from softprompt.optimizers import TrainConfig
 from softprompt.optimizers.autoprompt import AutoPrompt, AutoPromptConfig
 from softprompt.optimizers.base import Optimizer
 from softprompt.optimizers.fluency import Fluency
+from softprompt.optimizers.gps import GeneticPromptSearch, GPSConfig
+from softprompt.optimizers.mutators import BackTranslation, Paraphrase, SpanInfill
 from softprompt.optimizers.pez import PEZ, PEZConfig
 from softprompt.optimizers.rlprompt import RLPrompt, RLPromptConfig
 from softprompt.probing import encode_relation, run_probe
 from softprompt.probing.probe import resume_settings, run_settings
 from softprompt.runs import RunDir
 from softprompt.tasks import TaskSettings, load_task, run_task
+from softprompt.tasks.gps import run_gps
 from softprompt.tasks.run import load_split, task_run_settings
 
-app = typer.Typer(help="Search a hard prompt (token ids) for a task or a relation: PEZ, AutoPrompt, RLPrompt.",
+app = typer.Typer(help="Search a hard prompt for a task or a relation: token ids (PEZ, AutoPrompt, RLPrompt) or "
+                  "instruction texts (GPS).",
                   no_args_is_help=True)
 
 TaskOption = Annotated[str | None, typer.Option(
@@ -281,3 +286,77 @@ def rlprompt(
     target = Target(task, data, template, templates, relation, layout, length, init, shots, eval_limit, seed,
                     limits(train=max_train, dev=max_dev, test=max_test), data_dir)
     run_search(build, "rlprompt", target, out, model, fluency_model, resume, force, quiet)
+
+
+MUTATORS = ("paraphrase", "infill", "backtranslate")
+
+
+@app.command("gps")
+def gps(
+    task: Annotated[str, typer.Option("--task", help="A built-in task name or a task YAML file.", show_default=False)],
+    out: Out,
+    model: Model = DEFAULT_MODEL,
+    prompt: Annotated[list[str] | None, typer.Option(
+        "--prompt", help="An initial prompt (G⁰), with the slot {input} and optionally {options}; repeat it. "
+        "Default: three prompts built from the task's description.", show_default=False)] = None,
+    mutator: Annotated[list[str] | None, typer.Option(
+        "--mutator", help="A genetic function, repeatable: paraphrase (the generator LM rewrites, DINO-style), "
+        "infill (it fills a masked span, LM-BFF-style), backtranslate (needs --translate-with and "
+        "--translate-back). Default: paraphrase and infill.", show_default=False)] = None,
+    generator_model: Annotated[str | None, typer.Option(
+        help="The LM that paraphrases and infills (causal, masked or T5-style); default: the model itself.",
+        show_default=False)] = None,
+    translate_with: Annotated[str | None, typer.Option(
+        help="Back-translation: the encoder-decoder that translates a prompt (e.g. Helsinki-NLP/opus-mt-en-de).",
+        show_default=False)] = None,
+    translate_back: Annotated[str | None, typer.Option(
+        help="Back-translation: the encoder-decoder that translates it back (e.g. Helsinki-NLP/opus-mt-de-en).",
+        show_default=False)] = None,
+    iterations: Annotated[int, typer.Option(min=0, help="T: generations after the initial prompts.")] = 4,
+    top_k: Annotated[int, typer.Option(min=1, help="K: the prompts kept to breed each generation, and at the end.")
+                     ] = 4,
+    children: Annotated[int, typer.Option(min=1, help="Rewrites each kept prompt asks of each mutator.")] = 4,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling of the generators.")] = 0.9,
+    seed: Seed = 0,
+    eval_limit: EvalLimit = None,
+    normalise: Annotated[bool, typer.Option("--normalise", help="Divide each choice's log-likelihood by its tokens."
+                                            )] = False,
+    data_dir: DataDir = None,
+    resume: Resume = False,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Genetic Prompt Search (Xu et al. 2022, ZeroPrompt §3.3): evolve instruction prompts around the task's input,
+    scored on a few-shot dev set (32 training examples, or 8 per label past 5 labels); the LM is not trained. The
+    best prompt is evaluated; every prompt scored is in the run's lineage.jsonl."""
+    check_resume_force(resume, force)
+    names = list(dict.fromkeys(mutator or ["paraphrase", "infill"]))
+    if unknown := [n for n in names if n not in MUTATORS]:
+        raise SoftpromptError(f"unknown mutator {unknown[0]!r}; choose from: {', '.join(MUTATORS)}")
+    if ("backtranslate" in names) != (translate_with is not None and translate_back is not None):
+        raise SoftpromptError("back-translation needs --mutator backtranslate with both --translate-with and "
+                              "--translate-back (two encoder-decoder translation models; none is bundled)")
+    config = GPSConfig(iterations=iterations, top_k=top_k, children=children, seed=seed)
+    spec = load_task(task)
+    run = RunDir(out, "softprompt search gps")
+    run.prepare(force, resume)
+    lm = load_lm(model, quiet=quiet)
+    generator = lm if generator_model in (None, lm.name) else load_lm(generator_model, quiet=quiet)
+    built = {"paraphrase": lambda: Paraphrase(generator, top_p=top_p),
+             "infill": lambda: SpanInfill(generator, top_p=top_p),
+             "backtranslate": lambda: BackTranslation(load_lm(translate_with, quiet=quiet),
+                                                      load_lm(translate_back, quiet=quiet), top_p=top_p)}
+    search = GeneticPromptSearch([built[n]() for n in names], config, progress=not quiet)
+    settings = TaskSettings(layout="manual", length=0, kind="hard", normalise=normalise, eval_limit=eval_limit)
+    train, train_source = load_split(spec, "train", staged_data(data_dir))
+    evaluation, eval_source = load_split(spec, "validation", staged_data(data_dir))
+    doc = run_gps(lm, spec, search, out, train, evaluation, settings, seed, prompt, resume,
+                  sources={"train": train_source, "validation": eval_source})
+    table = Table(title=f"{spec.name}: GPS prompt, {doc['metrics']['n']} evaluation examples (×100)")
+    for name in spec.metrics:
+        table.add_column(name, justify="right")
+    table.add_row(*("–" if doc["metrics"][m] is None else f"{100 * doc['metrics'][m]:.1f}" for m in spec.metrics))
+    console.print(table)
+    console.print(f"prompt found (dev accuracy {100 * doc['dev_accuracy']:.1f} on {doc['dev_examples']}, "
+                  f"{doc['prompts_scored']} prompts scored): {doc['prompt_text']!r}")
+    console.print(f"run directory: {out}")
