@@ -8,7 +8,7 @@ from conftest import tiny_causal, tiny_masked, tiny_seq2seq
 
 from softprompt.engine import Engine
 from softprompt.models import LanguageModel
-from softprompt.prompt_scorer import Queries, score_candidates
+from softprompt.prompt_scorer import Queries, common_prefix_logits, score_candidates
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks.scoring import TaskEncoder, collate_rows, query_logits
 from softprompt.tasks.task import task_from_dict
@@ -96,3 +96,26 @@ def test_task_rows_score_equal_one_candidate_at_a_time(make, layout: str, labels
     with torch.inference_mode():
         alone = torch.stack([query_logits(engine, batch, c, None).log_softmax(-1) for c in cands])
     assert (many - alone).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("labels", [{"0": "no", "1": "yes"}, {"0": "not at all", "1": "yes it is"}])
+def test_a_shared_instruction_runs_once_and_scores_as_the_whole_rows(causal_lm: LanguageModel,
+                                                                     labels: dict[str, str]) -> None:
+    task = task_from_dict({"name": "t", "template": "{{c}} is a", "target": "{{label}}", "labels": labels}, "t.yaml")
+    layout = "Answer the question about the country well.\nOptions: {options}\n{input}"
+    encoded = TaskEncoder(causal_lm, task, TaskPrompt(causal_lm, layout, 0, tuning="hard")).encode(
+        [task.render({"c": c, "label": str(i % 2)}) for i, c in enumerate(SUBJECTS)])
+    engine = Engine(causal_lm)
+    batch = collate_rows(encoded.rows, causal_lm.tokenizer.pad_token_id, True, causal_lm.device)
+    queries = Queries(batch.query_rows, batch.query_positions)
+    with torch.inference_mode():
+        whole = engine.project(engine.final_hidden(batch)[batch.query_rows, batch.query_positions])
+        shared = common_prefix_logits(engine, batch, queries)
+        assert shared is not None and torch.allclose(shared, whole, atol=1e-5)
+        assert torch.equal(query_logits(engine, batch, None, None), shared)  # hard rows take the shared path
+        assert common_prefix_logits(engine, batch, queries, min_shared=1000) is None
+        # Rows that differ from their first token share nothing.
+        other = TaskEncoder(causal_lm, task, TaskPrompt(causal_lm, "{input}", 0, tuning="hard")).encode(
+            [task.render({"c": c, "label": "0"}) for c in SUBJECTS])
+        plain = collate_rows(other.rows, causal_lm.tokenizer.pad_token_id, True, causal_lm.device)
+        assert common_prefix_logits(engine, plain, Queries(plain.query_rows, plain.query_positions)) is None

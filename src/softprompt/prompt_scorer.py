@@ -155,3 +155,42 @@ class SharedPrefix:
         hidden = self.engine.body(inputs_embeds=embeds, attention_mask=attention, cache=cache,
                                   position_ids=self.suffix_positions.repeat_interleave(k, 0), use_cache=True)[0]
         return self.engine.project(candidate_major(hidden, self.queries, k))
+
+
+# Rows must share at least this many leading tokens for a cached prefix to pay for its extra call.
+MIN_SHARED_TOKENS = 8
+
+
+@torch.inference_mode()
+def common_prefix_logits(engine: Engine, tokens: Tokens, queries: Queries,
+                         min_shared: int = MIN_SHARED_TOKENS) -> torch.Tensor | None:
+    """Query logits (Q, V) of a batch of word-only rows that begin with the same tokens (a hard prompt's
+    instruction before each input, as GPS scores it): the common beginning runs once, for one row, and every
+    row continues from its key/value cache. None where this does not apply: not a left-padded causal batch,
+    rows with prompt vectors, or fewer than ``min_shared`` tokens in common."""
+    if engine.lm.kind != "causal" or engine.padding_side != "left" or bool((tokens.prompt_slots >= 0).any()):
+        return None
+    ids, mask = tokens.input_ids, tokens.attention_mask
+    rows, width = ids.shape
+    lengths = mask.sum(1)
+    start = width - lengths
+    column = torch.arange(width, device=ids.device)
+    real = column[None] < lengths[:, None]
+    aligned = ids.gather(1, (start[:, None] + column).clamp(max=width - 1)).masked_fill(~real, -1)  # left-aligned
+    shared = int(((aligned == aligned[:1]) & real).long().cumprod(1).sum(1).min())
+    relative = queries.positions - start[queries.rows]  # each query's position among its row's real tokens
+    shared = min(shared, int(relative.min()))  # a query's own position must run per row
+    if shared < min_shared:
+        return None
+    ones = torch.ones(1, shared, dtype=mask.dtype, device=ids.device)
+    prefix = engine.body(inputs_embeds=engine.lm.embed(aligned[:1, :shared]), attention_mask=ones, use_cache=True,
+                         position_ids=column[None, :shared])
+    cache = prefix.cache
+    cache.batch_repeat_interleave(rows)
+    suffix_width = int(lengths.max()) - shared
+    suffix_real = real[:, shared : shared + suffix_width]
+    suffix = aligned[:, shared : shared + suffix_width].masked_fill(~suffix_real, engine.lm.tokenizer.pad_token_id)
+    attention = torch.cat([ones.expand(rows, -1), suffix_real.to(mask.dtype)], 1)
+    hidden = engine.body(inputs_embeds=engine.lm.embed(suffix), attention_mask=attention, cache=cache, use_cache=True,
+                         position_ids=(shared + column[None, :suffix_width]).expand(rows, -1))[0]
+    return engine.project(hidden[queries.rows, relative - shared])

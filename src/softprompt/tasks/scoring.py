@@ -25,6 +25,7 @@ from softprompt.engine import Engine, length_batches, pad_rows
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
 from softprompt.progress import progress_bar
+from softprompt.prompt_scorer import Queries, common_prefix_logits
 from softprompt.prompts.task import FIELDS, TaskPrompt, split_markers
 from softprompt.tasks.task import Task, TaskExample
 
@@ -227,10 +228,15 @@ def collate_rows(rows: Sequence[Row], pad_id: int, left: bool, device: torch.dev
 
 def query_logits(engine: Engine, batch: RowBatch, vectors: torch.Tensor | None, deltas: torch.Tensor | None
                  ) -> torch.Tensor:
-    """Vocabulary logits at the query positions only, (Q, V)."""
+    """Vocabulary logits at the query positions only, (Q, V). Without gradients, word-only rows that begin with the
+    same tokens (a hard prompt's instruction) run their common beginning once."""
     if batch.decoder_ids is not None:
         logits = engine.seq2seq_logits(batch, vectors, deltas)
         return logits[batch.query_rows, batch.query_positions]
+    if vectors is None and deltas is None and not torch.is_grad_enabled():
+        shared = common_prefix_logits(engine, batch, Queries(batch.query_rows, batch.query_positions))
+        if shared is not None:
+            return shared
     hidden = engine.final_hidden(batch, vectors, deltas)
     return engine.project(hidden[batch.query_rows, batch.query_positions])
 
