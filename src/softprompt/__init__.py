@@ -19,6 +19,8 @@ _EXPORTS = {
     "EM": "softprompt.optimizers", "FitResult": "softprompt.optimizers", "GradientDescent": "softprompt.optimizers",
     "Optimizer": "softprompt.optimizers", "TrainConfig": "softprompt.optimizers", "PEZ": "softprompt.optimizers",
     "AutoPrompt": "softprompt.optimizers", "RLPrompt": "softprompt.optimizers",
+    "GeneticPromptSearch": "softprompt.optimizers", "GPSConfig": "softprompt.optimizers",
+    "run_gps": "softprompt.tasks.gps",
     "TemplateSearch": "softprompt.probing.search", "LayoutSearch": "softprompt.tasks.search",
     "train_prompt": "softprompt.probing",
     "DeepPrompt": "softprompt.prompts", "HardPrompt": "softprompt.prompts", "MixturePrompt": "softprompt.prompts",
@@ -34,6 +36,8 @@ __all__ = [
     "DeepPrompt",
     "Engine",
     "FitResult",
+    "GPSConfig",
+    "GeneticPromptSearch",
     "GradientDescent",
     "HardPrompt",
     "LanguageModel",
@@ -51,6 +55,7 @@ __all__ = [
     "TrainConfig",
     "load_model",
     "load_prompt",
+    "run_gps",
     "train_prompt",
 ]
 
@@ -58,7 +63,18 @@ if TYPE_CHECKING:
     from softprompt.engine import Engine
     from softprompt.errors import SoftpromptError
     from softprompt.models import DEFAULT_MODEL, LanguageModel, load_model
-    from softprompt.optimizers import EM, PEZ, AutoPrompt, FitResult, GradientDescent, Optimizer, RLPrompt, TrainConfig
+    from softprompt.optimizers import (
+        EM,
+        PEZ,
+        AutoPrompt,
+        FitResult,
+        GeneticPromptSearch,
+        GPSConfig,
+        GradientDescent,
+        Optimizer,
+        RLPrompt,
+        TrainConfig,
+    )
     from softprompt.probing import train_prompt
     from softprompt.probing.search import TemplateSearch
     from softprompt.prompts import (
@@ -70,6 +86,7 @@ if TYPE_CHECKING:
         TaskPrompt,
         load_prompt,
     )
+    from softprompt.tasks.gps import run_gps
     from softprompt.tasks.search import LayoutSearch
     from softprompt.templates import Template, TemplateEncoder
 

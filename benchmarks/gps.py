@@ -1,0 +1,182 @@
+"""Genetic Prompt Search on SmolLM2 (Xu et al. 2022, Tables 6-7): manual prompts, generated prompts without
+selection, and GPS, per mutator, in "zero-shot adaptation with few-shot validation".
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/gps.py [--tasks sst2 rte agnews] [--mutators paraphrase infill]
+        [--seeds 0 1 2] [--profile cpu] [--render-only]
+
+For each task:
+- manual: the three handcrafted prompts G⁰ built from the task's description (``softprompt.tasks.gps.
+  initial_layouts``), each evaluated: their mean, best and worst (Table 6's Avg/Max/Min are over tasks; here
+  over the three prompts of one task);
+- <mutator>, no selection: one prompt the mutator wrote from G⁰ (the first generation), drawn at random with
+  the seed: what generation alone gives, without the dev set choosing;
+- <mutator> + GPS: the search's best prompt on the few-shot dev set (32 training examples, §4.3.2), after T
+  iterations keeping the top K.
+The LM is SmolLM2 itself, frozen, with no multitask training (the base model's zero-shot prompts); the mutators'
+generator is the same model (the paper used GPT-2/CPM/T5 and translation models; none are bundled here).
+Evaluation: a stratified sample of the validation split (seed 0, the same for every method and seed).
+
+Every (task, mutator, seed) is one GPS run directory under benchmarks/cache/gps/<model>/<profile>/ (ignored), which
+resumes per iteration; a finished one is published as a record under benchmarks/results/gps/<model>/<profile>/
+(committed), and a later call skips it. Writes docs/results/gps.md from the records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from softprompt.engine import Engine
+from softprompt.io import write_json, write_text
+from softprompt.models import LanguageModel, load_model
+from softprompt.optimizers.gps import GeneticPromptSearch, GPSConfig
+from softprompt.optimizers.mutators import Paraphrase, SpanInfill
+from softprompt.paths import shared_data_dir
+from softprompt.prompts.task import TaskPrompt
+from softprompt.tasks import TaskSettings, load_task
+from softprompt.tasks.gps import initial_layouts, run_gps
+from softprompt.tasks.run import eval_task
+
+SHARED = shared_data_dir(default=Path(__file__).resolve().parents[2] / "shared" / "data")
+ROOT = Path(__file__).resolve().parent
+TASKS = ("sst2", "rte", "agnews")
+MUTATORS = {"paraphrase": Paraphrase, "infill": SpanInfill}
+
+
+@dataclass(frozen=True)
+class Profile:
+    search: GPSConfig
+    eval_limit: int | None
+
+
+PROFILES = {
+    # One core: a search scores 3 + T·K·children = 30 prompts on 32 dev examples, 3-8 minutes.
+    "cpu": Profile(GPSConfig(iterations=3, top_k=3, children=3), 200),
+    "full": Profile(GPSConfig(iterations=6, top_k=4, children=4), None),
+    # Checks the script end to end in a minute; its records are not published.
+    "smoke": Profile(GPSConfig(iterations=1, top_k=1, children=1), 8),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS))
+    parser.add_argument("--mutators", nargs="*", default=list(MUTATORS), choices=list(MUTATORS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "gps.md")
+    args = parser.parse_args()
+    if SHARED is None:
+        sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
+    profile = PROFILES[args.profile]
+    model_dir = re.sub(r"[^\w.-]", "_", args.model)
+    cache = ROOT / "cache" / "gps" / model_dir / args.profile
+    store = ROOT / ("cache" if args.profile == "smoke" else "results") / "gps" / model_dir / args.profile
+    if not args.render_only:
+        lm = load_model(args.model)
+        engine = Engine(lm)
+        settings = TaskSettings(layout="manual", length=0, kind="hard", eval_limit=profile.eval_limit)
+        for seed in sorted(set(args.seeds)):  # seeds outermost: a partial run covers every cell once
+            for name in args.tasks:
+                task = load_task(name)
+                train, evaluation = task.load("train", SHARED), task.load("validation", SHARED)
+                manual = store / name / "manual.json"
+                if not manual.is_file():
+                    docs = [eval_task(lm, task, task_prompt(lm, t, name), evaluation, settings, engine=engine)
+                            for t in initial_layouts(task)]
+                    write_json(manual, {"prompts": list(initial_layouts(task)),
+                                        "metrics": [d["metrics"] for d in docs]})
+                for mutator in args.mutators:
+                    record = store / name / mutator / f"seed-{seed}.json"
+                    if record.is_file():
+                        continue
+                    start = time.perf_counter()
+                    search = GeneticPromptSearch([MUTATORS[mutator](lm)], GPSConfig(
+                        **{**vars(profile.search), "seed": seed}), progress=False)
+                    out = cache / name / mutator / f"seed-{seed}"
+                    doc = run_gps(lm, task, search, out, train, evaluation, settings, seed, resume=True,
+                                  engine=engine)
+                    lineage = [json.loads(line) for line in (out / "lineage.jsonl").read_text().splitlines()]
+                    first = [row for row in lineage if row["iteration"] == 1]
+                    drawn = random.Random(seed).choice(first)
+                    unselected = eval_task(lm, task, task_prompt(lm, drawn["text"], name), evaluation, settings,
+                                           engine=engine)
+                    write_json(record, {k: doc[k] for k in ("prompt_text", "dev_accuracy", "dev_examples", "metrics",
+                                                            "final", "prompts_scored", "search_seconds", "history")}
+                               | {"unselected": {"text": drawn["text"], "dev_accuracy": drawn["dev_accuracy"],
+                                                 "metrics": unselected["metrics"]}})
+                    print(f"{name:7} {mutator:10} seed {seed}  GPS {100 * doc['metrics']['accuracy']:5.1f}  "
+                          f"unselected {100 * unselected['metrics']['accuracy']:5.1f}  "
+                          f"{time.perf_counter() - start:5.0f}s  {doc['prompt_text']!r}", flush=True)
+    write_text(args.out, render(store, args))
+    print(f"wrote {args.out}")
+
+
+def task_prompt(lm: LanguageModel, text: str, task: str) -> TaskPrompt:
+    return TaskPrompt(lm, text, 0, tuning="hard", task=task)
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = 100 * statistics.fmean(values)
+    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def render(store: Path, args: argparse.Namespace) -> str:
+    lines = [
+        "# Genetic Prompt Search on SmolLM2 (ZeroPrompt, Xu et al. 2022, Tables 6-7)",
+        "",
+        f"Model `{args.model}` (causal, fp32, frozen, no multitask training); profile `{args.profile}` "
+        f"({PROFILES[args.profile].search}). Reproduce: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/gps.py "
+        f"--profile {args.profile}` (resumable; `--render-only` rewrites this page from the committed records). "
+        "Accuracy ×100 on a stratified sample of the validation split; GPS rows are mean ± std over seeds (the "
+        "seed draws the 32-example dev set and the mutations); manual rows are the three handcrafted prompts G⁰ "
+        "(mean ± std over the prompts, then their best and worst). The generator of the mutators is SmolLM2 "
+        "itself.",
+        "",
+        "| task | method | seeds | accuracy | best | worst | dev accuracy | prompts scored | search s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    texts, missing = [], []
+    for name in TASKS:
+        manual = store / name / "manual.json"
+        if manual.is_file():
+            accuracies = [m["accuracy"] for m in json.loads(manual.read_text())["metrics"]]
+            lines.append(f"| {name} | manual (G⁰) | – | {cell(accuracies)} | {100 * max(accuracies):.1f} | "
+                         f"{100 * min(accuracies):.1f} | – | – | – |")
+        for mutator in MUTATORS:
+            docs = {s: json.loads(p.read_text()) for s in (0, 1, 2)
+                    if (p := store / name / mutator / f"seed-{s}.json").is_file()}
+            if len(docs) < 3:
+                missing.append(f"{name} {mutator} ({len(docs)}/3 seeds)")
+            if not docs:
+                continue
+            plain = [d["unselected"]["metrics"]["accuracy"] for d in docs.values()]
+            found = [d["metrics"]["accuracy"] for d in docs.values()]
+            lines.append(f"| {name} | {mutator}, no selection | {len(docs)} | {cell(plain)} | {100 * max(plain):.1f} | "
+                         f"{100 * min(plain):.1f} | – | – | – |")
+            lines.append(f"| {name} | {mutator} + GPS | {len(docs)} | {cell(found)} | {100 * max(found):.1f} | "
+                         f"{100 * min(found):.1f} | {cell([d['dev_accuracy'] for d in docs.values()])} | "
+                         f"{statistics.fmean(d['prompts_scored'] for d in docs.values()):.0f} | "
+                         f"{statistics.fmean(d['search_seconds'] for d in docs.values()):.0f} |")
+            texts += [f"| {name} | {mutator} | {s} | {100 * d['metrics']['accuracy']:.1f} | "
+                      f"`{json.dumps(d['prompt_text'])[1:-1]}` |" for s, d in docs.items()]
+    lines += ["", "## The prompts GPS found", "", "| task | mutator | seed | accuracy | prompt |",
+              "|---|---|---|---|---|", *texts]
+    if missing:
+        lines += ["", "## Not run yet", "", *(f"- {m}" for m in missing)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
