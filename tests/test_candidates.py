@@ -109,6 +109,27 @@ def test_token_tree_scores_equal_one_row_per_candidate_under_a_deep_prompt(causa
             torch.testing.assert_close(scores[:, c], expected, atol=1e-5, rtol=1e-6)
 
 
+def test_a_model_that_ignores_tree_masks_is_refused_in_one_line(causal_lm, monkeypatch):
+    """An attention implementation that drops the custom 4-D mask (here: every position sees every earlier
+    one, siblings included) would give wrong candidate scores silently; the scorer checks and refuses."""
+    engine = Engine(causal_lm)
+    assert engine.honours_tree_masks()
+    blind = Engine(causal_lm)
+    run_body = blind._run_body
+
+    def causal_only(tokens, mask, vectors, deltas, **kwargs):
+        if mask.dim() == 4:  # what an implementation that ignores the 4-D mask computes: plain causal attention
+            mask = torch.ones(mask.shape[0], mask.shape[-1], dtype=torch.long)
+            kwargs.pop("position_ids")
+        return run_body(tokens, mask, vectors, deltas, **kwargs)
+
+    monkeypatch.setattr(blind, "_run_body", causal_only)
+    assert not blind.honours_tree_masks()
+    data = encode_relation(relation(), causal_lm, candidates=CandidateOptions())
+    with pytest.raises(SoftpromptError, match=r"ignores custom 4-D attention masks .* answers over the vocabulary"):
+        CandidateScorer(blind, data.candidates)
+
+
 def test_prefix_tree_by_hand():
     """Each proper prefix is one node; every token is read where its prefix ends (0: the answer position)."""
     tree, slots = prefix_tree([(5,), (1, 2, 3), (1, 2, 4), (1, 7), (8, 2)])

@@ -189,6 +189,7 @@ class Engine:
         self.lm = lm
         # Causal LMs are padded on the left so the answer is read at the same last position everywhere.
         self.padding_side = padding_side or ("left" if lm.kind == "causal" else "right")
+        self._tree_masks_honoured: bool | None = None
         if lm.kind == "masked" and self.padding_side == "left":
             # Masked LMs take default absolute positions from 0, which left padding would shift.
             raise ValueError("masked LMs must be padded on the right")
@@ -275,6 +276,22 @@ class Engine:
         mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
         hidden = self._run_body(tokens, mask, vectors, deltas, position_ids=position_ids, use_cache=False)
         return hidden[:, width - 1 :]  # the answer position (each row's last token), then the nodes
+
+    @torch.inference_mode()
+    def honours_tree_masks(self) -> bool:
+        """Whether the model applies ``tree_hidden``'s custom 4-D attention mask (checked once, on a two-token
+        row and a three-node tree against the rows extended by each path). Some attention implementations
+        (e.g. flash attention) ignore such masks: the tree's scores would then be wrong without any error."""
+        if self._tree_masks_honoured is None:
+            ids = [i for i in range(self.lm.vocab_size) if i not in set(self.lm.tokenizer.all_special_ids)][:5]
+            tree = TokenTree((ids[2], ids[3], ids[4]), (-1, -1, 1))
+            row = Example(tuple(ids[:2]), (-1, -1), 1, -1)
+            got = self.tree_hidden(self.collate([row]), tree)[0, 1:]
+            paths = [(ids[2],), (ids[3],), (ids[3], ids[4])]
+            whole = [self.final_hidden(self.collate([Example((*ids[:2], *p), (-1,) * (2 + len(p)), 0, -1)]))[0, -1]
+                     for p in paths]
+            self._tree_masks_honoured = bool(torch.allclose(got, torch.stack(whole), atol=1e-3, rtol=1e-3))
+        return self._tree_masks_honoured
 
     def seq2seq_logits(
         self, batch: Seq2SeqTokens, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None

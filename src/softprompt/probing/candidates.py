@@ -151,6 +151,12 @@ class CandidateScorer:
         self.engine, self.candidates = engine, candidates
         sequences = candidates.tokens
         if engine.lm.kind == "causal":
+            if not engine.honours_tree_masks():
+                implementation = getattr(engine.lm.model.config, "_attn_implementation", None)
+                raise SoftpromptError(
+                    f"model {engine.lm.name!r} ignores custom 4-D attention masks (attention implementation "
+                    f"{implementation!r}), which scoring candidate answers as a token tree needs; load it with "
+                    "attn_implementation='sdpa' or 'eager', or rank answers over the vocabulary (--answers vocabulary)")
             self.tree, slots = prefix_tree(sequences)
             self.num_slots = 1 + len(self.tree)
         else:
