@@ -17,9 +17,19 @@ from softprompt.errors import SoftpromptError
 from softprompt.metrics import accuracy, macro_f1, roc_auc
 from softprompt.models import LanguageModel
 from softprompt.optimizers import TrainConfig
+from softprompt.paths import shared_data_dir
 from softprompt.prompts import load_prompt
 from softprompt.prompts.task import TaskPrompt
-from softprompt.tasks import TaskEncoder, TaskSettings, builtin_tasks, choice_scores, load_task, predict, run_task
+from softprompt.tasks import (
+    TaskEncoder,
+    TaskSettings,
+    builtin_tasks,
+    choice_scores,
+    load_task,
+    predict,
+    run_task,
+    tasks_by_cluster,
+)
 from softprompt.tasks.inference import PromptedClassifier, generate
 from softprompt.tasks.run import split_data, split_indices, task_metrics, task_run_settings, undefined_metrics
 from softprompt.tasks.sampling import stratified_sample
@@ -54,7 +64,8 @@ def test_builtin_tasks_round_trip_through_yaml(tmp_path: Path) -> None:
         path = tmp_path / f"{name}.yaml"
         path.write_text(task.to_yaml())
         again = load_task(path)
-        for field in ("name", "description", "data", "template", "target", "labels", "choices", "metrics"):
+        for field in ("name", "description", "cluster", "data", "columns", "template", "target", "labels", "choices",
+                      "metrics"):
             assert getattr(again, field) == getattr(task, field), (name, field)
 
 
@@ -479,3 +490,72 @@ def test_peft_export_loads_in_peft_and_reproduces_scores(tmp_path: Path) -> None
     with pytest.raises(SoftpromptError, match="only soft prefix prompts"):
         export_peft(TaskPrompt(lm, "hybrid", 3, init="vocab"), lm, tmp_path / "no")
     assert not (tmp_path / "no").exists()
+
+
+# --- the built-in task pool -----------------------------------------------------------------------------
+
+# The staged datasets beside this checkout, unless $SOFTPROMPT_SHARED_DATA says otherwise.
+SHARED = shared_data_dir(default=Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def test_builtin_pool_spans_clusters() -> None:
+    clusters = tasks_by_cluster()
+    assert len(builtin_tasks()) >= 12 and len(clusters) >= 6
+    assert all(load_task(name).cluster for name in builtin_tasks())
+    assert sorted(n for names in clusters.values() for n in names) == builtin_tasks()
+    assert clusters["sentiment"] == ["cr", "mpqa", "mr", "sst2", "sst5"] and clusters["paraphrase"] == ["mrpc"]
+
+
+def test_binary_sentiment_tasks_share_verbalizers() -> None:
+    for name in ("sst2", "mr", "cr", "mpqa"):
+        assert load_task(name).labels == {"0": "negative", "1": "positive"}, name
+    assert load_task("sst5").verbalizers == ["terrible", "bad", "okay", "good", "great"]
+
+
+def test_columns_rename_a_bom_headed_tsv(tmp_path: Path) -> None:
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("\ufeffQuality\t#1 String\t#2 String\n1\tHe left.\tHe went away.\n0\tIt rained.\tIt was dry.\n",
+                   encoding="utf-8")
+    task = task_from_dict({"name": "pairs", "template": "{{s1}} / {{s2}}", "labels": {"0": "No", "1": "Yes"},
+                           "columns": {"Quality": "label", "#1 String": "s1", "#2 String": "s2"}}, "pairs.yaml")
+    examples = task.load("train", path=tsv)
+    assert [(e.text, e.label) for e in examples] == [("He left. / He went away.", 1), ("It rained. / It was dry.", 0)]
+    assert dict(examples[0].fields) == {"label": "1", "s1": "He left.", "s2": "He went away."}
+    again = tmp_path / "pairs.yaml"
+    again.write_text(task.to_yaml())
+    assert load_task(again).columns == task.columns
+    with pytest.raises(SoftpromptError, match=r"input 1: the row has a column 's1' and 'columns' renames another"):
+        task.render({"Quality": "1", "#1 String": "a", "s1": "b", "#2 String": "c"}, "input 1")
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        (["#1 String"], "bad.yaml: field 'columns' must map file columns to template names, e.g. "
+                        '{"#1 String": sentence1}'),
+        ({"": "s1"}, "bad.yaml: field 'columns': column '' must be a non-empty string; write the column's name as "
+                     "the file's header has it, in quotes"),
+        ({"#1 String": "1st"}, "bad.yaml: field 'columns': the name '1st' given to column '#1 String' cannot be "
+                               "used in a template; use letters, digits and _ (not first), e.g. sentence1"),
+        ({"#1 String": "s", "#2 String": "s"}, "bad.yaml: field 'columns' renames two columns to 's'; give each column "
+                                               "its own name"),
+    ],
+)
+def test_bad_columns_say_how_to_fix_them(columns: object, message: str) -> None:
+    with pytest.raises(SoftpromptError) as err:
+        task_from_dict({"name": "x", "template": "{{s}}", "labels": {"0": "No", "1": "Yes"}, "columns": columns},
+                       "bad.yaml")
+    assert str(err.value) == message
+
+
+@pytest.mark.skipif(SHARED is None, reason="the staged datasets are not present")
+@pytest.mark.parametrize(
+    ("name", "train", "validation"),
+    [("sst5", 8544, 2210), ("mr", 8662, 2000), ("cr", 1775, 2000), ("mpqa", 8603, 2000), ("mrpc", 3668, 408)],
+)
+def test_new_tasks_load_the_staged_splits(name: str, train: int, validation: int) -> None:
+    task = load_task(name)
+    for split, count in (("train", train), ("validation", validation)):
+        examples = task.load(split, data_dir=SHARED)
+        assert len(examples) == count, (name, split)
+        assert {e.label for e in examples} == set(range(task.num_choices)), (name, split)

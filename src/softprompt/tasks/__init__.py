@@ -3,7 +3,7 @@
 from softprompt.tasks.objective import ChoiceObjective
 from softprompt.tasks.run import TaskSettings, build_prompt, fit, predict, run_task, task_metrics
 from softprompt.tasks.scoring import TaskEncoder, choice_scores
-from softprompt.tasks.task import Task, TaskExample, builtin_tasks, load_task
+from softprompt.tasks.task import Task, TaskExample, builtin_tasks, load_task, tasks_by_cluster
 
 __all__ = [
     "ChoiceObjective",
@@ -19,4 +19,5 @@ __all__ = [
     "predict",
     "run_task",
     "task_metrics",
+    "tasks_by_cluster",
 ]

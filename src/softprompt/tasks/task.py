@@ -7,11 +7,16 @@ tuple of choice texts and the index of the gold choice.
 
     name: cb
     description: Does the premise entail the hypothesis? Answer true, false or neither.
+    cluster: nli
     data: {train: superglue/CB/train.jsonl, validation: superglue/CB/val.jsonl}
     template: "{{premise}}\\nQuestion: {{hypothesis}} True, False or Neither?\\nAnswer:"
     target: "{{label}}"
     labels: {entailment: "True", contradiction: "False", neutral: "Neither"}
     metrics: [accuracy, macro_f1]
+
+``cluster`` names the task type (tasks of one type share verbalizers, as ZeroPrompt's §3.4 asks), so that
+unseen-task benchmarks can hold out whole types. ``columns: {file column: template name}`` renames columns
+that a template cannot name (MRPC's "#1 String").
 
 Templates are Jinja; relative data paths are read from the data directory given, else from
 $SOFTPROMPT_SHARED_DATA; ``hf:NAME[#CONFIG][@SPLIT]`` reads a Hugging
@@ -123,6 +128,8 @@ class Task:
     format: str | None = None
     target_delimiter: str = " "
     metrics: list[str] = field(default_factory=lambda: ["accuracy"])
+    cluster: str | None = None
+    columns: dict[str, str] | None = None
     source: str = "<task>"
 
     def __post_init__(self) -> None:
@@ -160,6 +167,11 @@ class Task:
             isinstance(v, str) and v for v in self.data.values()
         ):
             raise SoftpromptError(f"{where}: field 'data' must map splits ({', '.join(SPLITS)}) to files")
+        if self.cluster is not None and (not isinstance(self.cluster, str) or not self.cluster.strip()):
+            raise SoftpromptError(f"{where}: field 'cluster' must be a non-empty string naming the task type, "
+                                  "e.g. sentiment")
+        if self.columns is not None:
+            self._check_columns()
         if self.format is not None and self.format not in FORMATS:
             raise SoftpromptError(
                 f"{where}: field 'format' must be one of {', '.join(FORMATS)}, got {excerpt(self.format)}"
@@ -182,6 +194,28 @@ class Task:
                         f"{where}: field '{name}' is not a valid template (nested too deeply); simplify it"
                     ) from err
 
+    def _check_columns(self) -> None:
+        """File column -> template name: the names must be usable in a template, and distinct, or one column
+        would hide another."""
+        where, columns = self.source, self.columns
+        if not isinstance(columns, dict):
+            raise SoftpromptError(f"{where}: field 'columns' must map file columns to template names, e.g. "
+                                  "{\"#1 String\": sentence1}")
+        for key, value in columns.items():
+            if not isinstance(key, str) or not key:
+                raise SoftpromptError(f"{where}: field 'columns': column {excerpt(key, 40)} must be a non-empty "
+                                      "string; write the column's name as the file's header has it, in quotes")
+            if not isinstance(value, str) or not value.isidentifier():
+                raise SoftpromptError(
+                    f"{where}: field 'columns': the name {excerpt(value, 40)} given to column {excerpt(key, 40)} "
+                    "cannot be used in a template; use letters, digits and _ (not first), e.g. sentence1"
+                )
+        names = list(columns.values())
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None:
+            raise SoftpromptError(f"{where}: field 'columns' renames two columns to {excerpt(twice, 40)}; give each "
+                                  "column its own name")
+
     @property
     def num_choices(self) -> int:
         return len(self.labels) if self.labels is not None else len(self.choices or [])
@@ -194,6 +228,7 @@ class Task:
     def render(self, row: Mapping[str, Any], where: str = "", labelled: bool = True) -> TaskExample:
         """One data row as an example; ``where`` (file:line) goes into error messages. Unlabelled rows
         (``labelled=False``, for prediction) get label -1."""
+        row = self.rename(row, where)
         text = self._render("template", self.template, row, where)
         target = self._render("target", self.target, row, where).strip() if labelled else "-1"
         if self.labels is not None:
@@ -210,6 +245,19 @@ class Task:
                 f"'target'/'labels' in {self.source}"
             )
         return TaskExample(text, choices, label, row)
+
+    def rename(self, row: Mapping[str, Any], where: str = "") -> Mapping[str, Any]:
+        """``row`` with its columns renamed as ``columns`` says (the fields a template sees)."""
+        if not self.columns:
+            return row
+        renamed = {self.columns.get(k, k): v for k, v in row.items()}
+        if len(renamed) < len(row):
+            clash = next(k for k in row if k not in self.columns and k in self.columns.values())
+            raise SoftpromptError(
+                f"{where}: the row has a column {excerpt(clash, 40)} and 'columns' renames another column to it; "
+                f"choose another name in 'columns' of {self.source}"
+            )
+        return renamed
 
     def _render(self, field: str, text: str, row: Mapping[str, Any], where: str,
                 env: jinja2.Environment = _ENV) -> str:
@@ -268,8 +316,8 @@ class Task:
         return [self.render(row, f"{path}:{line}", labelled) for line, row in read_rows(path, self.format)]
 
     def to_yaml(self) -> str:
-        doc = {k: getattr(self, k) for k in ("name", "description", "data", "format", "template", "target", "labels",
-                                            "choices", "target_delimiter", "metrics")}
+        doc = {k: getattr(self, k) for k in ("name", "description", "cluster", "data", "format", "columns", "template",
+                                            "target", "labels", "choices", "target_delimiter", "metrics")}
         return yaml.safe_dump({k: v for k, v in doc.items() if v is not None}, sort_keys=False, allow_unicode=True)
 
 
@@ -363,6 +411,15 @@ def task_from_dict(doc: Mapping[str, Any], source: str) -> Task:
 def builtin_tasks() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in resources.files("softprompt.tasks.builtin").iterdir()
                   if p.name.endswith(".yaml"))
+
+
+def tasks_by_cluster() -> dict[str, list[str]]:
+    """The built-in tasks grouped by task type, so that a benchmark can hold out tasks of every type (a task
+    without a cluster is a type of its own)."""
+    clusters: dict[str, list[str]] = {}
+    for name in builtin_tasks():
+        clusters.setdefault(load_task(name).cluster or name, []).append(name)
+    return dict(sorted(clusters.items()))
 
 
 def load_task(spec: str | Path) -> Task:
