@@ -476,14 +476,18 @@ def test_peft_export_loads_in_peft_and_reproduces_scores(tmp_path: Path) -> None
             assert score.item() == pytest.approx(expected, abs=1e-4)
     back = import_peft(tmp_path / "adapter", lm)
     assert torch.equal(back.weight, prompt.weight) and back.layout == prompt.layout
-    # From the adapter alone: its base model reference loads, and its README's snippet scores as we do.
-    export_peft(prompt, lm, tmp_path / "alone", task, save_base=True)
+    # From the adapter alone: its base model reference loads, and its README's snippet scores as we do, on the
+    # data file's own rows (here with a column the task renames for its template).
+    renamed = capital_task({"a": "Paris city", "b": "Berlin"}, columns={"country": "c"})
+    export_peft(prompt, lm, tmp_path / "alone", renamed, save_base=True)
     readme = (tmp_path / "alone" / "README.md").read_text()
     snippet = readme.split("```python\n")[1].split("```")[0]
     snippet = snippet.replace('ADAPTER = "."', f'ADAPTER = "{tmp_path / "alone"}"')
     # The README's own code, run as a user would paste it: in a fresh interpreter, without softprompt.
     script = snippet + "\nimport sys\nprint(json.dumps([scores(row) for row in json.load(sys.stdin)]))\n"
-    done = subprocess.run([sys.executable, "-c", script], input=json.dumps([dict(e.fields) for e in examples]),
+    raw = [{"country": r["c"], "label": r["label"]} for r in rows(4)]
+    assert [renamed.render(r).text for r in raw] == [e.text for e in examples]
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps(raw),
                           capture_output=True, text=True, timeout=120, check=True)
     for theirs, s in zip(json.loads(done.stdout), ours, strict=True):
         assert theirs == pytest.approx(s.tolist(), abs=1e-4)

@@ -224,3 +224,12 @@ def test_balance_trains_on_equally_many_examples_per_class(task_dir: Path, model
     # A limit draws its stratified sample from the balanced subset, and lists it.
     limited = docs["limited"]["samples"]["train"]
     assert sorted(labels[i] for i in limited["indices"]) == ["a"] * 4 + ["b"] * 4 and limited["size"] == 8
+
+
+def test_task_list_shows_every_builtin_with_its_cluster() -> None:
+    result = invoke("task", "list")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for name, cluster in (("mrpc", "paraphrase"), ("sst5", "sentiment"), ("rte", "nli")):
+        assert any(line.split("│")[1:3] and line.split("│")[1].strip() == name and
+                   line.split("│")[2].strip() == cluster for line in lines), (name, result.output)

@@ -78,12 +78,12 @@ def _metrics_row(task: Task, metrics: dict[str, float | None]) -> list[str]:
 def task_list() -> None:
     """The built-in tasks."""
     table = Table()
-    for col in ("task", "choices", "metrics", "description"):
+    for col in ("task", "cluster", "choices", "metrics", "description"):
         table.add_column(col)
     for name in builtin_tasks():
         task = load_task(name)
         choices = ", ".join(task.verbalizers) if task.verbalizers else f"{task.num_choices} per example"
-        table.add_row(name, choices, ", ".join(task.metrics), task.description)
+        table.add_row(name, task.cluster or "–", choices, ", ".join(task.metrics), task.description)
     console.print(table)
 
 

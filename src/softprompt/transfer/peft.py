@@ -82,7 +82,7 @@ def export_peft(prompt: TaskPrompt, lm: LanguageModel, out: str | Path, task: Ta
         "model": lm.name, "base": base, "prompt_vectors": n,
         "task": None if task is None else {
             "name": task.name, "template": task.template, "target_delimiter": task.target_delimiter,
-            "verbalizers": task.labels, "choices": task.choices},
+            "verbalizers": task.labels, "choices": task.choices, "columns": task.columns},
     })
     write_text(out / "README.md", USAGE.format(n=n, base=base))
     return out
@@ -92,7 +92,8 @@ def export_peft(prompt: TaskPrompt, lm: LanguageModel, out: str | Path, task: Ta
 USAGE = """# A softprompt prompt as a PEFT prompt-tuning adapter
 
 {n} virtual tokens for the base model `{base}`. `softprompt.json` holds the task's Jinja template, the
-verbalizer of each label (or the choice templates) and the delimiter between the input and an answer.
+verbalizer of each label (or the choice templates), the delimiter between the input and an answer, and the
+names the template gives the data file's columns.
 
 ```python
 import json
@@ -112,6 +113,7 @@ env = jinja2.sandbox.ImmutableSandboxedEnvironment()
 
 def scores(row):
     \"\"\"The summed log-probability of each answer choice after the prompt and the rendered input.\"\"\"
+    row = {{(task["columns"] or {{}}).get(k, k): v for k, v in row.items()}}  # the template's names for columns
     text = env.from_string(task["template"]).render(row)
     context = tokenizer(text)["input_ids"]
     answers = (list(task["verbalizers"].values()) if task["verbalizers"]
