@@ -1,6 +1,6 @@
-"""The ``softprompt`` command line: ``probe``, ``mixture``, ``task``, ``search``, ``zeroprompt``, ``analyze``,
-``report``, ``compare`` and ``demo``. Each command lives in its own module and only parses options and calls the
-library.
+"""The ``softprompt`` command line: ``probe``, ``mixture``, ``task``, ``search``, ``zeroprompt``, ``transfer``,
+``analyze``, ``report``, ``compare`` and ``demo``. Each command lives in its own module and only parses options
+and calls the library.
 
 User errors (a SoftpromptError, or a missing or unreadable path) end any command with one red line on
 stderr and exit code 2, like a usage error; no traceback.
@@ -14,7 +14,7 @@ import typer
 from rich.text import Text
 from typer.core import TyperGroup
 
-from softprompt.cli import analyze, compare, demo, mixture, probe, search, task, zeroprompt
+from softprompt.cli import analyze, compare, demo, mixture, probe, search, task, transfer, zeroprompt
 from softprompt.cli.common import err_console
 from softprompt.errors import SoftpromptError
 
@@ -58,6 +58,7 @@ app.command(help=compare.COMPARE_HELP)(compare.compare)
 app.add_typer(task.app, name="task")
 app.add_typer(search.app, name="search")
 app.add_typer(zeroprompt.app, name="zeroprompt")
+app.add_typer(transfer.app, name="transfer")
 app.add_typer(analyze.app, name="analyze")
 app.command()(analyze.report)
 

@@ -7,7 +7,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -269,11 +269,14 @@ def eval_sample(task: Task, examples: Sequence[TaskExample], settings: TaskSetti
 def run_task(lm: LanguageModel, task: Task, settings: TaskSettings, config: TrainConfig, out: Path,
              train: Sequence[TaskExample] | None, evaluation: Sequence[TaskExample], resume: bool = False,
              progress: bool = True, engine: Engine | None = None, sources: Mapping[str, str] | None = None,
-             search: Optimizer | None = None) -> dict[str, Any]:
+             search: Optimizer | None = None, init_from: Callable[[TaskPrompt], Any] | None = None
+             ) -> dict[str, Any]:
     """Train (unless the prompt is hard), evaluate, and write the run directory ``out``. ``sources`` (split ->
     file) go into the run's record; the samples drawn from ``train`` and ``evaluation`` are recorded too.
     With ``search`` (PEZ, AutoPrompt, RLPrompt), the prompt's [P] positions are searched for tokens instead:
-    the run's prompt is the hard prompt found."""
+    the run's prompt is the hard prompt found. ``init_from`` sets the new prompt's vectors before training
+    (transfer as initialisation, ``softprompt.transfer.PromptInit``) and returns where they came from, which the
+    run's config.json keeps as ``init_from`` (so a resume must start from the same sources)."""
     engine = engine or Engine(lm)
     seed = config.seed
     torch.manual_seed(seed)
@@ -281,6 +284,8 @@ def run_task(lm: LanguageModel, task: Task, settings: TaskSettings, config: Trai
     if settings.kind != "hard" and train is None:
         raise SoftpromptError(f"task {task.name!r}: training a {settings.kind} prompt needs a train split")
     identity = task_run_settings(lm, task, settings, config, search)
+    if init_from is not None:
+        identity["init_from"] = init_from(prompt)
     samples: dict[str, Any] = {}
     if settings.kind != "hard":
         train = list(train)
