@@ -37,6 +37,7 @@ from softprompt.transfer import (
     project_prompt,
     read_source,
 )
+from softprompt.transfer.projector import DistanceFit
 
 COUNTRIES = ["France", "Germany", "Japan", "Italy", "Spain", "Peru"]
 # "Nairobi" is outside the tiny corpus: the two tokenizers cut it differently (10 and 12 tokens).
@@ -98,6 +99,9 @@ def test_initialising_from_a_prompt_file_reproduces_its_scores_before_any_step(l
     engine = Engine(lm_a)
     assert torch.equal(predict(engine, new, task, data, settings), predict(engine, source, task, data, settings))
     assert record == init.record() and record[0]["task"] == "capital" and len(record[0]["sha256"]) == 16
+    deep = build_prompt(lm_a, task, TaskSettings(layout="prefix", length=4, kind="deep", init="vocab"), seed=0)
+    init(deep)  # a deep prompt starts from the source's vectors with zero perturbations
+    assert torch.equal(predict(engine, deep, task, data, settings), predict(engine, source, task, data, settings))
 
     # In a run: the initial dev loss (epoch 0, before any step) is the source's, bit for bit, and the run says where
     # its vectors came from.
@@ -206,6 +210,43 @@ def test_projector_distance_fit_maps_source_prompts_onto_target_prompts(lm_a: La
     assert result.best_dev_loss < 0.01 * result.history[0]["dev_loss"]
     with torch.no_grad():
         assert torch.allclose(projector(pairs[0][0].vectors), pairs[0][1].vectors, atol=0.1 * pairs[0][1].vectors.std())
+
+
+def test_an_interrupted_projector_fit_resumes_to_the_same_projector(lm_a: LanguageModel, lm_b: LanguageModel,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    pairs = []
+    for seed in range(3):
+        saved_prompt(lm_a, tmp_path / f"s{seed}.safetensors", seed=seed)
+        saved_prompt(lm_b, tmp_path / f"t{seed}.safetensors", seed=10 + seed)
+        pairs.append((read_source(tmp_path / f"s{seed}.safetensors"), read_source(tmp_path / f"t{seed}.safetensors")))
+    config = TrainConfig(lr=1e-2, batch_size=2, max_epochs=6, patience=6)
+
+    def fresh() -> Projector:
+        torch.manual_seed(0)
+        return Projector(4, 32, 48, hidden=16)
+
+    whole = fresh()
+    fit_on_distances(whole, pairs, config, progress=False)
+    checkpoint = tmp_path / "fit.checkpoint"
+    real = DistanceFit.start_epoch
+
+    def stop_at_four(self: DistanceFit, epoch: int) -> None:
+        if epoch == 4:
+            raise KeyboardInterrupt
+        real(self, epoch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DistanceFit, "start_epoch", stop_at_four)
+        with pytest.raises(KeyboardInterrupt):
+            fit_on_distances(fresh(), pairs, config, checkpoint=checkpoint, progress=False)
+    resumed, epochs = fresh(), []
+    with monkeypatch.context() as patch:
+        patch.setattr(DistanceFit, "start_epoch", lambda self, epoch: epochs.append(epoch))
+        result = fit_on_distances(resumed, pairs, config, checkpoint=checkpoint, resume=True, progress=False)
+    assert epochs == [4, 5, 6] and [h["epoch"] for h in result.history] == list(range(7))
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in whole.state_dict().items())
+    assert not torch.equal(whole.net[0].weight, fresh().net[0].weight)
 
 
 def test_projector_save_load_round_trip(lm_a: LanguageModel, tmp_path: Path) -> None:
