@@ -199,14 +199,16 @@ def test_unseen_inits_top1_weighted_random_none(causal_lm: LanguageModel) -> Non
     assert feature_texts(examples(other, 6), 4, 0) == feature_texts(examples(other, 6), 4, 0)
 
 
-def test_resumed_training_equals_uninterrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("shared", ["deep", "lora"])
+def test_resumed_training_equals_uninterrupted(shared: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed in epoch 3 (after its steps, before its checkpoint), the resumed run ends bit-identical."""
     tasks = [task(CAPITAL), task(LANGUAGE)]
     data = [examples(tasks[0], 20), examples(tasks[1], 15)]
     config = TrainConfig(lr=0.05, batch_size=4, max_epochs=4, patience=4, seed=2, eval_batch_size=8)
 
     def run(out: Path, resume: bool = False) -> dict:
-        return train_multitask(tiny_causal(), tasks, data, settings(), config, out, resume=resume, progress=False)
+        return train_multitask(tiny_causal(), tasks, data, settings(shared=shared), config, out, resume=resume,
+                               progress=False)
 
     straight = run(tmp_path / "a")
     calls = []
@@ -226,9 +228,17 @@ def test_resumed_training_equals_uninterrupted(tmp_path: Path, monkeypatch: pyte
     resumed = run(tmp_path / "b", resume=True)
     assert resumed["history"] == straight["history"] and len(straight["history"]) == 5
     assert resumed["dev_metrics"] == straight["dev_metrics"]
-    with safe_open(str(tmp_path / "a" / ARTEFACT), "pt") as a, safe_open(str(tmp_path / "b" / ARTEFACT), "pt") as b:
-        assert set(a.keys()) == set(b.keys()) >= {"prompts", "delta", "features"}
-        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())  # noqa: SIM118
+    # The saved model (the best state) and the checkpoint (the last state, the best state, Adam's moments) agree.
+    for name in (ARTEFACT, "checkpoint.safetensors"):
+        with safe_open(str(tmp_path / "a" / name), "pt") as a, safe_open(str(tmp_path / "b" / name), "pt") as b:
+            assert set(a.keys()) == set(b.keys())
+            assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())  # noqa: SIM118
+            keys = set(a.keys())
+    assert {"prompt.prompts", "best.prompts", "prompt.features"} <= keys and any(k.startswith("optim.") for k in keys)
+    assert ("prompt.delta" in keys) == (shared == "deep") and any(".B.weight" in k for k in keys) == (shared == "lora")
+    with safe_open(str(tmp_path / "b" / "checkpoint.safetensors"), "pt") as b:
+        start = new_multitask(tiny_causal(), tasks, settings(shared=shared), seed=2).prompts.detach()
+        assert not torch.equal(b.get_tensor("prompt.prompts"), start)  # training moved the prompts
 
 
 # --- the command line --------------------------------------------------------------------------------------------
@@ -276,6 +286,17 @@ def test_cli_train_then_eval_seen_and_unseen(tmp_path: Path, model_dirs: dict[st
     doc = json.loads((tmp_path / "unseen" / "metrics.json").read_text())
     assert (doc["seen"], doc["init"]) == (False, "top1") and set(doc["weights"]) == {"capital", "language"}
     assert "unseen (unseen, init top1, 8 examples)" in result.output
+
+    lora = tmp_path / "lora"
+    result = invoke("zeroprompt", "train", "--tasks", capital, language, *common[:5], lora, *common[6:], "--shared",
+                    "lora", "--lora-rank", 2)
+    assert result.exit_code == 0, result.output
+    result = invoke("zeroprompt", "eval", lora / ARTEFACT, "--task", unseen, "--data-dir", tmp_path, "--init",
+                    "weighted", "--out", tmp_path / "lora-eval")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "lora-eval" / "metrics.json").read_text())
+    assert (doc["shared"], doc["init"]) == ("lora", "weighted") and sum(doc["weights"].values()) == pytest.approx(1)
+    assert not (tmp_path / "lora-eval" / "prompt.safetensors").exists()  # it needs the adapters: no prompt alone
 
     result = invoke("zeroprompt", "eval", run, "--task", unseen, "--data-dir", tmp_path, "--init", "best")
     assert result.exit_code == 2 and "'best' is not one of" in result.stderr  # click's usage error

@@ -48,8 +48,9 @@ def _metrics(task: Task, metrics: dict[str, float | None]) -> str:
 def zeroprompt_train(
     out: Out,
     more: Annotated[list[str] | None, typer.Argument(
-        help="Training tasks (built-in names or YAML files); also read after --tasks, so --tasks sst2 rte works.",
-        show_default=False)] = None,
+        metavar="TASKS", show_default=False,
+        help="Training tasks (built-in names or YAML files); also read after --tasks, so --tasks sst2 rte works.")
+                    ] = None,
     tasks: Annotated[list[str] | None, typer.Option(
         "--tasks", help="A training task (built-in name or YAML file); the tasks that follow it count too.",
         show_default=False)] = None,
@@ -115,14 +116,15 @@ def zeroprompt_train(
 
 @app.command("eval")
 def zeroprompt_eval(
-    run: Annotated[Path, typer.Argument(help="A zeroprompt train run directory (or its multitask.safetensors).",
-                                        show_default=False)],
+    run: Annotated[Path, typer.Argument(metavar="RUN", show_default=False,
+                                        help="A zeroprompt train run directory (or its multitask.safetensors).")],
     task_name: Annotated[str, typer.Option("--task", help="A built-in task name or a task YAML file.",
                                            show_default=False)],
     init: Annotated[Literal["none", "random", "top1", "weighted"] | None, typer.Option(
-        help="The soft prompt of the task: none (the layout without it), random, top1 (the training task whose "
-             "inputs are most alike) or weighted (similarity-weighted average of the training tasks' prompts). "
-             "Default: a training task's own prompt, else random.", show_default=False)] = None,
+        help="The soft prompt of the task: none (the layout without it, where a deep shared component has nothing "
+             "to act on), random, top1 (the training task whose inputs are most alike) or weighted (a "
+             "similarity-weighted average of the training tasks' prompts). Default: a training task's own prompt, "
+             "else random.", show_default=False)] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="The model (default: the one the run was trained with).", show_default=False)] = None,
     eval_file: EvalFile = None,
