@@ -96,7 +96,9 @@ def test_a_mixed_task_batch_equals_each_task_alone(make, shared: str) -> None:
     model = new_multitask(lm, tasks, settings(shared=shared), seed=0)
     perturbed(model)
     train = [examples(tasks[0], 6), examples(tasks[1], 6)]
-    objective = multitask_objective(engine, model, tasks, train, train, settings(normalise=True), TINY)
+    objective = multitask_objective(engine, model, tasks, train, train, settings(normalise=True, cap=4), TINY)
+    objective.start_epoch(1)  # the epoch's mixture: 4 of each task's 6 examples
+    assert [sum(t == task for t, _ in objective.sample) for task in (0, 1)] == [4, 4] and len(objective.items) == 8
     objective.sample = [(0, 0), (1, 2), (0, 3), (1, 0), (1, 4)]
     params = [model.prompts, *model.shared_parameters()]
 
