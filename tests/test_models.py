@@ -156,3 +156,48 @@ def test_two_conversions_at_once_both_end_with_the_cache(tmp_path):
     (tmp_path / "models" / "other" / "stray").write_text("not a model")
     with pytest.raises(OSError):  # a non-empty target that is no converted model is not taken for one
         publish_dir(broken, tmp_path / "models" / "other")
+
+
+def tiny_gemma() -> LanguageModel:
+    """A tiny Gemma 3: its embedding multiplies the weights by √d before the first layer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = byte_bpe_tokenizer()
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                              bos_token_id=tokenizer.eos_token_id)
+    return LanguageModel(Gemma3ForCausalLM(config), tokenizer, name="tiny-gemma", kind="causal")
+
+
+def test_the_embedding_matrix_is_what_the_first_layer_receives() -> None:
+    """Gemma scales its embeddings by √d inside the embedding module: random inits, nearest-token readings and
+    projections onto the vocabulary must see the scaled vectors (a 270M Gemma's are 25× its weights)."""
+    from softprompt.prompts.soft import embedding_gaussian
+
+    ids = torch.arange(3, 40)
+    gemma = tiny_gemma()
+    assert torch.equal(gemma.embedding_matrix[ids], gemma.embed(ids).detach())
+    assert not torch.allclose(gemma.embedding_matrix, gemma.model.get_input_embeddings().weight)
+    assert gemma.embedding_matrix is gemma.embedding_matrix  # the scaled copy is made once
+    drawn = embedding_gaussian(gemma).sample(200, seed=0)
+    ratio = drawn.norm(dim=-1).mean() / gemma.embedding_matrix.norm(dim=-1).mean()
+    assert 0.8 < float(ratio) < 1.25  # random vectors at the scale the model reads, not 1/√d of it
+    llama = tiny_causal()
+    assert llama.embedding_matrix is llama.model.get_input_embeddings().weight  # unscaled: the weights themselves
+
+
+def test_fluency_of_a_scaled_embedding_model_equals_its_own_nll() -> None:
+    from softprompt.optimizers.fluency import Fluency
+
+    gemma = tiny_gemma()
+    ids = torch.tensor([10, 20, 30, 40])
+    vectors = gemma.embedding_matrix[ids].clone().requires_grad_()
+    fluency = Fluency(gemma)
+    nll = fluency.nll_of_vectors(ids, vectors)
+    assert nll.item() == pytest.approx(float(fluency.nll(ids[None])[0]), abs=1e-5)
+    # The gradient through each token's own logit is the head's: d(h·w)/dv with w = v / √d.
+    nll.backward()
+    assert fluency.tied and fluency.embed_scale == pytest.approx(32 ** 0.5)
+    assert vectors.grad.abs().sum(-1).gt(0).all()

@@ -53,6 +53,7 @@ class LanguageModel:
     kind: ModelKind
 
     def __post_init__(self) -> None:
+        self._scaled: tuple[torch.Tensor, torch.Tensor] | None = None  # (weights, scaled copy), see embedding_matrix
         self.model.eval()
         self.model.requires_grad_(False)
         if self.tokenizer.pad_token_id is None:
@@ -83,7 +84,17 @@ class LanguageModel:
 
     @property
     def embedding_matrix(self) -> torch.Tensor:
-        return self.model.get_input_embeddings().weight
+        """The input embedding of every token as the model feeds it to its first layer: the embedding weights,
+        times the scale some models apply in the embedding itself (Gemma: √d). Random initialisation, nearest-token
+        readings and projections onto the vocabulary must use these, or they work at the wrong scale."""
+        embedding = self.model.get_input_embeddings()
+        scale = getattr(embedding, "embed_scale", None)
+        if scale is None:
+            return embedding.weight
+        if self._scaled is None or self._scaled[0] is not embedding.weight:
+            # Computed once: for a 262k vocabulary the product is a copy of the whole matrix.
+            self._scaled = (embedding.weight, embedding.weight.detach() * scale.to(embedding.weight.dtype))
+        return self._scaled[1]
 
     @property
     def layers(self) -> nn.ModuleList:

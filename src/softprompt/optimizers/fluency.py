@@ -34,9 +34,11 @@ class Fluency:
         self.start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.first = 0 if self.start is not None else 1
         self.same_tokens = self.lm is reference or self.lm.tokenizer.get_vocab() == tok.get_vocab()
-        head = reference.model.get_output_embeddings()
-        # With tied embeddings a token's log-probability also depends on its own (input) vector.
-        self.tied = head is not None and head.weight is reference.embedding_matrix and not self.engine.softcap
+        head, embedding = reference.model.get_output_embeddings(), reference.model.get_input_embeddings()
+        # With tied embeddings a token's log-probability also depends on its own (input) vector, which is the
+        # shared weight times the embedding's scale (Gemma: √d).
+        self.tied = head is not None and head.weight is embedding.weight and not self.engine.softcap
+        self.embed_scale = float(getattr(embedding, "embed_scale", 1.0))
 
     def token_nll(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token negative log-likelihoods ``(K, T)`` of K prompts given as ``(K, L)`` token ids of the prompt's
@@ -81,7 +83,7 @@ class Fluency:
         logits = self.engine.project(hidden[0])
         gold = logits.gather(-1, ids[:, None])[:, 0]
         if self.tied:
-            own = (hidden[0] * vectors.to(hidden.dtype)).sum(-1).float()
+            own = (hidden[0] * vectors.to(hidden.dtype)).sum(-1).float() / self.embed_scale
             gold = gold + own - own.detach()  # same value, plus the gradient through the token's own vector
         return (logits.logsumexp(-1) - gold)[self.first :].mean()
 
