@@ -40,7 +40,7 @@ class WordScore:
             raise KeyboardInterrupt
         return [Evaluation(min(1.0, t.split().count("good") / 4), float(len(t))) for t in texts]
 
-    def hard_prompt(self, text: str) -> str:
+    def prompt_of(self, text: str) -> str:
         return text
 
 
@@ -222,7 +222,7 @@ def test_the_task_objective_scores_a_prompt_as_prediction_does(causal_lm: Langua
     objective = LayoutObjective(engine, TASK, dev, initial_layouts(TASK))
     got = objective.evaluate(objective.initial)
     for text, evaluation in zip(objective.initial, got, strict=True):
-        scores = predict(engine, objective.hard_prompt(text), TASK, dev, TaskSettings(kind="hard", layout=text))
+        scores = predict(engine, objective.prompt_of(text), TASK, dev, TaskSettings(kind="hard", layout=text))
         right = (scores.argmax(-1) == torch.tensor([e.label for e in dev])).float().mean()
         assert evaluation.accuracy == pytest.approx(float(right))
         assert evaluation.loss == pytest.approx(float(torch.nn.functional.cross_entropy(

@@ -114,6 +114,23 @@ def test_a_shared_instruction_runs_once_and_scores_as_the_whole_rows(causal_lm: 
         assert shared is not None and torch.allclose(shared, whole, atol=1e-5)
         assert torch.equal(query_logits(engine, batch, None, None), shared)  # hard rows take the shared path
         assert common_prefix_logits(engine, batch, queries, min_shared=1000) is None
+        # Prompt vectors and a deep prompt's per-layer perturbations in the common beginning (ZeroPrompt's hybrid
+        # prompt: E, then the instruction, then the input).
+        deep = TaskPrompt(causal_lm, "[P*4]" + layout, 0, tuning="deep", init="vocab", seed=1)
+        deep.delta.normal_(std=0.3)
+        hybrid = TaskEncoder(causal_lm, task, deep).encode([task.render({"c": c, "label": "0"}) for c in SUBJECTS])
+        rows = collate_rows(hybrid.rows, causal_lm.tokenizer.pad_token_id, True, causal_lm.device)
+        at = Queries(rows.query_rows, rows.query_positions)
+        whole = engine.project(engine.final_hidden(rows, deep.vectors(), deep.deltas())[rows.query_rows,
+                                                                                         rows.query_positions])
+        shared = common_prefix_logits(engine, rows, at, deep.vectors(), deep.deltas())
+        assert shared is not None and torch.allclose(shared, whole, atol=1e-5)
+        # A prompt position after the common beginning (in each input) must run per row: not shared.
+        inner = TaskPrompt(causal_lm, layout.replace("{input}", "{input} [P]"), 0, init="vocab")
+        late = TaskEncoder(causal_lm, task, inner).encode([task.render({"c": c, "label": "0"}) for c in SUBJECTS])
+        rows = collate_rows(late.rows, causal_lm.tokenizer.pad_token_id, True, causal_lm.device)
+        assert common_prefix_logits(engine, rows, Queries(rows.query_rows, rows.query_positions),
+                                    inner.vectors()) is None
         # Rows that differ from their first token share nothing.
         other = TaskEncoder(causal_lm, task, TaskPrompt(causal_lm, "{input}", 0, tuning="hard")).encode(
             [task.render({"c": c, "label": "0"}) for c in SUBJECTS])

@@ -289,6 +289,28 @@ def test_cli_train_then_eval_seen_and_unseen(tmp_path: Path, model_dirs: dict[st
     assert (doc["seen"], doc["init"]) == (False, "top1") and set(doc["weights"]) == {"capital", "language"}
     assert "unseen (unseen, init top1, 8 examples)" in result.output
 
+    # GPS on the unseen task after the model's E (top1) and shared perturbation: the prompt it finds is a deep
+    # task prompt that carries both, and scores alike in task eval.
+    gps = tmp_path / "gps"
+    result = invoke("search", "gps", "--task", unseen, "--data-dir", tmp_path, "--model", model_dirs["causal"],
+                    "--model-run", run, "--init", "top1", "--out", gps, "--iterations", 1, "--top-k", 1,
+                    "--children", 1, "--prompt", "Say.\n{input}", "--quiet")
+    assert result.exit_code == 0, result.output
+    found = json.loads((gps / "metrics.json").read_text())
+    assert found["model_run"] == str(run) and found["e"]["init"] == "top1"
+    prompt = load_prompt(gps / "prompt.safetensors", lm)
+    model = load_multitask(run, lm)
+    top = max(found["e"]["similarities"], key=found["e"]["similarities"].get)
+    assert prompt.tuning == "deep" and prompt.layout == "[P*2]" + found["prompt_text"]
+    assert torch.equal(prompt.weight, model.prompts[model.task_names.index(top)])
+    assert torch.equal(prompt.delta, model.delta)
+    result = invoke("task", "eval", unseen, "--data-dir", tmp_path, "--model", model_dirs["causal"], "--prompt",
+                    gps / "prompt.safetensors", "--out", tmp_path / "gps-eval")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "gps-eval" / "metrics.json").read_text())["metrics"] == found["metrics"]
+    assert_user_error(invoke("search", "gps", "--task", unseen, "--data-dir", tmp_path, "--model",
+                             model_dirs["causal"], "--init", "top1", "--out", tmp_path / "no"), "give --model-run too")
+
     lora = tmp_path / "lora"
     result = invoke("zeroprompt", "train", "--tasks", capital, language, *common[:5], lora, *common[6:], "--shared",
                     "lora", "--lora-rank", 2)

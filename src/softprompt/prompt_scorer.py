@@ -162,30 +162,38 @@ MIN_SHARED_TOKENS = 8
 
 
 @torch.inference_mode()
-def common_prefix_logits(engine: Engine, tokens: Tokens, queries: Queries,
-                         min_shared: int = MIN_SHARED_TOKENS) -> torch.Tensor | None:
-    """Query logits (Q, V) of a batch of word-only rows that begin with the same tokens (a hard prompt's
-    instruction before each input, as GPS scores it): the common beginning runs once, for one row, and every
-    row continues from its key/value cache. None where this does not apply: not a left-padded causal batch,
-    rows with prompt vectors, or fewer than ``min_shared`` tokens in common."""
-    if engine.lm.kind != "causal" or engine.padding_side != "left" or bool((tokens.prompt_slots >= 0).any()):
+def common_prefix_logits(engine: Engine, tokens: Tokens, queries: Queries, vectors: torch.Tensor | None = None,
+                         deltas: torch.Tensor | None = None, min_shared: int = MIN_SHARED_TOKENS
+                         ) -> torch.Tensor | None:
+    """Query logits (Q, V) of a batch whose rows begin with the same tokens and prompt vectors (an instruction,
+    a hybrid prompt's soft E, before each input, as GPS and ZeroPrompt score them): the common beginning runs
+    once, for one row (with ``vectors`` at its prompt positions and, for a deep prompt, ``deltas`` at every
+    layer), and every row continues from its key/value cache. None where this does not apply: not a
+    left-padded causal batch, a prompt position after the common beginning, or fewer than ``min_shared``
+    positions in common."""
+    if engine.lm.kind != "causal" or engine.padding_side != "left":
         return None
-    ids, mask = tokens.input_ids, tokens.attention_mask
+    ids, mask, slots = tokens.input_ids, tokens.attention_mask, tokens.prompt_slots
     rows, width = ids.shape
     lengths = mask.sum(1)
     start = width - lengths
     column = torch.arange(width, device=ids.device)
     real = column[None] < lengths[:, None]
-    aligned = ids.gather(1, (start[:, None] + column).clamp(max=width - 1)).masked_fill(~real, -1)  # left-aligned
-    shared = int(((aligned == aligned[:1]) & real).long().cumprod(1).sum(1).min())
+    index = (start[:, None] + column).clamp(max=width - 1)  # each row's real positions, left-aligned
+    aligned = ids.gather(1, index).masked_fill(~real, -1)
+    aligned_slots = slots.gather(1, index).masked_fill(~real, -1)
+    same = (aligned == aligned[:1]) & (aligned_slots == aligned_slots[:1]) & real
+    shared = int(same.long().cumprod(1).sum(1).min())
     relative = queries.positions - start[queries.rows]  # each query's position among its row's real tokens
     shared = min(shared, int(relative.min()))  # a query's own position must run per row
-    if shared < min_shared:
+    if shared < min_shared or bool((aligned_slots[:, shared:] >= 0).any()):
         return None
     ones = torch.ones(1, shared, dtype=mask.dtype, device=ids.device)
-    prefix = engine.body(inputs_embeds=engine.lm.embed(aligned[:1, :shared]), attention_mask=ones, use_cache=True,
-                         position_ids=column[None, :shared])
-    cache = prefix.cache
+    prefix = _Rows(aligned[:1, :shared], ones, aligned_slots[:1, :shared])
+    with engine.perturb_layers(deltas, prefix.prompt_slots):
+        out = engine.body(inputs_embeds=engine.embed(prefix, vectors, deltas), attention_mask=ones, use_cache=True,
+                          position_ids=column[None, :shared])
+    cache = out.cache
     cache.batch_repeat_interleave(rows)
     suffix_width = int(lengths.max()) - shared
     suffix_real = real[:, shared : shared + suffix_width]

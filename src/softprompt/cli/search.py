@@ -5,6 +5,7 @@ from its options and hands it to the task or probing run."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -50,6 +51,7 @@ from softprompt.runs import RunDir
 from softprompt.tasks import TaskSettings, load_task, run_task
 from softprompt.tasks.gps import run_gps
 from softprompt.tasks.run import load_split, task_run_settings
+from softprompt.zeroprompt import load_multitask, prompt_for_task
 
 app = typer.Typer(help="Search a hard prompt for a task or a relation: token ids (PEZ, AutoPrompt, RLPrompt) or "
                   "instruction texts (GPS).",
@@ -317,6 +319,12 @@ def gps(
                      ] = 4,
     children: Annotated[int, typer.Option(min=1, help="Rewrites each kept prompt asks of each mutator.")] = 4,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling of the generators.")] = 0.9,
+    model_run: Annotated[Path | None, typer.Option(
+        help="A ZeroPrompt model (zeroprompt train's run): the prompts follow its soft prompt E, with its shared "
+             "component, as in the hybrid prompt E + D + V.", show_default=False)] = None,
+    init: Annotated[Literal["none", "random", "top1", "weighted"] | None, typer.Option(
+        help="With --model-run: E for a task it was not trained on (a training task keeps its own).",
+        show_default=False)] = None,
     seed: Seed = 0,
     eval_limit: EvalLimit = None,
     normalise: Annotated[bool, typer.Option("--normalise", help="Divide each choice's log-likelihood by its tokens."
@@ -350,8 +358,16 @@ def gps(
     settings = TaskSettings(layout="manual", length=0, kind="hard", normalise=normalise, eval_limit=eval_limit)
     train, train_source = load_split(spec, "train", staged_data(data_dir))
     evaluation, eval_source = load_split(spec, "validation", staged_data(data_dir))
+    base, context, origin = None, nullcontext, None
+    if model_run is not None:
+        multitask = load_multitask(model_run, lm)
+        base, chosen = prompt_for_task(multitask, spec, train, init, seed)
+        context, origin = multitask.applied, {"model_run": str(model_run), "e": chosen}
+    elif init is not None:
+        raise SoftpromptError("--init chooses the soft prompt of a ZeroPrompt model: give --model-run too")
     doc = run_gps(lm, spec, search, out, train, evaluation, settings, seed, prompt, resume,
-                  sources={"train": train_source, "validation": eval_source})
+                  sources={"train": train_source, "validation": eval_source}, base=base, context=context,
+                  origin=origin)
     table = Table(title=f"{spec.name}: GPS prompt, {doc['metrics']['n']} evaluation examples (×100)")
     for name in spec.metrics:
         table.add_column(name, justify="right")

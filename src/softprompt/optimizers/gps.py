@@ -51,7 +51,7 @@ class TextObjective(Protocol):
         """Each text's dev score (f_GPS)."""
         ...
 
-    def hard_prompt(self, text: str) -> Prompt:
+    def prompt_of(self, text: str) -> Prompt:
         """The prompt of this text, as the runs save it."""
         ...
 
@@ -208,7 +208,7 @@ class GeneticPromptSearch(Optimizer):
                 break  # nothing new to breed from: every rewrite was a prompt seen before
         self.final = self.survivors(self.candidates)
         best = self.final[0]
-        return FitResult(objective.hard_prompt(best.text), best.iteration, best.dev_loss, history, earlier)
+        return FitResult(objective.prompt_of(best.text), best.iteration, best.dev_loss, history, earlier)
 
     def lineage(self) -> list[dict[str, Any]]:
         """Every prompt scored, in order, with its origin, dev score and whether it is in the final group."""

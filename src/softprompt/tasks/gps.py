@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,11 @@ def initial_layouts(task: Task) -> tuple[str, ...]:
 
 @dataclass
 class LayoutObjective:
-    """GPS's f_GPS on a task: each prompt's accuracy and loss on the few-shot dev examples."""
+    """GPS's f_GPS on a task: each prompt's accuracy and loss on the few-shot dev examples.
+
+    With ``base`` (a ZeroPrompt model's task prompt: its soft E and, for a deep shared component, its per-layer
+    perturbation), every text follows E, as in the hybrid prompt E + D + V; ``context`` is where scores are
+    computed (a LoRA model's adapters switched on)."""
 
     engine: Engine
     task: Task
@@ -69,14 +74,29 @@ class LayoutObjective:
     initial: tuple[str, ...]
     normalise: bool = False
     batch_size: int = CHOICE_BATCH_SIZE
+    base: TaskPrompt | None = None
+    context: Callable[[], AbstractContextManager[None]] = nullcontext
 
-    def hard_prompt(self, text: str) -> TaskPrompt:
-        return TaskPrompt(self.engine.lm, check_prompt(text), 0, tuning="hard", task=self.task.name)
+    def prompt_of(self, text: str) -> TaskPrompt:
+        """The text as a task prompt: a hard prompt, or ``base``'s vectors before it."""
+        lm, base = self.engine.lm, self.base
+        if base is None or not base.length:
+            return TaskPrompt(lm, check_prompt(text), 0, tuning="hard", task=self.task.name)
+        prompt = TaskPrompt(lm, f"[P*{base.length}]" + check_prompt(text), 0, tuning=base.tuning, init="vocab",
+                            task=self.task.name)
+        prompt.init = base.init
+        with torch.no_grad():
+            prompt.weight.copy_(base.weight)
+            if base.tuning == "deep":
+                prompt.delta.copy_(base.delta)
+        return prompt
 
     def scores(self, text: str) -> torch.Tensor:
         """(n, C) choice scores of the dev examples under the prompt ``text``."""
-        encoded = TaskEncoder(self.engine.lm, self.task, self.hard_prompt(text)).encode(self.dev)
-        scores = choice_scores(self.engine, encoded, batch_size=self.batch_size)
+        prompt = self.prompt_of(text)
+        encoded = TaskEncoder(self.engine.lm, self.task, prompt).encode(self.dev)
+        with self.context():
+            scores = choice_scores(self.engine, encoded, prompt.vectors(), prompt.deltas(), self.batch_size)
         return scores / encoded.choice_lengths if self.normalise else scores
 
     def evaluate(self, texts: Sequence[str]) -> list[Evaluation]:
@@ -91,23 +111,26 @@ class LayoutObjective:
 
 def run_gps(lm: LanguageModel, task: Task, search: GeneticPromptSearch, out: Path, train: Sequence[TaskExample],
             evaluation: Sequence[TaskExample], settings: TaskSettings, seed: int = 0,
-            initial: Sequence[str] | None = None,
-            resume: bool = False, engine: Engine | None = None, sources: Mapping[str, str] | None = None
-            ) -> dict[str, Any]:
+            initial: Sequence[str] | None = None, resume: bool = False, engine: Engine | None = None,
+            sources: Mapping[str, str] | None = None, base: TaskPrompt | None = None,
+            context: Callable[[], AbstractContextManager[None]] = nullcontext,
+            origin: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Search prompts for ``task`` on a few-shot dev sample of ``train``, evaluate the best on ``evaluation``
     (``settings``: its eval_limit, eval_seed, normalise and calibrate), and write the run directory ``out`` with the
-    lineage of every prompt scored."""
+    lineage of every prompt scored. ``base`` and ``context``: a ZeroPrompt model's E and shared component (see
+    ``LayoutObjective``); ``origin`` says where they came from, in the run's identity."""
     engine = engine or Engine(lm)
     initial = tuple(initial) if initial else initial_layouts(task)
     for text in initial:
         check_prompt(text, "initial prompt")
     dev_idx = gps_dev_indices([e.label for e in train], task.num_choices, seed)
-    objective = LayoutObjective(engine, task, [train[i] for i in dev_idx], initial, settings.normalise)
+    objective = LayoutObjective(engine, task, [train[i] for i in dev_idx], initial, settings.normalise, base=base,
+                                context=context)
     eval_idx, eval_record, warnings = eval_sample(task, evaluation, settings)
     evaluation = [evaluation[i] for i in eval_idx]
     labels = [e.label for e in evaluation]
     identity = {"task": task.name, "model": lm.name, "settings": settings_identity(settings), "seed": seed,
-                "search": search.identity(None) | {"initial": list(initial)}}
+                "search": search.identity(None) | {"initial": list(initial)}, **(origin or {})}
     record = {"data": dict(sources or {}),
               "samples": {"dev": sample_record(dev_idx, len(train), seed, True), "evaluation": eval_record}}
     run = RunDir(out, "softprompt search gps")
@@ -123,7 +146,8 @@ def run_gps(lm: LanguageModel, task: Task, search: GeneticPromptSearch, out: Pat
                 "search_seconds": result.history[-1]["seconds"]}
         run.write_rows(LINEAGE, search.lineage())
         start = time.perf_counter()
-        scores = predict(engine, result.prompt, task, evaluation, settings)
+        with context():
+            scores = predict(engine, result.prompt, task, evaluation, settings)
         doc["eval_seconds"] = time.perf_counter() - start
         doc["metrics"] = task_metrics(task, scores, labels)
         doc["warnings"] = warnings

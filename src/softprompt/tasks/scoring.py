@@ -228,13 +228,13 @@ def collate_rows(rows: Sequence[Row], pad_id: int, left: bool, device: torch.dev
 
 def query_logits(engine: Engine, batch: RowBatch, vectors: torch.Tensor | None, deltas: torch.Tensor | None
                  ) -> torch.Tensor:
-    """Vocabulary logits at the query positions only, (Q, V). Without gradients, word-only rows that begin with the
-    same tokens (a hard prompt's instruction) run their common beginning once."""
+    """Vocabulary logits at the query positions only, (Q, V). Without gradients, rows that begin alike (an
+    instruction, a prompt before the input) run their common beginning once."""
     if batch.decoder_ids is not None:
         logits = engine.seq2seq_logits(batch, vectors, deltas)
         return logits[batch.query_rows, batch.query_positions]
-    if vectors is None and deltas is None and not torch.is_grad_enabled():
-        shared = common_prefix_logits(engine, batch, Queries(batch.query_rows, batch.query_positions))
+    if not torch.is_grad_enabled():
+        shared = common_prefix_logits(engine, batch, Queries(batch.query_rows, batch.query_positions), vectors, deltas)
         if shared is not None:
             return shared
     hidden = engine.final_hidden(batch, vectors, deltas)

@@ -3,7 +3,7 @@ component trained on a task mixture with the LM frozen (``train_multitask``), on
 (``load_multitask``), soft prompts for unseen tasks (``unseen_prompt``) and evaluation on any task
 (``eval_multitask``). Genetic Prompt Search, the other half, is ``softprompt.tasks.gps``."""
 
-from softprompt.zeroprompt.evaluate import eval_multitask
+from softprompt.zeroprompt.evaluate import eval_multitask, prompt_for_task
 from softprompt.zeroprompt.multitask import (
     SHARED,
     MultitaskPrompt,
@@ -27,6 +27,7 @@ __all__ = [
     "mixed_scores",
     "mixture_sample",
     "new_multitask",
+    "prompt_for_task",
     "read_multitask",
     "task_feature",
     "train_multitask",

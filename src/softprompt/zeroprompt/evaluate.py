@@ -9,6 +9,7 @@ from typing import Any
 
 from softprompt.engine import Engine
 from softprompt.metrics import choice_predictions
+from softprompt.prompts.task import TaskPrompt
 from softprompt.runs import RunDir
 from softprompt.tasks.run import TaskSettings, eval_sample, predict, task_metrics
 from softprompt.tasks.task import Task, TaskExample
@@ -30,22 +31,13 @@ def eval_multitask(model: MultitaskPrompt, task: Task, examples: Sequence[TaskEx
     that ``softprompt task eval --prompt`` scores alike). ``run`` names the model's run, for the record.
     """
     engine = engine or Engine(model.lm)
-    seen = task.name in model.task_names
     indices, sample, warnings = eval_sample(task, examples, TaskSettings(eval_limit=eval_limit, eval_seed=eval_seed))
     chosen = [examples[i] for i in indices]
-    doc: dict[str, Any] = {"run": run, "task": task.name, "model": model.lm.name, "seen": seen,
-                           "layout": model.layout, "shared": model.settings.shared, "seed": seed,
-                           "eval_limit": eval_limit, "data": {"validation": source}, "sample": sample}
-    if init is None and seen:
-        prompt = model.task_prompt(model.prompts[model.task_names.index(task.name)], task.name)
-        doc["init"] = "own"
-    else:
-        feature = None
-        if init in ("top1", "weighted"):
-            feature = task_feature(engine, feature_texts(examples, model.settings.feature_inputs, seed))
-        new = unseen_prompt(model, init or "random", feature, seed)
-        prompt = model.task_prompt(new.vectors, task.name)
-        doc |= {"init": new.init, "similarities": new.similarities, "weights": new.weights}
+    prompt, chosen_by = prompt_for_task(model, task, examples, init, seed, engine)
+    doc: dict[str, Any] = {"run": run, "task": task.name, "model": model.lm.name,
+                           "seen": task.name in model.task_names, "layout": model.layout,
+                           "shared": model.settings.shared, "seed": seed, "eval_limit": eval_limit,
+                           "data": {"validation": source}, "sample": sample} | chosen_by
     with model.applied():
         scores = predict(engine, prompt, task, chosen, TaskSettings(normalise=model.settings.normalise))
     labels = [e.label for e in chosen]
@@ -57,3 +49,19 @@ def eval_multitask(model: MultitaskPrompt, task: Task, examples: Sequence[TaskEx
                    for i, y, p, s in zip(indices, labels, choice_predictions(scores).tolist(), scores, strict=True)]
     with rundir.open(doc):
         return rundir.finish(result, predictions, prompt if model.lora is None else None)
+
+
+def prompt_for_task(model: MultitaskPrompt, task: Task, examples: Sequence[TaskExample], init: str | None = None,
+                    seed: int = 0, engine: Engine | None = None) -> tuple[TaskPrompt, dict[str, Any]]:
+    """The model's prompt for ``task`` (see ``eval_multitask`` for ``init``) and how it was chosen (the init, and
+    for ``top1``/``weighted`` each training task's similarity and weight); ``examples``' inputs give the task's
+    feature."""
+    if init is None and task.name in model.task_names:
+        return model.task_prompt(model.prompts[model.task_names.index(task.name)], task.name), {"init": "own"}
+    feature = None
+    if init in ("top1", "weighted"):
+        feature = task_feature(engine or Engine(model.lm),
+                               feature_texts(examples, model.settings.feature_inputs, seed))
+    new = unseen_prompt(model, init or "random", feature, seed)
+    return model.task_prompt(new.vectors, task.name), {"init": new.init, "similarities": new.similarities,
+                                                      "weights": new.weights}
