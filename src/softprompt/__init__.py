@@ -21,6 +21,9 @@ _EXPORTS = {
     "AutoPrompt": "softprompt.optimizers", "RLPrompt": "softprompt.optimizers",
     "GeneticPromptSearch": "softprompt.optimizers", "GPSConfig": "softprompt.optimizers",
     "run_gps": "softprompt.tasks.gps",
+    "MultitaskSettings": "softprompt.zeroprompt", "train_multitask": "softprompt.zeroprompt",
+    "load_multitask": "softprompt.zeroprompt", "eval_multitask": "softprompt.zeroprompt",
+    "Projector": "softprompt.transfer", "PromptInit": "softprompt.transfer", "bridge_prompt": "softprompt.transfer",
     "TemplateSearch": "softprompt.probing.search", "LayoutSearch": "softprompt.tasks.search",
     "train_prompt": "softprompt.probing",
     "DeepPrompt": "softprompt.prompts", "HardPrompt": "softprompt.prompts", "MixturePrompt": "softprompt.prompts",
@@ -43,8 +46,11 @@ __all__ = [
     "LanguageModel",
     "LayoutSearch",
     "MixturePrompt",
+    "MultitaskSettings",
     "Optimizer",
+    "Projector",
     "Prompt",
+    "PromptInit",
     "RLPrompt",
     "SoftPrompt",
     "SoftpromptError",
@@ -53,9 +59,13 @@ __all__ = [
     "TemplateEncoder",
     "TemplateSearch",
     "TrainConfig",
+    "bridge_prompt",
+    "eval_multitask",
     "load_model",
+    "load_multitask",
     "load_prompt",
     "run_gps",
+    "train_multitask",
     "train_prompt",
 ]
 
@@ -89,6 +99,8 @@ if TYPE_CHECKING:
     from softprompt.tasks.gps import run_gps
     from softprompt.tasks.search import LayoutSearch
     from softprompt.templates import Template, TemplateEncoder
+    from softprompt.transfer import Projector, PromptInit, bridge_prompt
+    from softprompt.zeroprompt import MultitaskSettings, eval_multitask, load_multitask, train_multitask
 
 
 def __getattr__(name: str) -> Any:
