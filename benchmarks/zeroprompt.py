@@ -1,0 +1,235 @@
+"""ZeroPrompt's multitask half on SmolLM2 (Xu et al. 2022): task scaling (Figure 5), the unseen-task prompt init
+(Table 5) and the verbalizer part of the prompt-design ablation (Table 4), with the LM frozen.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/zeroprompt.py [--profile cpu] [--shared deep lora]
+        [--sizes 1 2 4 8] [--seeds 0 1 2] [--render-only]
+
+Tasks (the built-in pool, ``softprompt task list``):
+- training pool, in a fixed order: sst2, trec, mrpc, cb, subj, cr, mpqa, sst5 (sentiment, question type,
+  paraphrase, NLI, subjectivity); a model with k training tasks takes k of them, drawn with the seed;
+- unseen tasks, never trained on: mr (sentiment: a seen type), rte (NLI: a seen type), agnews (topic: an unseen
+  type) and copa (commonsense: an unseen type).
+
+Units, each a run directory under benchmarks/cache/zeroprompt/<model>/<profile>/ (ignored, resumable) whose
+result is published as a record under benchmarks/results/zeroprompt/<model>/<profile>/ (committed):
+- ``base``: no training (k = 0): every unseen task under the hybrid layout without a soft prompt (``none``) and
+  with a random one (``random``; seeded);
+- ``<shared>-k<k>-seed<s>``: a multitask model (per-task E_t in the hybrid layout + a shared ``deep`` prompt or
+  ``lora`` adapters) trained on k tasks, then every unseen task under E_new = none, random, top1 and weighted,
+  and every training task under its own E_t;
+- ``deep-noV-k8-seed<s>``: the same without the options (verbalizers) in the layout (Table 4's −V).
+Scores: accuracy on a stratified sample of each unseen task's validation split (seed 0, the same everywhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from softprompt.engine import Engine
+from softprompt.io import write_json, write_text
+from softprompt.models import load_model
+from softprompt.optimizers import TrainConfig
+from softprompt.paths import shared_data_dir
+from softprompt.prompts.task import TaskPrompt
+from softprompt.tasks import TaskSettings, load_task
+from softprompt.tasks.run import eval_task
+from softprompt.zeroprompt import MultitaskSettings, eval_multitask, load_multitask, train_multitask
+
+SHARED = shared_data_dir(default=Path(__file__).resolve().parents[2] / "shared" / "data")
+ROOT = Path(__file__).resolve().parent
+POOL = ("sst2", "trec", "mrpc", "cb", "subj", "cr", "mpqa", "sst5")
+UNSEEN = ("mr", "rte", "agnews", "copa")
+INITS = ("none", "random", "top1", "weighted")
+NO_OPTIONS = "[P*{n}]{description}\n{input}"
+
+
+@dataclass(frozen=True)
+class Profile:
+    settings: MultitaskSettings
+    config: TrainConfig
+    eval_limit: int
+
+
+PROFILES = {
+    # One core: k = 8 trains 3 epochs of 8 × 64 examples in about 5 minutes; an evaluation of the 4 unseen tasks
+    # under 4 inits, 100 examples each, about 6.
+    "cpu": Profile(MultitaskSettings(length=10, cap=64, dev_size=16), TrainConfig(lr=1e-2, batch_size=16,
+                                                                                  max_epochs=3, patience=2), 100),
+    "full": Profile(MultitaskSettings(length=20, cap=500, dev_size=32), TrainConfig(lr=1e-2, batch_size=16,
+                                                                                    max_epochs=10, patience=3), 500),
+    # The script end to end in a few minutes; its records stay in the cache.
+    "smoke": Profile(MultitaskSettings(length=4, cap=8, dev_size=4, feature_inputs=8),
+                     TrainConfig(lr=1e-2, batch_size=8, max_epochs=1, patience=1), 8),
+}
+
+
+def training_tasks(k: int, seed: int) -> list[str]:
+    """k tasks of the pool, drawn with the seed (the same draw for deep and lora)."""
+    return sorted(random.Random(seed).sample(POOL, k), key=POOL.index)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--shared", nargs="*", default=["deep", "lora"], choices=["deep", "lora"])
+    parser.add_argument("--sizes", nargs="*", type=int, default=[1, 2, 4, 8])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--no-ablation", action="store_true", help="skip the −V units")
+    parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "zeroprompt.md")
+    args = parser.parse_args()
+    if SHARED is None:
+        sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
+    profile = PROFILES[args.profile]
+    model_dir = re.sub(r"[^\w.-]", "_", args.model)
+    cache = ROOT / "cache" / "zeroprompt" / model_dir / args.profile
+    store = ROOT / ("cache" if args.profile == "smoke" else "results") / "zeroprompt" / model_dir / args.profile
+    if not args.render_only:
+        data = {name: (load_task(name), load_task(name).load("train", SHARED), load_task(name).load("validation",
+                                                                                                      SHARED))
+                for name in (*POOL, *UNSEEN)}
+        run_base(args, profile, store, data)
+        units = [(shared, k, seed, "hybrid") for seed in args.seeds for k in args.sizes for shared in args.shared]
+        if not args.no_ablation:
+            units += [("deep", max(args.sizes), seed, NO_OPTIONS) for seed in args.seeds]
+        for shared, k, seed, layout in units:
+            name = unit_name(shared, k, seed, layout)
+            if not (store / f"{name}.json").is_file():
+                run_unit(args, profile, cache / name, store / f"{name}.json", data, shared, k, seed, layout)
+    write_text(args.out, render(store, args))
+    print(f"wrote {args.out}")
+
+
+def unit_name(shared: str, k: int, seed: int, layout: str) -> str:
+    return f"{shared}{'-noV' if layout == NO_OPTIONS else ''}-k{k}-seed{seed}"
+
+
+def run_base(args: argparse.Namespace, profile: Profile, store: Path, data: dict[str, Any]) -> None:
+    """k = 0: the unseen tasks under the hybrid layout without a soft prompt, and with a random one."""
+    record = store / "base.json"
+    if record.is_file():
+        return
+    lm = load_model(args.model)
+    engine = Engine(lm)
+    settings = TaskSettings(eval_limit=profile.eval_limit)
+    n = profile.settings.length
+    doc: dict[str, Any] = {"unseen": {}}
+    for name in UNSEEN:
+        task, _, evaluation = data[name]
+        doc["unseen"][name] = {"none": eval_task(lm, task, TaskPrompt(lm, "hybrid-hard", 0, tuning="hard"),
+                                                 evaluation, settings, engine=engine)["metrics"]}
+        doc["unseen"][name]["random"] = {str(seed): eval_task(lm, task, TaskPrompt(
+            lm, "hybrid", n, tuning="soft", init="random", seed=seed), evaluation, settings, engine=engine)["metrics"]
+            for seed in args.seeds}
+        print(f"base {name}: none {100 * doc['unseen'][name]['none']['accuracy']:.1f}", flush=True)
+    write_json(record, doc)
+
+
+def run_unit(args: argparse.Namespace, profile: Profile, out: Path, record: Path, data: dict[str, Any], shared: str,
+             k: int, seed: int, layout: str) -> None:
+    start = time.perf_counter()
+    lm = load_model(args.model)  # a fresh model: LoRA adapters attach to the model they train
+    engine = Engine(lm)
+    names = training_tasks(k, seed)
+    settings = replace(profile.settings, shared=shared, layout=layout)
+    trained = train_multitask(lm, [data[n][0] for n in names], [data[n][1] for n in names], settings,
+                              replace(profile.config, seed=seed), out, resume=True, progress=False, engine=engine)
+    model = load_multitask(out, lm)
+    doc: dict[str, Any] = {"tasks": names, "shared": shared, "layout": layout, "seed": seed,
+                           "train_seconds": trained.get("train_seconds"), "dev_metrics": trained.get("dev_metrics"),
+                           "unseen": {}, "seen": {}}
+    for name in UNSEEN:
+        task, _, evaluation = data[name]
+        doc["unseen"][name] = {}
+        for init in INITS:
+            result = eval_multitask(model, task, evaluation, init=init, seed=seed, eval_limit=profile.eval_limit,
+                                    engine=engine)
+            doc["unseen"][name][init] = result["metrics"] | {"weights": result.get("weights")}
+    for name in names:
+        task, _, evaluation = data[name]
+        doc["seen"][name] = eval_multitask(model, task, evaluation, seed=seed, eval_limit=profile.eval_limit,
+                                           engine=engine)["metrics"]
+    doc["seconds"] = time.perf_counter() - start
+    write_json(record, doc)
+    mean = statistics.fmean(doc["unseen"][n]["random"]["accuracy"] for n in UNSEEN)
+    print(f"{record.stem}: tasks {', '.join(names)}; unseen (random E) {100 * mean:.1f}; {doc['seconds']:.0f}s",
+          flush=True)
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = 100 * statistics.fmean(values)
+    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def render(store: Path, args: argparse.Namespace) -> str:
+    profile = PROFILES[args.profile]
+    records = {p.stem: json.loads(p.read_text()) for p in sorted(store.glob("*.json"))} if store.is_dir() else {}
+    lines = [
+        "# ZeroPrompt on SmolLM2: task scaling, unseen-task prompts, prompt design (Xu et al. 2022)",
+        "",
+        f"Model `{args.model}` (causal, fp32, frozen); profile `{args.profile}`: {profile.settings}, "
+        f"{profile.config}, {profile.eval_limit} evaluation examples per task. Reproduce: "
+        f"`OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/zeroprompt.py --profile {args.profile}` (resumable; "
+        "`--render-only` rewrites this page from the committed records). Training pool: "
+        f"{', '.join(POOL)} (k tasks drawn with the seed); unseen tasks: {', '.join(UNSEEN)}. Accuracy ×100, mean ± "
+        "std over seeds (the seed draws the training tasks and seeds training and the random E).",
+        "",
+        "## Task scaling (Figure 5): mean unseen-task accuracy against the number of training tasks",
+        "",
+        "| shared | k = 0 | " + " | ".join(f"k = {k}" for k in args.sizes) + " |",
+        "|---|---|" + "---|" * len(args.sizes),
+    ]
+    base = records.get("base")
+    base_random = (cell([statistics.fmean(base["unseen"][n]["random"][str(s)]["accuracy"] for n in UNSEEN)
+                         for s in args.seeds if str(s) in base["unseen"][UNSEEN[0]]["random"]]) if base else "–")
+    missing = []
+    for shared in ("deep", "lora"):
+        row = [shared, base_random]
+        for k in args.sizes:
+            docs = [records[n] for s in args.seeds if (n := unit_name(shared, k, s, "hybrid")) in records]
+            if len(docs) < len(args.seeds):
+                missing.append(f"{shared} k={k} ({len(docs)}/{len(args.seeds)} seeds)")
+            row.append(cell([statistics.fmean(d["unseen"][n]["random"]["accuracy"] for n in UNSEEN) for d in docs]))
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "k = 0 is the untrained LM under the hybrid layout with a random E; every other column is a "
+              "multitask model with E_new = random on the unseen tasks.", "",
+              "## Unseen-task prompt init (Table 5), per unseen task, k = " + str(max(args.sizes)), "",
+              "| shared | task | " + " | ".join(INITS) + " |", "|---|---|" + "---|" * len(INITS)]
+    for shared in ("deep", "lora"):
+        docs = [records[n] for s in args.seeds if (n := unit_name(shared, max(args.sizes), s, "hybrid")) in records]
+        for name in UNSEEN:
+            if docs:
+                lines.append(f"| {shared} | {name} | " + " | ".join(
+                    cell([d["unseen"][name][i]["accuracy"] for d in docs]) for i in INITS) + " |")
+    if base:
+        lines.append("| untrained | (all) | " + cell([statistics.fmean(base["unseen"][n]["none"]["accuracy"]
+                                                                       for n in UNSEEN)]) + " | " + base_random
+                     + " | – | – |")
+    lines += ["", "## Prompt design (Table 4, −V): with and without the options in the layout, deep, k = "
+              f"{max(args.sizes)}", "", "| layout | seen tasks (own E) | unseen tasks (random E) |", "|---|---|---|"]
+    for label, layout in (("E + V + D (hybrid)", "hybrid"), ("E + D (−V)", NO_OPTIONS)):
+        docs = [records[n] for s in args.seeds if (n := unit_name("deep", max(args.sizes), s, layout)) in records]
+        seen = [statistics.fmean(m["accuracy"] for m in d["seen"].values()) for d in docs]
+        unseen = [statistics.fmean(d["unseen"][n]["random"]["accuracy"] for n in UNSEEN) for d in docs]
+        lines.append(f"| {label} | {cell(seen)} | {cell(unseen)} |")
+    lines += ["", "−E (no task-specific soft prompt) is not run: the multitask model needs prompt positions for its "
+              "per-task E and its shared deep prompt."]
+    if missing:
+        lines += ["", "## Not run yet", "", *(f"- {m}" for m in missing)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
