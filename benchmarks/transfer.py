@@ -1,0 +1,215 @@
+"""Transfer as initialisation on SmolLM2 (SPoT; Su et al. 2022 finding 2) and which indicator predicts it.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/transfer.py [--profile cpu] [--tasks sst2 cr subj trec]
+        [--seeds 0] [--render-only]
+
+For every task T (few-shot: k training and k dev examples per class, drawn with the seed), a 10-vector prefix
+prompt is trained three ways: from T's description (text init, the usual start), from random vectors, and from
+the prompt trained on each other task S (description init, same seed). Reported per (S → T):
+- speed-up: epochs the description init needs to reach 90% of the way from its start to its best dev loss,
+  divided by the epochs the transferred init needs to reach that same dev loss (>1: faster; "starts there" when
+  the transferred prompt is there before training, 0 when it never gets there, – when the description init
+  starts at its best);
+- gain: the transferred prompt's final accuracy minus the description init's (evaluation sample, seed 0);
+- indicators between S's prompt and T's own prompt: cosine of the flattened vectors, Frobenius distance, and
+  neuron overlap (cosine of the binary "activated" patterns of the feed-forward neurons, Su et al.) at the prompt
+  positions and at the answer position, measured on 16 of T's training inputs;
+and Spearman's ρ (with p-values) of each indicator with the speed-up and with the gain, over all (S, T) pairs.
+
+Every training run is a run directory under benchmarks/cache/transfer/<model>/<profile>/ (ignored, resumable); a
+finished (task, init, seed) is published as a record under benchmarks/results/transfer/<model>/<profile>/
+(committed). Writes docs/results/transfer.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softprompt.analysis.geometry import cosine_flat, frobenius
+from softprompt.analysis.neurons import mean_activations, neuron_overlap
+from softprompt.analysis.transfer import spearman
+from softprompt.engine import Engine
+from softprompt.io import write_json, write_text
+from softprompt.models import load_model
+from softprompt.optimizers import TrainConfig
+from softprompt.paths import shared_data_dir
+from softprompt.prompts import load_prompt
+from softprompt.tasks import TaskSettings, load_task, run_task
+from softprompt.transfer import PromptInit
+
+SHARED = shared_data_dir(default=Path(__file__).resolve().parents[2] / "shared" / "data")
+ROOT = Path(__file__).resolve().parent
+TASKS = ("sst2", "cr", "subj", "trec")
+PROBES = 16
+INDICATORS = ("cosine", "frobenius", "overlap-prompt", "overlap-answer")
+HIGHER_IS_SIMILAR = {"cosine": True, "frobenius": False, "overlap-prompt": True, "overlap-answer": True}
+
+
+@dataclass(frozen=True)
+class Profile:
+    settings: TaskSettings
+    config: TrainConfig
+
+
+PROFILES = {
+    # One core: a few-shot 10-vector prompt trains in 2-4 minutes.
+    "cpu": Profile(TaskSettings(layout="prefix", length=10, shots=16, eval_limit=200),
+                   TrainConfig(lr=1e-2, batch_size=16, max_epochs=12, patience=4)),
+    "full": Profile(TaskSettings(layout="prefix", length=20, shots=32, eval_limit=None),
+                    TrainConfig(lr=1e-2, batch_size=16, max_epochs=30, patience=6)),
+    "smoke": Profile(TaskSettings(layout="prefix", length=4, shots=4, eval_limit=8),
+                     TrainConfig(lr=1e-2, batch_size=8, max_epochs=2, patience=1)),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "transfer.md")
+    args = parser.parse_args()
+    if SHARED is None:
+        sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
+    profile = PROFILES[args.profile]
+    model_dir = re.sub(r"[^\w.-]", "_", args.model)
+    cache = ROOT / "cache" / "transfer" / model_dir / args.profile
+    store = ROOT / ("cache" if args.profile == "smoke" else "results") / "transfer" / model_dir / args.profile
+    if not args.render_only:
+        lm = load_model(args.model)
+        engine = Engine(lm)
+        data = {n: (load_task(n), load_task(n).load("train", SHARED), load_task(n).load("validation", SHARED))
+                for n in args.tasks}
+        for seed in args.seeds:
+            # Own prompts first (the sources of every transfer), then random, then every transfer.
+            inits = [(t, "text") for t in args.tasks] + [(t, "random") for t in args.tasks]
+            inits += [(t, f"from-{s}") for t in args.tasks for s in args.tasks if s != t]
+            for target, init in inits:
+                record = store / target / init / f"seed-{seed}.json"
+                if record.is_file():
+                    continue
+                task, train, evaluation = data[target]
+                settings = replace(profile.settings, init="random" if init == "random" else "text")
+                source = None
+                if init.startswith("from-"):
+                    source = PromptInit([cache / init.removeprefix("from-") / "text" / f"seed-{seed}"])
+                out = cache / target / init / f"seed-{seed}"
+                doc = run_task(lm, task, settings, replace(profile.config, seed=seed), out, train, evaluation,
+                               resume=True, progress=False, engine=engine, init_from=source)
+                if init.startswith("from-"):
+                    doc["indicators"] = indicators(engine, data[target], out.parent.parent / "text" / f"seed-{seed}",
+                                                   cache / init.removeprefix("from-") / "text" / f"seed-{seed}")
+                write_json(record, {k: doc[k] for k in ("metrics", "history", "best_epoch", "train_seconds")}
+                           | {"indicators": doc.get("indicators")})
+                print(f"{target:6} {init:12} seed {seed}  acc {100 * doc['metrics']['accuracy']:5.1f}  "
+                      f"best epoch {doc['best_epoch']}  {doc['train_seconds']:.0f}s", flush=True)
+    write_text(args.out, render(store, args))
+    print(f"wrote {args.out}")
+
+
+def indicators(engine: Engine, target: tuple[Any, Any, Any], own_run: Path, source_run: Path) -> dict[str, float]:
+    """The four indicators between the source prompt and the target task's own prompt, on the target's inputs."""
+    task, train, _ = target
+    own = load_prompt(own_run / "prompt.safetensors", engine.lm)
+    source = load_prompt(source_run / "prompt.safetensors", engine.lm)
+    probes = train[:: max(1, len(train) // PROBES)][:PROBES]
+    a, b = source.vectors().detach(), own.vectors().detach()
+    out = {"cosine": cosine_flat(a, b), "frobenius": frobenius(a, b)}
+    with torch.inference_mode():
+        for positions in ("prompt", "answer"):
+            a = mean_activations(engine, source, task, probes, positions) > 0
+            b = mean_activations(engine, own, task, probes, positions) > 0
+            out[f"overlap-{positions}"] = neuron_overlap(a, b)
+    return out
+
+
+def epochs_to(history: list[dict[str, Any]], loss: float) -> float:
+    """The first epoch whose dev loss is at most ``loss`` (inf if none)."""
+    return next((h["epoch"] for h in history if h["dev_loss"] <= loss), math.inf)
+
+
+def speed_up(own: float, transferred: float) -> float:
+    """Epochs the description init needs over those the transferred one needs: inf when the transferred prompt
+    starts at the goal, 0 when it never reaches it, NaN when the description init starts there (nothing to gain)."""
+    if own == 0:
+        return math.nan
+    if transferred == 0:
+        return math.inf
+    return own / transferred
+
+
+def render(store: Path, args: argparse.Namespace) -> str:
+    profile = PROFILES[args.profile]
+
+    def load(target: str, init: str, seed: int) -> dict[str, Any] | None:
+        path = store / target / init / f"seed-{seed}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    lines = [
+        "# Transfer as initialisation on SmolLM2 (SPoT; Su et al. 2022)", "",
+        f"Model `{args.model}` (causal, fp32, frozen); profile `{args.profile}`: {profile.settings}, "
+        f"{profile.config}. Reproduce: `OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/transfer.py --profile "
+        f"{args.profile}` (resumable; `--render-only` rewrites this page from the committed records). Accuracy ×100 "
+        "on a stratified evaluation sample (seed 0); speed-up and gain as the script's docstring defines them.", "",
+        "| source → target | seed | speed-up (90%) | reaches own best | accuracy | gain vs description | cosine | "
+        "Frobenius | overlap (prompt) | overlap (answer) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    points: dict[str, list[tuple[float, float, float]]] = {name: [] for name in INDICATORS}
+    missing = []
+    for seed in args.seeds:
+        for target in args.tasks:
+            own = load(target, "text", seed)
+            for init in ["random", *(f"from-{s}" for s in args.tasks if s != target)]:
+                doc = load(target, init, seed)
+                if own is None or doc is None:
+                    missing.append(f"{target} {init} seed {seed}")
+                    continue
+                start, best = own["history"][0]["dev_loss"], min(h["dev_loss"] for h in own["history"])
+                goal = start - 0.9 * (start - best)
+                speed = speed_up(epochs_to(own["history"], goal), epochs_to(doc["history"], goal))
+                reaches = epochs_to(doc["history"], best)
+                gain = doc["metrics"]["accuracy"] - own["metrics"]["accuracy"]
+                ind = doc.get("indicators") or {}
+                label = f"{init.removeprefix('from-')} → {target}"
+                shown = "–" if math.isnan(speed) else "starts there" if math.isinf(speed) else f"{speed:.2f}"
+                lines.append(f"| {label} | {seed} | {shown} | "
+                             f"{'never' if math.isinf(reaches) else f'epoch {reaches}'} | "
+                             f"{100 * doc['metrics']['accuracy']:.1f} | {100 * gain:+.1f} | "
+                             + " | ".join(f"{ind[n]:.3f}" if n in ind else "–" for n in INDICATORS) + " |")
+                for name in INDICATORS:
+                    if name in ind and not math.isnan(speed):
+                        points[name].append((ind[name], min(speed, 1e9), gain))  # ranks only: inf is the largest
+    own_rows = [f"| {t} | " + " | ".join(
+        f"{100 * d['metrics']['accuracy']:.1f}" if (d := load(t, i, s)) else "–" for i in ("text", "random"))
+        + f" | {s} |" for s in args.seeds for t in args.tasks]
+    lines += ["", "## Each task's own prompt", "", "| task | description init | random init | seed |",
+              "|---|---|---|---|", *own_rows, "",
+              "## Indicators (Spearman's ρ over the source → target pairs, p-value)", "",
+              "| indicator | more similar is | ρ with speed-up | ρ with gain | pairs |", "|---|---|---|---|---|"]
+    for name in INDICATORS:
+        xs = [p[0] for p in points[name]]
+        if len(xs) < 3:
+            continue
+        rho_s, p_s = spearman(xs, [p[1] for p in points[name]])
+        rho_g, p_g = spearman(xs, [p[2] for p in points[name]])
+        lines.append(f"| {name} | {'higher' if HIGHER_IS_SIMILAR[name] else 'lower'} | {rho_s:+.2f} (p {p_s:.2f}) | "
+                     f"{rho_g:+.2f} (p {p_g:.2f}) | {len(xs)} |")
+    if missing:
+        lines += ["", "## Not run yet", "", *(f"- {m}" for m in missing)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
