@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -245,6 +246,69 @@ def test_chunked_backward_adds_up_to_one_pass(causal_lm):
     scores = scorer.all_scores(data.splits["train"], prompt.vectors(), None)
     expected = torch.nn.functional.cross_entropy(scores, torch.tensor(data.gold["train"])).item()
     assert results[0][0] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("which", ["causal", "masked"])
+def test_sampled_negatives_give_the_softmax_over_the_golds_and_the_sample(which, request):
+    """With negatives, a step's loss is the cross-entropy among the batch's golds and the sampled others, each
+    scored as the full scorer scores it; with a sample as large as the rest it is the full loss."""
+    lm = request.getfixturevalue(f"{which}_lm")
+    data = encode_relation(relation(), lm, candidates=CandidateOptions(negatives=1))
+    assert data.candidates.settings()["negatives"] == 1
+    prompt = SoftPrompt(data.encoder, init="random")
+    engine = Engine(lm)
+    full = CandidateScorer(engine, replace(data.candidates, negatives=None))
+    gold = torch.tensor(data.gold["train"])
+    batch = [0, 1, 2]
+    objective = CandidateObjective(CandidateScorer(engine, data.candidates), prompt, data.splits["train"], gold,
+                                   data.splits["dev"], torch.tensor(data.gold["dev"]), seed=5)
+    objective.start_epoch(3)
+    golds = sorted(set(gold[batch].tolist()))
+    drawn = objective.sampled(gold[batch], 1)[0].candidates  # what the step will draw (seed, epoch, step 0)
+    assert len(drawn) == len(golds) + 1 and drawn.tokens[: len(golds)] == tuple(full.candidates.tokens[g]
+                                                                                 for g in golds)
+    chosen = [full.candidates.tokens.index(t) for t in drawn.tokens]
+    loss = objective.backward(batch)
+    with torch.no_grad():
+        scores = full.scores([data.splits["train"][i] for i in batch], prompt.vectors(), None)[:, chosen]
+    expected = torch.nn.functional.cross_entropy(scores, torch.tensor([chosen.index(g) for g in gold[batch].tolist()]))
+    assert loss == pytest.approx(expected.item(), abs=1e-5)
+    # Negatives covering every other candidate: the full cross-entropy.
+    every = CandidateObjective(CandidateScorer(engine, replace(data.candidates, negatives=len(ANSWERS))), prompt,
+                               data.splits["train"], gold, data.splits["dev"], torch.tensor(data.gold["dev"]))
+    whole = CandidateObjective(full, prompt, data.splits["train"], gold, data.splits["dev"],
+                               torch.tensor(data.gold["dev"]))
+    assert every.backward(batch) == pytest.approx(whole.backward(batch), abs=1e-5)
+    with pytest.raises(SoftpromptError, match="the sampled negatives must be at least 1, got 0"):
+        CandidateOptions(negatives=0)
+
+
+def test_sampled_negatives_train_reproducibly_and_resume_exactly(causal_lm, tmp_path, monkeypatch):
+    data = encode_relation(relation(), causal_lm, candidates=CandidateOptions(negatives=2))
+    config = TrainConfig(lr=0.05, batch_size=4, max_epochs=3, patience=3, seed=1)
+
+    def run(checkpoint=None, resume=False):
+        prompt = SoftPrompt(data.encoder, init="random", seed=1)
+        train_candidates(CandidateScorer(Engine(causal_lm), data.candidates), prompt, data.splits["train"],
+                         data.gold["train"], data.splits["dev"], data.gold["dev"], config, checkpoint, resume,
+                         progress=False)
+        return prompt.weight.detach().clone()
+
+    straight = run()
+    calls = {"n": 0}
+    original = CandidateObjective.dev_loss
+
+    def dies_after_epoch_one(self):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 0, epoch 1, then epoch 2's evaluation
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(CandidateObjective, "dev_loss", dies_after_epoch_one)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "ckpt.safetensors")
+    monkeypatch.undo()
+    assert torch.equal(run(tmp_path / "ckpt.safetensors", resume=True), straight)
 
 
 @pytest.mark.parametrize("which", ["causal", "masked"])

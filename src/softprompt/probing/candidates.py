@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,11 @@ class CandidateOptions:
 
     file: Path | None = None  # one answer per line; None: every distinct answer in the relation's splits
     normalise: bool = False  # rank by the mean rather than the sum of the tokens' log-probabilities
+    negatives: int | None = None  # training: each step's loss over its golds and this many sampled others
+
+    def __post_init__(self) -> None:
+        if self.negatives is not None and self.negatives < 1:
+            raise SoftpromptError(f"the sampled negatives must be at least 1, got {self.negatives}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class Candidates:
     tokens: tuple[tuple[int, ...], ...]
     source: str  # the candidates file, or "relation" for every distinct answer of the relation
     normalise: bool
+    negatives: int | None = None  # training samples this many other candidates per step (None: all of them)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -69,7 +75,13 @@ class Candidates:
         """What config.json and metrics.json record of the candidates (a changed file cannot be resumed)."""
         digest = hashlib.sha256("\n".join(self.texts).encode()).hexdigest()[:16]
         return {"ranking": "candidates", "candidates": len(self), "candidates_source": self.source,
-                "candidates_sha256": digest, "normalise": self.normalise}
+                "candidates_sha256": digest, "normalise": self.normalise,
+                **({"negatives": self.negatives} if self.negatives is not None else {})}
+
+    def subset(self, indices: Sequence[int]) -> Candidates:
+        """These candidates only, in this order (a training step's golds and sampled negatives)."""
+        return replace(self, texts=tuple(self.texts[i] for i in indices),
+                       tokens=tuple(self.tokens[i] for i in indices))
 
 
 def relation_answers(relation: Relation) -> list[str]:
@@ -85,7 +97,8 @@ def read_candidates(path: Path) -> list[str]:
     return answers
 
 
-def make_candidates(encoder: TemplateEncoder, answers: Sequence[str], source: str, normalise: bool) -> Candidates:
+def make_candidates(encoder: TemplateEncoder, answers: Sequence[str], source: str, normalise: bool,
+                    negatives: int | None = None) -> Candidates:
     """Tokenise ``answers`` in the template's answer context. Answers that tokenise alike are one candidate
     (the first text is kept); an answer with the unknown token is left out, since it would tie with every
     other unknown word."""
@@ -98,14 +111,14 @@ def make_candidates(encoder: TemplateEncoder, answers: Sequence[str], source: st
     if not seen:
         raise SoftpromptError(f"{source}: no candidate answer is a known token sequence for model "
                               f"'{encoder.lm.name}'; give candidates in words the model knows")
-    return Candidates(tuple(seen.values()), tuple(seen), source, normalise)
+    return Candidates(tuple(seen.values()), tuple(seen), source, normalise, negatives)
 
 
 def build_candidates(options: CandidateOptions, relation: Relation, encoder: TemplateEncoder) -> Candidates:
     """The candidate set ``options`` ask for, for the relation and model of ``encoder``."""
-    if options.file is None:
-        return make_candidates(encoder, relation_answers(relation), "relation", options.normalise)
-    return make_candidates(encoder, read_candidates(options.file), str(options.file), options.normalise)
+    answers = relation_answers(relation) if options.file is None else read_candidates(options.file)
+    source = "relation" if options.file is None else str(options.file)
+    return make_candidates(encoder, answers, source, options.normalise, options.negatives)
 
 
 def prefix_tree(sequences: Sequence[tuple[int, ...]]) -> tuple[TokenTree, list[list[int]]]:

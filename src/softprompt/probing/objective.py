@@ -5,7 +5,7 @@ descent."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from softprompt.engine import Batch, Engine, length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.optimizers import FitResult, GradientDescent, TrainConfig
+from softprompt.optimizers.base import epoch_seed
 from softprompt.probing.candidates import CandidateScorer
 from softprompt.progress import progress_bar
 from softprompt.prompts import Prompt
@@ -99,7 +100,10 @@ def check_trainable(prompt: Prompt, train: Sequence[Example], dev: Sequence[Exam
 @dataclass
 class CandidateObjective:
     """The cross-entropy of the gold answer among the candidate answers under one prompt (an
-    ``optimizers.Objective``): the gold candidate's score against every candidate's."""
+    ``optimizers.Objective``): the gold candidate's score against every candidate's, or, with the candidates'
+    ``negatives`` set, against the batch's golds and that many others drawn at random for each step (a sampled
+    softmax: each step's token tree holds those candidates only, so a step costs its sample, not the whole set).
+    The dev loss is always over every candidate."""
 
     scorer: CandidateScorer
     prompt: Prompt
@@ -107,6 +111,9 @@ class CandidateObjective:
     gold: torch.Tensor  # (N,) each training fact's answer, an index into the candidates
     dev: Sequence[Example]
     dev_gold: torch.Tensor
+    seed: int = 0
+    epoch: int = field(default=0, init=False)
+    steps: int = field(default=0, init=False)  # steps taken in this epoch: with the epoch, seeds the sample
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         return [{"params": self.prompt.trainable_parameters(), "lr": lr}]
@@ -114,23 +121,39 @@ class CandidateObjective:
     def backward(self, indices: list[int]) -> float:
         """Add the gradient of the batch's mean loss, in chunks of at most one forward pass each (a batch of
         facts times the candidates' slots may not fit in memory at once); return that loss."""
+        scorer, gold = self.scorer, self.gold[indices]
+        negatives = scorer.candidates.negatives
+        if negatives is not None:
+            scorer, gold = self.sampled(gold, negatives)
+        self.steps += 1
         total = 0.0
-        step = self.scorer.facts_per_pass
+        step = scorer.facts_per_pass
         for start in range(0, len(indices), step):
             chunk = indices[start : start + step]
-            scores = self.scorer.scores([self.items[i] for i in chunk], self.prompt.vectors(), self.prompt.deltas())
-            gold = self.gold[chunk].to(scores.device)
-            loss = F.cross_entropy(scores, gold, reduction="sum") / len(indices)
-            loss.backward()
-            total += loss.item()
+            scores = scorer.scores([self.items[i] for i in chunk], self.prompt.vectors(), self.prompt.deltas())
+            loss = F.cross_entropy(scores, gold[start : start + step].to(scores.device), reduction="sum")
+            (loss / len(indices)).backward()
+            total += loss.item() / len(indices)
         return total
+
+    def sampled(self, gold: torch.Tensor, negatives: int) -> tuple[CandidateScorer, torch.Tensor]:
+        """A scorer of the batch's golds and ``negatives`` other candidates drawn uniformly (seeded by the seed,
+        the epoch and the step, so a resumed run draws the same), and the golds' positions among them."""
+        golds = sorted(set(gold.tolist()))
+        others = [c for c in range(len(self.scorer.candidates)) if c not in set(golds)]
+        generator = torch.Generator().manual_seed(epoch_seed(epoch_seed(self.seed, self.epoch), self.steps))
+        drawn = torch.randperm(len(others), generator=generator)[:negatives].tolist()
+        chosen = golds + sorted(others[i] for i in drawn)
+        position = {c: i for i, c in enumerate(chosen)}
+        scorer = CandidateScorer(self.scorer.engine, self.scorer.candidates.subset(chosen))
+        return scorer, torch.tensor([position[g] for g in gold.tolist()])
 
     def dev_loss(self) -> float:
         scores = self.scorer.all_scores(self.dev, self.prompt.vectors(), self.prompt.deltas())
         return F.cross_entropy(scores, self.dev_gold).item()
 
     def start_epoch(self, epoch: int) -> None:
-        pass
+        self.epoch, self.steps = epoch, 0
 
 
 def train_candidates(
@@ -145,9 +168,10 @@ def train_candidates(
     resume: bool = False,
     progress: bool = True,
 ) -> FitResult:
-    """``train_prompt`` in candidate mode: the loss is the cross-entropy over ``scorer``'s candidates, and
-    ``train_gold`` / ``dev_gold`` are each fact's answer among them."""
+    """``train_prompt`` in candidate mode: the loss is the cross-entropy over ``scorer``'s candidates (or a
+    sample of them, with their ``negatives`` set), and ``train_gold`` / ``dev_gold`` are each fact's answer among
+    them."""
     check_trainable(prompt, train, dev)
     objective = CandidateObjective(scorer, prompt, train, torch.tensor(list(train_gold)), dev,
-                                   torch.tensor(list(dev_gold)))
+                                   torch.tensor(list(dev_gold)), config.seed)
     return GradientDescent(config, progress).fit(objective, checkpoint, resume)
