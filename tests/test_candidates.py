@@ -403,11 +403,12 @@ def test_cli_candidate_mode(model_dirs, tmp_path, monkeypatch):
     runner = CliRunner()
     common = ["--data", str(data), "--template", "The capital of [X] is [Y] .", "--model", str(model_dirs["masked"])]
     result = runner.invoke(app, ["probe", "train", *common, "--out", str(tmp_path / "run"), "--epochs", "1",
-                                 "--quiet", "--answers", "candidates", "--normalise"])
+                                 "--quiet", "--answers", "candidates", "--normalise", "--negatives", "2"])
     assert result.exit_code == 0, result.output
     assert "metrics (×100, among 6 candidates)" in result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert (metrics["ranking"], metrics["candidates"], metrics["normalise"]) == ("candidates", 6, True)
+    assert (metrics["ranking"], metrics["candidates"], metrics["normalise"], metrics["negatives"]) == \
+        ("candidates", 6, True, 2)
     listed = tmp_path / "listed.txt"
     listed.write_text("Paris\nLima\n")
     result = runner.invoke(app, ["probe", "eval", *common, "--out", str(tmp_path / "eval"), "--prompt",
@@ -415,6 +416,9 @@ def test_cli_candidate_mode(model_dirs, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "facts dropped because their answer is not among the 2 candidates: 2" in result.output
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]["n"] == 2
+    result = runner.invoke(app, ["probe", "train", *common, "--out", str(tmp_path / "bad"), "--negatives", "3"])
+    assert result.exit_code == 2 and "--negatives apply to candidate answers" in result.stderr
+    assert not (tmp_path / "bad").exists()
     for extra, fragment in [(["--normalise"], "add --answers candidates"),
                             (["--answers", "candidates", "--candidates", str(tmp_path / "none.txt")], "none.txt")]:
         result = runner.invoke(app, ["probe", "eval", *common, "--out", str(tmp_path / "bad"), *extra])

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 import typer
 
 from softprompt.cli.common import Model, console, load_lm
+from softprompt.errors import SoftpromptError
 from softprompt.models import DEFAULT_MODEL
 from softprompt.probing.candidates import CandidateOptions
 from softprompt.probing.demo import DEMO_CONFIG, DEMO_LIMITS, QUICK_CONFIG, QUICK_LIMITS, run_demo, summary_table
@@ -36,11 +37,16 @@ def demo(
     answers: Annotated[Literal["vocabulary", "candidates"], typer.Option(
         help="vocabulary: rank the answer over the whole vocabulary (single-token answers only, the paper's "
              "protocol); candidates: rank answers of any length among the relation's answers.")] = "vocabulary",
+    negatives: Annotated[int | None, typer.Option(
+        min=1, help="With --answers candidates: train each step against N sampled other answers (faster).",
+        show_default=False)] = None,
 ) -> None:
     started = time.monotonic()
     lm = load_lm(model)
     config, caps = (QUICK_CONFIG, QUICK_LIMITS) if quick else (DEMO_CONFIG, DEMO_LIMITS)
+    if negatives is not None and answers != "candidates":
+        raise SoftpromptError("--negatives applies to candidate answers; add --answers candidates")
     results = run_demo(lm, out, config=config, limits=caps, force=force,
-                       candidates=CandidateOptions() if answers == "candidates" else None)
+                       candidates=CandidateOptions(negatives=negatives) if answers == "candidates" else None)
     console.print(summary_table(results, title=f"{lm.name}: test metrics (×100)"))
     console.print(f"summary: {out / 'summary.md'}  ({time.monotonic() - started:.0f} s)")

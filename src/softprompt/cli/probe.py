@@ -54,15 +54,20 @@ CandidatesFile = Annotated[Path | None, typer.Option(
                          "distinct answer of the relation's splits).", show_default=False)]
 Normalise = Annotated[bool, typer.Option(
     "--normalise", help="With --answers candidates: score a candidate by its mean token log-probability.")]
+Negatives = Annotated[int | None, typer.Option(
+    "--negatives", min=1, help="With --answers candidates, training: each step's loss over its facts' answers and N "
+                               "other candidates drawn at random (faster; default: every candidate).",
+    show_default=False)]
 
 
-def candidate_options(answers: str, candidates: Path | None, normalise: bool) -> CandidateOptions | None:
+def candidate_options(answers: str, candidates: Path | None, normalise: bool, negatives: int | None = None
+                      ) -> CandidateOptions | None:
     """The candidate mode the options ask for (None: the vocabulary), refusing options of the wrong mode."""
     if answers == "candidates":
-        return CandidateOptions(candidates, normalise)
-    if candidates is not None or normalise:
-        raise SoftpromptError("--candidates and --normalise apply to candidate answers; add --answers candidates, "
-                              "or leave them out")
+        return CandidateOptions(candidates, normalise, negatives)
+    if candidates is not None or normalise or negatives is not None:
+        raise SoftpromptError("--candidates, --normalise and --negatives apply to candidate answers; add --answers "
+                              "candidates, or leave them out")
     return None
 
 
@@ -99,6 +104,7 @@ def probe_train(
     answers: Answers = "vocabulary",
     candidates: CandidatesFile = None,
     normalise: Normalise = False,
+    negatives: Negatives = None,
     resume: Resume = False,
     force: Force = False,
     quiet: Quiet = False,
@@ -114,7 +120,7 @@ def probe_train(
     rel = relation_from_options(data, template, templates, relation)
     config = train_config(lr, batch_size, epochs, patience, seed)
     caps = limits(train=max_train, dev=max_dev, test=max_test)
-    options = candidate_options(answers, candidates, normalise)
+    options = candidate_options(answers, candidates, normalise, negatives)
     run = RunDir(out, "softprompt probe train")
     run.prepare(force, resume)
     lm = load_lm(model, quiet=quiet)
