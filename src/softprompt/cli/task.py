@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
@@ -61,12 +63,40 @@ EvalLimit = Annotated[int | None, typer.Option(
 EvalSeed = Annotated[int, typer.Option(help="Seed of the --eval-limit sample (the same for every --seed).")]
 
 
-def _task(spec: str, data_dir: Path | None) -> tuple[Task, Path | None]:
+def task_and_data(spec: str, data_dir: Path | None) -> tuple[Task, Path | None]:
     """The task, and the directory its relative data paths are read from."""
     task = load_task(spec)
     if data_dir is not None and not data_dir.is_dir():
         raise SoftpromptError(f"--data-dir {data_dir} is not a directory")
     return task, staged_data(data_dir)
+
+
+def train_seeds(command: str, task: Task, settings: TaskSettings, config: TrainConfig, seeds: list[int] | None,
+                out: Path, model: str, data_dir: Path | None, files: tuple[Path | None, Path | None], resume: bool,
+                force: bool, quiet: bool, init_from: Callable[[TaskPrompt], Any] | None = None,
+                identity: dict[str, Any] | None = None) -> tuple[list[int], list[dict[str, Any]]]:
+    """One task run per seed (OUT, or OUT/seed-N for several, with OUT/summary.json): every run directory is
+    checked before the data and model load, and against the run's settings (and ``identity``) after; returns the
+    seeds and their runs' metrics. What ``task train`` and ``transfer init`` share."""
+    seeds = seeds or [0]
+    outs = [out] if len(seeds) == 1 else [out / f"seed-{s}" for s in seeds]
+    for o in outs:
+        RunDir(o, command).prepare(force, resume)
+    train, train_source = load_split(task, "train", data_dir, files[0])
+    evaluation, eval_source = load_split(task, "validation", data_dir, files[1])
+    lm = load_lm(model, quiet=quiet)
+    configs = [replace(config, seed=s) for s in seeds]
+    for o, seed_config in zip(outs, configs, strict=True):
+        RunDir(o, command).prepare(force, resume, task_run_settings(lm, task, settings, seed_config) | (identity or {}))
+    engine = Engine(lm)
+    docs = []
+    for number, (seed, o, seed_config) in enumerate(zip(seeds, outs, configs, strict=True), start=1):
+        if len(seeds) > 1 and not quiet:
+            console.print(f"seed {seed} ({number} of {len(seeds)}): {o}")
+        docs.append(run_task(lm, task, settings, seed_config, o, train, evaluation, resume=resume, progress=not quiet,
+                             engine=engine, sources={"train": train_source, "validation": eval_source},
+                             init_from=init_from))
+    return seeds, docs
 
 
 def _metrics_row(task: Task, metrics: dict[str, float | None]) -> list[str]:
@@ -135,32 +165,18 @@ def task_train(
     labels differs from its share of the evaluation labels by more than 15 points (tasks.sampling.PRIOR_GAP).
     """
     check_resume_force(resume, force)
-    task, data_dir = _task(task_name, data_dir)
+    task, data_dir = task_and_data(task_name, data_dir)
     settings = TaskSettings(layout=layout, length=length, kind=kind, init=init, init_text=init_text,
                             normalise=normalise, calibrate=calibrate, shots=shots, train_limit=train_limit,
                             dev_size=dev_size, eval_limit=eval_limit, balance=balance, eval_seed=eval_seed)
-    seeds = seeds or [0]
-    outs = [out] if len(seeds) == 1 else [out / f"seed-{s}" for s in seeds]
-    for o in outs:
-        RunDir(o, "softprompt task train").prepare(force, resume)
-    train, train_source = load_split(task, "train", data_dir, train_file)
-    evaluation, eval_source = load_split(task, "validation", data_dir, eval_file)
-    lm = load_lm(model, quiet=quiet)
-    configs = [TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience, seed=s) for s in seeds]
-    for o, config in zip(outs, configs, strict=True):
-        RunDir(o, "softprompt task train").prepare(force, resume, task_run_settings(lm, task, settings, config))
-    engine = Engine(lm)
-    n_eval = len(evaluation[:eval_limit])
+    config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience)
+    seeds, docs = train_seeds("softprompt task train", task, settings, config, seeds, out, model, data_dir,
+                              (train_file, eval_file), resume, force, quiet)
+    n_eval = docs[0]["metrics"]["n"]
     table = Table(title=f"{task.name}: {kind} {layout} prompt, {n_eval} evaluation examples (×100)")
     for col in ("seed", *task.metrics, "train s"):
         table.add_column(col, justify="right")
-    docs = []
-    for number, (seed, o, config) in enumerate(zip(seeds, outs, configs, strict=True), start=1):
-        if len(seeds) > 1 and not quiet:
-            console.print(f"seed {seed} ({number} of {len(seeds)}): {o}")
-        doc = run_task(lm, task, settings, config, o, train, evaluation, resume=resume, progress=not quiet,
-                       engine=engine, sources={"train": train_source, "validation": eval_source})
-        docs.append(doc)
+    for seed, doc in zip(seeds, docs, strict=True):
         table.add_row(str(seed), *_metrics_row(task, doc["metrics"]), f"{doc['train_seconds']:.0f}")
     if len(docs) > 1:
         summary = write_summary(out, task, seeds, docs)
@@ -192,7 +208,7 @@ def task_eval(
 
     With --out, the run records the prompt file, layout, --normalise, --calibrate, the data file and the sample.
     """
-    task, data_dir = _task(task_name, data_dir)
+    task, data_dir = task_and_data(task_name, data_dir)
     examples, source = load_split(task, "validation", data_dir, eval_file)
     settings = TaskSettings(normalise=normalise, calibrate=calibrate, eval_limit=eval_limit, eval_seed=eval_seed)
     lm = load_lm(model)

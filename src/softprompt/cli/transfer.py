@@ -23,13 +23,23 @@ from softprompt.cli.common import (
     load_lm,
     staged_data,
 )
-from softprompt.cli.task import TASK_CONFIG, Calibrate, DataDir, EvalFile, EvalLimit, EvalSeed, Normalise, TrainFile
+from softprompt.cli.task import (
+    TASK_CONFIG,
+    Calibrate,
+    DataDir,
+    EvalFile,
+    EvalLimit,
+    EvalSeed,
+    Normalise,
+    TrainFile,
+    task_and_data,
+    train_seeds,
+)
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.optimizers import TrainConfig
-from softprompt.runs import RunDir
-from softprompt.tasks import TaskSettings, load_task, run_task
-from softprompt.tasks.run import load_split, task_run_settings, write_summary
+from softprompt.tasks import TaskSettings, load_task
+from softprompt.tasks.run import write_summary
 from softprompt.transfer import (
     Projector,
     PromptInit,
@@ -99,33 +109,18 @@ def transfer_init(
     check_resume_force(resume, force)
     init = PromptInit(sources)
     init.check_model(model or init.model)
-    task = load_task(task_name)
-    if data_dir is not None and not data_dir.is_dir():
-        raise SoftpromptError(f"--data-dir {data_dir} is not a directory")
-    data_dir = staged_data(data_dir)
+    task, data_dir = task_and_data(task_name, data_dir)
     settings = TaskSettings(layout=init.layout, length=init.length, kind=kind, init="vocab", normalise=normalise,
                             calibrate=calibrate, shots=shots, train_limit=train_limit, dev_size=dev_size,
                             eval_limit=eval_limit, balance=balance, eval_seed=eval_seed)
-    seeds = seeds or [0]
-    outs = [out] if len(seeds) == 1 else [out / f"seed-{s}" for s in seeds]
-    for o in outs:
-        RunDir(o, "softprompt transfer init").prepare(force, resume)
-    train, train_source = load_split(task, "train", data_dir, train_file)
-    evaluation, eval_source = load_split(task, "validation", data_dir, eval_file)
-    lm = load_lm(model or init.model, quiet=quiet)
-    configs = [TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience, seed=s) for s in seeds]
-    for o, config in zip(outs, configs, strict=True):
-        identity = task_run_settings(lm, task, settings, config) | {"init_from": init.record()}
-        RunDir(o, "softprompt transfer init").prepare(force, resume, identity)
-    engine = Engine(lm)
+    config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience)
+    seeds, docs = train_seeds("softprompt transfer init", task, settings, config, seeds, out, model or init.model,
+                              data_dir, (train_file, eval_file), resume, force, quiet, init_from=init,
+                              identity={"init_from": init.record()})
     table = Table(title=f"{task.name}: {kind} prompt from {len(sources)} source prompt(s) (×100)")
     for col in ("seed", *task.metrics, "start dev loss", "best dev loss", "best epoch"):
         table.add_column(col, justify="right")
-    docs = []
-    for seed, o, config in zip(seeds, outs, configs, strict=True):
-        doc = run_task(lm, task, settings, config, o, train, evaluation, resume=resume, progress=not quiet,
-                       engine=engine, sources={"train": train_source, "validation": eval_source}, init_from=init)
-        docs.append(doc)
+    for seed, doc in zip(seeds, docs, strict=True):
         table.add_row(str(seed), *("–" if doc["metrics"][m] is None else f"{100 * doc['metrics'][m]:.1f}"
                                    for m in task.metrics),
                       f"{doc['history'][0]['dev_loss']:.4f}", f"{doc['best_dev_loss']:.4f}", str(doc["best_epoch"]))
