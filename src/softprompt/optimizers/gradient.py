@@ -4,7 +4,8 @@ A checkpoint (prompt, best prompt, Adam state, counters, history) is written ato
 Each epoch's shuffle is seeded by (seed, epoch), so a run resumed from a checkpoint replays exactly the
 batches an uninterrupted run would have seen and ends with the same prompt. The result's ``warnings()`` say
 when the epoch limit stopped a prompt that was still improving; the run that called ``fit`` shows and records
-them (a warm-up phase of a longer run stops at its limit on purpose).
+them (a warm-up phase of a longer run stops at its limit on purpose). ``observe_epochs`` lets a caller see each
+finished epoch (a sweep's per-epoch reports) without every run function passing a callback down.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,23 @@ from softprompt.optimizers.base import (
 from softprompt.progress import progress_bar
 
 log = logging.getLogger(__name__)
+
+EpochObserver = Callable[[dict[str, Any]], None]
+# Set around a whole run by observe_epochs: the run pipelines build their optimizer deep inside (run_task,
+# run_probe, run_mixture), and an observer must reach it without a parameter through each of them.
+_OBSERVERS: ContextVar[tuple[EpochObserver, ...]] = ContextVar("epoch_observers", default=())
+
+
+@contextmanager
+def observe_epochs(observer: EpochObserver) -> Iterator[None]:
+    """Call ``observer`` after every epoch that ``GradientDescent.fit`` (EM too) finishes within the block, with
+    the epoch's history entry plus ``best_epoch`` and ``best_dev_loss``. It runs after the epoch's checkpoint is
+    written, so an observer that ends the run there (a sweep's early stopping) loses nothing of it."""
+    token = _OBSERVERS.set((*_OBSERVERS.get(), observer))
+    try:
+        yield
+    finally:
+        _OBSERVERS.reset(token)
 
 
 class GradientDescent(Optimizer):
@@ -111,6 +131,9 @@ class GradientDescent(Optimizer):
                 log.info("epoch %d: train loss %.4f  dev loss %.4f", epoch, train_loss, dev_loss)
             if checkpoint:
                 save_checkpoint(checkpoint, prompt, best, optimizer, state, identity)
+            for observe in _OBSERVERS.get():
+                observe(state["history"][-1] | {"best_epoch": state["best_epoch"],
+                                                "best_dev_loss": state["best_dev_loss"]})
         prompt.load_state_dict(best)
         return FitResult(prompt, state["best_epoch"], state["best_dev_loss"], state["history"], earlier)
 
