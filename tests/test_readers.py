@@ -21,7 +21,8 @@ from softprompt.io import excerpt, read_jsonl
 from softprompt.probing import load_relation, read_facts, read_templates
 from softprompt.probing.prompt_sets import read_template_list
 from softprompt.prompts import PROMPT_KINDS, MixturePrompt, SoftPrompt, TaskPrompt, load_prompt, read_prompt_file
-from softprompt.tasks.task import MAX_TASK_BYTES, load_task, task_from_dict
+from softprompt.tasks.files import MAX_TASK_BYTES
+from softprompt.tasks.task import load_task, task_from_dict
 from softprompt.templates import Template, TemplateEncoder
 
 TEMPLATE = "the capital of [X] is [Y] ."

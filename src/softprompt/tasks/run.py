@@ -23,6 +23,7 @@ from softprompt.optimizers import FitResult, GradientDescent, Optimizer, TrainCo
 from softprompt.optimizers.search import fluency_of, found_prompt, search_settings
 from softprompt.prompts.task import INITS, LAYOUTS, TaskPrompt, count_markers
 from softprompt.runs import RunDir, warn
+from softprompt.tasks.files import HF_PREFIX
 from softprompt.tasks.objective import ChoiceObjective
 from softprompt.tasks.sampling import (
     PRIOR_GAP,
@@ -35,7 +36,7 @@ from softprompt.tasks.sampling import (
 )
 from softprompt.tasks.scoring import CHOICE_BATCH_SIZE, TaskEncoder, calibrate, choice_scores
 from softprompt.tasks.search import LayoutSearch
-from softprompt.tasks.task import HF_PREFIX, Task, TaskExample
+from softprompt.tasks.task import Task, TaskExample
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,6 @@ Face dataset instead (needs the ``datasets`` package and a connection).
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,24 +37,18 @@ import jinja2.sandbox
 import yaml
 
 from softprompt.errors import SoftpromptError
-from softprompt.io import excerpt, one_line, read_jsonl, read_utf8
+from softprompt.io import excerpt, one_line
 from softprompt.paths import shared_data_dir
+from softprompt.tasks.files import FORMATS, HF_PREFIX, TaskLoader, read_hf, read_rows, read_task_text
 
 METRICS = ("accuracy", "macro_f1", "roc_auc")
 SPLITS = ("train", "validation", "test")
-FORMATS = ("jsonl", "tsv", "csv")
-HF_PREFIX = "hf:"
-# A task file is a few fields: anything larger is a mistake (or an attack on the YAML parser).
-MAX_TASK_BYTES = 1_000_000
-MAX_YAML_DEPTH = 64
 # What one template expression may build: a power of at most this many bits, a repeated string or list of
 # at most this many items (the sandbox already bounds range() to jinja2.sandbox.MAX_RANGE items).
 MAX_POWER_BITS = 4096
 MAX_REPEAT = 100_000
 # A multiple-choice target: the index of the gold choice (ASCII digits only: int() also reads "²" or "1_0").
 INDEX = re.compile(r"-?[0-9]{1,9}")
-# Delimiters that a CSV or TSV file might use instead of the one its name promises.
-DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "bar"}
 
 
 class _BoundedEnvironment(jinja2.sandbox.ImmutableSandboxedEnvironment):
@@ -321,76 +313,6 @@ class Task:
         return yaml.safe_dump({k: v for k, v in doc.items() if v is not None}, sort_keys=False, allow_unicode=True)
 
 
-def read_hf(source: str, split: str) -> list[tuple[int, dict[str, Any]]]:
-    """(row number, row) pairs of a Hugging Face dataset named ``hf:NAME[#CONFIG][@SPLIT]``."""
-    spec = source.removeprefix(HF_PREFIX)
-    spec, _, hf_split = spec.partition("@")
-    name, _, config = spec.partition("#")
-    try:
-        import datasets
-    except ImportError as err:
-        raise SoftpromptError(f"{source}: reading Hugging Face datasets needs the 'datasets' package "
-                              "(pip install datasets), or point the task at a local JSONL/TSV/CSV file") from err
-    try:
-        rows = datasets.load_dataset(name, config or None, split=hf_split or split)
-    except Exception as err:  # the hub raises many kinds (offline, unknown name, unknown split)
-        raise SoftpromptError(f"{source}: could not load the dataset ({err})") from err
-    return [(i, dict(row)) for i, row in enumerate(rows, start=1)]
-
-
-def read_rows(path: Path, fmt: str | None = None) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, row) pairs of a JSONL, TSV or CSV file (TSV/CSV with a header row)."""
-    fmt = fmt or {".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv", ".csv": "csv"}.get(path.suffix)
-    if fmt is None:
-        raise SoftpromptError(f"{path}: unknown data format; name it .jsonl, .tsv or .csv, or set 'format' in the task")
-    if not path.is_file():
-        raise SoftpromptError(f"data file not found: {path}")
-    rows = read_jsonl(path) if fmt == "jsonl" else read_table(path, "\t" if fmt == "tsv" else ",")
-    if not rows:
-        raise SoftpromptError(f"{path}: no examples")
-    return rows
-
-
-def read_table(path: Path, delimiter: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, row) pairs of a TSV or CSV file with a header row."""
-    text = read_utf8(path, at_line=":")
-    # QUOTE_NONE: GLUE TSVs contain bare double quotes inside fields.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    rows = []
-    try:
-        header = reader.fieldnames or []
-        check_header(path, header, delimiter)
-        for row in reader:
-            if None in row or None in row.values():
-                raise SoftpromptError(
-                    f"{path}:{reader.line_num}: expected {len(header)} columns {excerpt(header)}; "
-                    "fix the row, or quote fields that hold the delimiter"
-                )
-            rows.append((reader.line_num, dict(row)))
-    except csv.Error as err:  # e.g. a field over csv.field_size_limit(), a quote left open
-        # The DictReader counts only the lines of the rows it returned; its reader, also the failed one.
-        raise SoftpromptError(f"{path}:{reader.reader.line_num}: not a readable table ({err})") from err
-    return rows
-
-
-def check_header(path: Path, header: list[str], delimiter: str) -> None:
-    """Refuse a header that shows the file is separated by another delimiter than its name says: otherwise
-    every row reads as one column, and the error would be a template's missing field."""
-    if not header or header == [""]:
-        raise SoftpromptError(f"{path}: the first line must be a header naming the columns (e.g. text,label)")
-    if len(header) == 1:
-        other = next((d for d in DELIMITERS if d != delimiter and d in header[0]), None)
-        if other is not None:
-            fix = "name it .tsv or set 'format: tsv' in the task" if other == "\t" else (
-                "name it .csv or set 'format: csv' in the task" if other == "," else
-                f"save it with {DELIMITERS[delimiter]}s between the fields")
-            raise SoftpromptError(
-                f"{path}: its header {excerpt(header[0])} looks like it is separated by {other!r}, "
-                f"not {delimiter!r}; {fix}"
-            )
-
-
 def task_from_dict(doc: Mapping[str, Any], source: str) -> Task:
     if not isinstance(doc, Mapping):
         raise SoftpromptError(f"{source}: a task file must be a YAML mapping of fields")
@@ -435,7 +357,7 @@ def load_task(spec: str | Path) -> Task:
             f"unknown task {str(spec)!r}: not a task YAML file, and not a built-in task ({', '.join(builtin_tasks())})"
         )
     try:
-        doc = yaml.load(text, Loader=_TaskLoader)  # a SafeLoader: it builds only plain data
+        doc = yaml.load(text, Loader=TaskLoader)  # a SafeLoader: it builds only plain data
     except yaml.reader.ReaderError as err:  # a control character
         line = text[: err.position].count("\n") + 1
         raise SoftpromptError(f"{source}:{line}: not valid YAML (character #x{err.character:04x} is not "
@@ -448,47 +370,3 @@ def load_task(spec: str | Path) -> Task:
     except Exception as err:  # PyYAML's constructors: ValueError for 2024-13-01, IndexError for "!!int" alone, ...
         raise SoftpromptError(f"{source}: not valid YAML ({one_line(err)})") from err
     return task_from_dict(doc, source)
-
-
-def read_task_text(path: Path) -> str:
-    """The text of a task file, refusing what is not one: a missing file, more than MAX_TASK_BYTES, or
-    other text than UTF-8."""
-    if not path.is_file():
-        raise SoftpromptError(f"task file not found: {path}")
-    try:
-        data = path.read_bytes() if path.stat().st_size <= MAX_TASK_BYTES else None
-    except OSError as err:
-        raise SoftpromptError(f"{path}: cannot read it ({err.strerror or err}); check its permissions") from err
-    if data is None:
-        raise SoftpromptError(f"{path}: a task file of over {MAX_TASK_BYTES // 1000} kB; a task file only says "
-                              "where the data is and how to render it, so put the examples in a data file")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise SoftpromptError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from err
-
-
-class _TaskLoader(yaml.SafeLoader):
-    """YAML's safe loader without aliases, and with nesting bounded. A task file has no use for either, and
-    aliases let a few lines expand to billions of nodes ("billion laughs"), deep nesting exhausts the stack."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, f"found the alias *{event.anchor}: aliases are not allowed in a task file; write the "
-                "value out", event.start_mark)
-        if self.depth >= MAX_YAML_DEPTH:
-            raise yaml.composer.ComposerError(
-                None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", self.peek_event().start_mark)
-        self.depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
