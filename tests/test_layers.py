@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "softprompt"
 LAYERS = {
     "softprompt.errors": 0,
     # plumbing
-    "softprompt.io": 1, "softprompt.paths": 1, "softprompt.progress": 1,
+    "softprompt.io": 1, "softprompt.paths": 1, "softprompt.progress": 1, "softprompt.distributed": 1,
     # models and numbers
     "softprompt.models": 2, "softprompt.metrics": 2, "softprompt.significance": 2,
     "softprompt.templates": 3,

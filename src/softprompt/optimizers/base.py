@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeGuard
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -99,6 +99,23 @@ class Objective(Protocol):
     def dev_loss(self) -> float: ...
 
     def start_epoch(self, epoch: int) -> None: ...
+
+
+class ShardedDevObjective(Objective, Protocol):
+    """An objective whose dev loss is a sum of one term per dev example (a mean's terms are each loss divided by
+    the count), so that data-parallel processes can each compute some of the terms and sum them: every example is
+    counted once, with nothing padded or repeated. ``dev_terms(range(dev_size))`` equals ``dev_loss()`` up to
+    floating point; the terms of no examples sum to 0."""
+
+    @property
+    def dev_size(self) -> int: ...
+
+    def dev_terms(self, indices: Sequence[int]) -> float: ...
+
+
+def sharded_dev(objective: Objective) -> TypeGuard[ShardedDevObjective]:
+    """Whether the objective offers its dev loss as per-example terms (``ShardedDevObjective``)."""
+    return hasattr(objective, "dev_terms") and hasattr(objective, "dev_size")
 
 
 class Optimizer(ABC):

@@ -6,6 +6,13 @@ batches an uninterrupted run would have seen and ends with the same prompt. The 
 when the epoch limit stopped a prompt that was still improving; the run that called ``fit`` shows and records
 them (a warm-up phase of a longer run stops at its limit on purpose). ``observe_epochs`` lets a caller see each
 finished epoch (a sweep's per-epoch reports) without every run function passing a callback down.
+
+Started by a launcher in several processes (``softprompt.distributed``), every process draws the same batches
+of ``batch_size`` items, backpropagates its share of each and takes the same Adam step on the gradient summed
+over the shares; an objective with ``dev_terms`` shares its dev loss out too, any other's is computed by the main
+process. Only the main process reads and writes the checkpoint and calls the observers, so the checkpoint does not
+depend on the number of processes: a run may resume with another number and ends as it would have (up to
+floating point).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from softprompt import distributed
+from softprompt.distributed import Processes
 from softprompt.engine import length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_write
@@ -38,6 +47,7 @@ from softprompt.optimizers.base import (
     optimizer_tensors,
     read_checkpoint,
     restore_optimizer,
+    sharded_dev,
 )
 from softprompt.progress import progress_bar
 
@@ -77,17 +87,19 @@ class GradientDescent(Optimizer):
 
     def fit(self, objective: Objective, checkpoint: Path | None = None, resume: bool = False,
             settings: dict[str, Any] | None = None) -> FitResult:
-        config, prompt = self.config, objective.prompt
+        config, prompt, processes = self.config, objective.prompt, distributed.current()
         groups = [g for g in objective.param_groups(config.lr) if g["params"]]
         if not groups:
             raise SoftpromptError("nothing to train: every parameter is frozen")
+        params = [p for g in groups for p in g["params"]]
         optimizer = torch.optim.Adam(groups, lr=config.lr)
         identity = {"config": asdict(config), "settings": settings or {}}
+        show = self.progress and processes.is_main
 
         started = time.perf_counter()
-        state = load_checkpoint(checkpoint, prompt, optimizer, identity) if resume and checkpoint else None
+        state = start_state(processes, checkpoint if resume else None, prompt, optimizer, identity)
         if state is None:
-            initial = objective.dev_loss()
+            initial = dev_loss(objective, processes)
             if not math.isfinite(initial):
                 raise SoftpromptError(f"the initial prompt's dev loss is {initial}: its vectors or the data are "
                                       "degenerate; start from another prompt")
@@ -106,29 +118,35 @@ class GradientDescent(Optimizer):
             batches = length_batches(objective.items, config.batch_size, shuffle_seed=epoch_seed(config.seed, epoch))
             total = 0.0
             kept = state["epoch"] if checkpoint and state["epoch"] else None  # the checkpoint on disk, if any
-            for idx in progress_bar(batches, f"epoch {epoch}", self.progress):
+            for idx in progress_bar(batches, f"epoch {epoch}", show):
                 optimizer.zero_grad(set_to_none=True)
-                loss = backward(idx)
+                if processes.parallel:
+                    share = processes.shard(idx)
+                    loss = processes.reduce_step(params, backward(share) if share else 0.0, len(share), len(idx))
+                else:
+                    loss = backward(idx)
                 optimizer.step()
                 if not math.isfinite(loss):
                     raise diverged(epoch, f"a training loss of {loss}", kept)
-                if not all(p.isfinite().all() for g in groups for p in g["params"]):
+                if not all(p.isfinite().all() for p in params):
                     raise diverged(epoch, "non-finite prompt parameters", kept)
                 total += loss * len(idx)
-            dev_loss = objective.dev_loss()
-            if not math.isfinite(dev_loss):
-                raise diverged(epoch, f"a dev loss of {dev_loss}", kept)
+            dev = dev_loss(objective, processes)
+            if not math.isfinite(dev):
+                raise diverged(epoch, f"a dev loss of {dev}", kept)
             train_loss = total / len(objective.items)
-            state["history"].append({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss})
+            state["history"].append({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev})
             state["epoch"] = epoch
             state["seconds"] = earlier + time.perf_counter() - started
-            if dev_loss < state["best_dev_loss"]:
-                state.update(best_epoch=epoch, best_dev_loss=dev_loss, bad_epochs=0)
+            if dev < state["best_dev_loss"]:
+                state.update(best_epoch=epoch, best_dev_loss=dev, bad_epochs=0)
                 best = copy_state(prompt)
             else:
                 state["bad_epochs"] += 1
-            if self.progress:
-                log.info("epoch %d: train loss %.4f  dev loss %.4f", epoch, train_loss, dev_loss)
+            if show:
+                log.info("epoch %d: train loss %.4f  dev loss %.4f", epoch, train_loss, dev)
+            if not processes.is_main:
+                continue
             if checkpoint:
                 save_checkpoint(checkpoint, prompt, best, optimizer, state, identity)
             for observe in _OBSERVERS.get():
@@ -136,6 +154,37 @@ class GradientDescent(Optimizer):
                                                 "best_dev_loss": state["best_dev_loss"]})
         prompt.load_state_dict(best)
         return FitResult(prompt, state["best_epoch"], state["best_dev_loss"], state["history"], earlier)
+
+
+def dev_loss(objective: Objective, processes: Processes) -> float:
+    """The objective's dev loss; with several processes, each computes its share of the dev examples' terms
+    (every example once) if the objective has them, else the main process computes the whole."""
+    if not processes.parallel:
+        return objective.dev_loss()
+    if sharded_dev(objective):
+        return processes.sum(objective.dev_terms(processes.shard(range(objective.dev_size))))
+    return processes.main_only(objective.dev_loss)
+
+
+def start_state(processes: Processes, checkpoint: Path | None, module: nn.Module, optimizer: torch.optim.Optimizer,
+                identity: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """The checkpoint's state and best prompt (None without one), loaded into ``module`` and ``optimizer``. With
+    several processes the main process reads it and sends the others what it loaded, the fresh prompt too, so that
+    every process starts from the same parameters and only one touches the file."""
+    if not processes.parallel:
+        return load_checkpoint(checkpoint, module, optimizer, identity) if checkpoint else None
+
+    def read() -> tuple[Any, ...]:
+        loaded = load_checkpoint(checkpoint, module, optimizer, identity) if checkpoint else None
+        tensors = {k: v.cpu() for k, v in optimizer_tensors(optimizer).items()}
+        return loaded, {k: v.cpu() for k, v in copy_state(module).items()}, tensors, \
+            optimizer.state_dict()["param_groups"]
+
+    loaded, module_state, tensors, param_groups = processes.main_only(read)
+    if not processes.is_main:
+        module.load_state_dict(module_state)
+        restore_optimizer(optimizer, tensors, param_groups)
+    return loaded
 
 
 def diverged(epoch: int, what: str, kept: int | None) -> SoftpromptError:

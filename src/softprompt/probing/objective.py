@@ -67,6 +67,18 @@ class AnswerObjective:
     def dev_loss(self) -> float:
         return mean_loss(self.engine, self.prompt, self.dev, self.eval_batch_size)
 
+    @property
+    def dev_size(self) -> int:
+        return len(self.dev)
+
+    def dev_terms(self, indices: Sequence[int]) -> float:
+        """The dev loss's terms of these dev facts (their log-losses over the dev count): data-parallel processes
+        each score some of the facts (an ``optimizers.base.ShardedDevObjective``)."""
+        part = [self.dev[i] for i in indices]
+        if not part:
+            return 0.0
+        return mean_loss(self.engine, self.prompt, part, self.eval_batch_size) * len(part) / len(self.dev)
+
     def start_epoch(self, epoch: int) -> None:
         pass
 

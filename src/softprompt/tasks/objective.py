@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from softprompt.engine import Engine
 from softprompt.prompts import TaskPrompt
@@ -39,6 +42,23 @@ class ChoiceObjective:
     def dev_loss(self) -> float:
         scores = choice_scores(self.engine, self.dev, self.prompt.vectors(), self.prompt.deltas(), self.eval_batch_size)
         return choice_loss(scores, self.dev.labels, self.dev.choice_lengths if self.normalise else None).item()
+
+    @property
+    def dev_size(self) -> int:
+        return self.dev.num_examples
+
+    def dev_terms(self, indices: Sequence[int]) -> float:
+        """The dev loss's terms of these dev examples (their cross-entropies over the dev count): data-parallel
+        processes each score some of the examples (an ``optimizers.base.ShardedDevObjective``)."""
+        if not indices:
+            return 0.0
+        rows, size = example_rows(self.dev, indices), self.eval_batch_size
+        with torch.inference_mode():
+            scores = torch.cat([row_scores(self.engine, self.dev, rows[i : i + size], self.prompt.vectors(),
+                                           self.prompt.deltas()).float().cpu() for i in range(0, len(rows), size)])
+        lengths = self.dev.choice_lengths[list(indices)] if self.normalise else None
+        loss = choice_loss(scores.view(len(indices), -1), self.dev.labels[list(indices)], lengths)
+        return loss.item() * len(indices) / self.dev.num_examples
 
     def start_epoch(self, epoch: int) -> None:
         pass
