@@ -332,3 +332,23 @@ def test_cli_train_then_eval_seen_and_unseen(tmp_path: Path, model_dirs: dict[st
                       "no multitask model here")
     assert_user_error(invoke("zeroprompt", "train", "--out", tmp_path / "none", "--model", model_dirs["causal"]),
                       "name the training tasks")
+
+
+def test_lora_trains_without_task_prompts_and_deep_refuses_it(tmp_path: Path) -> None:
+    """ZeroPrompt's −E ablation: a layout without [P] positions (description, options, input) trains the LoRA
+    adapters alone; a deep shared prompt has nowhere to act there and is refused."""
+    tasks = [task(CAPITAL), task(LANGUAGE)]
+    data = [examples(tasks[0], 12), examples(tasks[1], 12)]
+    lm = tiny_causal()
+    doc = train_multitask(lm, tasks, data, settings(shared="lora", layout="hybrid-hard"), TINY, tmp_path / "run",
+                          progress=False)
+    assert len(doc["history"]) > 1
+    model = load_multitask(tmp_path / "run", tiny_causal())
+    assert model.length == 0 and model.table() == (None, None)
+    with safe_open(str(tmp_path / "run" / "checkpoint.safetensors"), "pt") as f:  # the last state, not the best
+        moved = [f.get_tensor(k).abs().sum() > 0 for k in f.keys() if k.startswith("prompt.") and ".B." in k]  # noqa: SIM118
+    assert moved and all(moved)  # LoRA's B matrices start at zero: training moved every one
+    result = eval_multitask(model, tasks[0], data[0], eval_limit=8)
+    assert result["init"] == "own" and result["metrics"]["n"] == 8
+    with pytest.raises(SoftpromptError, match="has no \\[P\\] positions for the task prompts and the shared deep"):
+        settings(shared="deep", layout="hybrid-hard")

@@ -67,9 +67,10 @@ class MultitaskSettings:
         for name in ("length", "cap", "dev_size", "feature_inputs", "lora_rank"):
             if getattr(self, name) < 1:
                 raise SoftpromptError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not count_markers(expand_layout(self.layout, self.length)):
-            raise SoftpromptError(f"layout {self.layout!r} has no [P] positions for the task prompts; use hybrid, "
-                                  "prefix, or a pattern with [P*N]")
+        if self.shared == "deep" and not count_markers(expand_layout(self.layout, self.length)):
+            raise SoftpromptError(f"layout {self.layout!r} has no [P] positions for the task prompts and the shared "
+                                  "deep prompt; use hybrid, prefix, or a pattern with [P*N] (or --shared lora, which "
+                                  "can train without task prompts: ZeroPrompt's −E ablation)")
         if self.shared_lr is not None and not self.shared_lr > 0:
             raise SoftpromptError(f"the shared component's learning rate must be positive, got {self.shared_lr}")
 
@@ -104,9 +105,11 @@ class MultitaskPrompt(nn.Module):
             return self.settings.shared_lr
         return LORA_LR if self.lora is not None else lr
 
-    def table(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def table(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Every task's vectors in one table, (T·n, d), and the shared perturbation repeated to line up with
         them, (L+1, T·n, d) (None for lora)."""
+        if not self.length:  # a layout without task prompts (LoRA only): nothing to stack
+            return None, None
         vectors = self.prompts.reshape(-1, self.prompts.shape[-1])
         deltas = self.delta.repeat(1, len(self.task_names), 1) if self.delta is not None else None
         return vectors, deltas
