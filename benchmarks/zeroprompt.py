@@ -17,7 +17,8 @@ result is published as a record under benchmarks/results/zeroprompt/<model>/<pro
 - ``<shared>-k<k>-seed<s>``: a multitask model (per-task E_t in the hybrid layout + a shared ``deep`` prompt or
   ``lora`` adapters) trained on k tasks, then every unseen task under E_new = none, random, top1 and weighted,
   and every training task under its own E_t;
-- ``deep-noV-k8-seed<s>``: the same without the options (verbalizers) in the layout (Table 4's −V).
+- Table 4's designs at the largest k: without the options (−V, deep and LoRA), and, LoRA only, without the task
+  prompts E (−E) and without both (−E −V).
 Scores: accuracy on a stratified sample of each unseen task's validation split (seed 0, the same everywhere).
 """
 
@@ -50,6 +51,10 @@ POOL = ("sst2", "trec", "mrpc", "cb", "subj", "cr", "mpqa", "sst5")
 UNSEEN = ("mr", "rte", "agnews", "copa")
 INITS = ("none", "random", "top1", "weighted")
 NO_OPTIONS = "[P*{n}]{description}\n{input}"
+# Table 4's prompt designs: E (task soft prompt), V (the options), D (the description), each with D and the input.
+DESIGNS = {"hybrid": "E + V + D (hybrid)", NO_OPTIONS: "E + D (−V)", "hybrid-hard": "V + D (−E)",
+           "{description}\n{input}": "D (−E −V)"}
+SUFFIXES = {"hybrid": "", NO_OPTIONS: "-noV", "hybrid-hard": "-noE", "{description}\n{input}": "-noEV"}
 
 
 @dataclass(frozen=True)
@@ -100,8 +105,10 @@ def main() -> None:
                 for name in (*POOL, *UNSEEN)}
         run_base(args, profile, store, data)
         units = [(shared, k, seed, "hybrid") for seed in args.seeds for k in args.sizes for shared in args.shared]
-        if not args.no_ablation:
-            units += [("deep", max(args.sizes), seed, NO_OPTIONS) for seed in args.seeds]
+        if not args.no_ablation:  # −V for both shared components; −E only for LoRA (deep needs prompt positions)
+            units += [(shared, max(args.sizes), seed, layout) for seed in args.seeds for shared, layout in
+                      (("deep", NO_OPTIONS), ("lora", NO_OPTIONS), ("lora", "hybrid-hard"),
+                       ("lora", "{description}\n{input}")) if shared in args.shared]
         for shared, k, seed, layout in units:
             name = unit_name(shared, k, seed, layout)
             if not (store / f"{name}.json").is_file():
@@ -111,7 +118,7 @@ def main() -> None:
 
 
 def unit_name(shared: str, k: int, seed: int, layout: str) -> str:
-    return f"{shared}{'-noV' if layout == NO_OPTIONS else ''}-k{k}-seed{seed}"
+    return f"{shared}{SUFFIXES[layout]}-k{k}-seed{seed}"
 
 
 def run_base(args: argparse.Namespace, profile: Profile, store: Path, data: dict[str, Any]) -> None:
@@ -217,15 +224,18 @@ def render(store: Path, args: argparse.Namespace) -> str:
         lines.append("| untrained | (all) | " + cell([statistics.fmean(base["unseen"][n]["none"]["accuracy"]
                                                                        for n in UNSEEN)]) + " | " + base_random
                      + " | – | – |")
-    lines += ["", "## Prompt design (Table 4, −V): with and without the options in the layout, deep, k = "
-              f"{max(args.sizes)}", "", "| layout | seen tasks (own E) | unseen tasks (random E) |", "|---|---|---|"]
-    for label, layout in (("E + V + D (hybrid)", "hybrid"), ("E + D (−V)", NO_OPTIONS)):
-        docs = [records[n] for s in args.seeds if (n := unit_name("deep", max(args.sizes), s, layout)) in records]
-        seen = [statistics.fmean(m["accuracy"] for m in d["seen"].values()) for d in docs]
-        unseen = [statistics.fmean(d["unseen"][n]["random"]["accuracy"] for n in UNSEEN) for d in docs]
-        lines.append(f"| {label} | {cell(seen)} | {cell(unseen)} |")
-    lines += ["", "−E (no task-specific soft prompt) is not run: the multitask model needs prompt positions for its "
-              "per-task E and its shared deep prompt."]
+    lines += ["", f"## Prompt design (Table 4), k = {max(args.sizes)}", "",
+              "| shared | layout | seen tasks (own E) | unseen tasks (random E) |", "|---|---|---|---|"]
+    for shared in ("deep", "lora"):
+        for layout, label in DESIGNS.items():
+            docs = [records[n] for s in args.seeds if (n := unit_name(shared, max(args.sizes), s, layout)) in records]
+            if not docs:
+                continue
+            seen = [statistics.fmean(m["accuracy"] for m in d["seen"].values()) for d in docs]
+            unseen = [statistics.fmean(d["unseen"][n]["random"]["accuracy"] for n in UNSEEN) for d in docs]
+            lines.append(f"| {shared} | {label} | {cell(seen)} | {cell(unseen)} |")
+    lines += ["", "Without E (−E) there is no task prompt to choose, so every init gives the same prompt; a deep "
+              "shared prompt needs prompt positions, so −E runs with LoRA only."]
     if missing:
         lines += ["", "## Not run yet", "", *(f"- {m}" for m in missing)]
     return "\n".join(lines) + "\n"
