@@ -4,7 +4,7 @@ the environment a launcher gives) with a step's 16 items shared out end with the
 number of processes and ends as an uninterrupted one; the LM stays in eval mode (its dropout would show).
 
 One spawn of two worker processes does every two-process part (starting them is most of the cost); the one-process
-references run in the test process.
+references run in the test process; one test launches the command line with accelerate launch.
 """
 
 from __future__ import annotations
@@ -12,21 +12,27 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Sequence
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_causal
+from typer.testing import CliRunner
 
 from softprompt import distributed
+from softprompt.cli import app
 from softprompt.distributed import Processes
 from softprompt.engine import Engine
+from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel, load_model
 from softprompt.optimizers import TrainConfig
 from softprompt.optimizers.gradient import GradientDescent, dev_loss
 from softprompt.probing.objective import AnswerObjective
-from softprompt.prompts import SoftPrompt
+from softprompt.prompts import SoftPrompt, load_prompt
 from softprompt.tasks import Task, TaskExample, TaskSettings, build_prompt, fit
 from softprompt.tasks.objective import ChoiceObjective
 from softprompt.tasks.scoring import TaskEncoder
@@ -241,3 +247,61 @@ def test_a_stopped_run_resumes_with_another_number_of_processes(runs) -> None:
     for result in results:
         assert torch.allclose(result["resumed"], straight.weight, atol=TOLERANCE, rtol=0)
         assert_same_history(result["resumed_history"], straight_result.history)
+def test_accelerate_launch_writes_one_run(runs, tmp_path: Path) -> None:
+    """``accelerate launch --multi_gpu --num_processes 2 -m softprompt probe train`` (two CPU processes: accelerate's
+    --cpu flag picks its one-process launcher, and its multi-process one falls back to gloo without GPUs) writes
+    one run directory and one tracked run and prints once, and its prompt equals the one a single process trains
+    with the same global batch; the other process's scratch directory is gone."""
+    root, _, _ = runs
+    data = tmp_path / "capital"
+    data.mkdir()
+    label = {a: "euro" if a in EURO else "yen" for a in EURO + YEN}
+    facts = {"train": [(f"{a} {b}", label[a]) for a in label for b in TRAIN_SECOND],
+             "dev": [(f"{a} city", label[a]) for a in label][:7], "test": [(f"{a} language", label[a]) for a in label]}
+    for split, pairs in facts.items():
+        (data / f"{split}.jsonl").write_text("".join(json.dumps({"sub": s, "obj": o}) + "\n" for s, o in pairs))
+    options = ["probe", "train", "--data", str(data), "--template", TEMPLATE, "--model", str(root / "model"),
+               "--epochs", "2", "--batch-size", "16", "--lr", "0.03", "--quiet"]
+    tracker = ["--tracker", "tensorboard"] if find_spec("tensorboard") else []
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "SOFTPROMPT_CACHE": str(tmp_path / "cache"),
+           "TMPDIR": str(scratch)}
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port()), "-m", "softprompt"]
+    two = subprocess.run([*launcher, *options, *tracker, "--out", str(tmp_path / "two")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("test metrics") == 1 and two.stdout.count("facts used") == 1  # the main process's
+    one = CliRunner().invoke(app, [*options, "--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    assert {p.name for p in (tmp_path / "two").iterdir()} == {p.name for p in (tmp_path / "one").iterdir()} | (
+        {"tracking"} if tracker else set())
+    assert not list(scratch.glob("softprompt-*"))
+    if tracker:
+        assert len(list((tmp_path / "two" / "tracking" / "tensorboard" / "two").glob("events.out.tfevents.*"))) == 1
+    lm = load_model(str(root / "model"))
+    a, b = (load_prompt(tmp_path / d / "prompt.safetensors", lm) for d in ("one", "two"))
+    assert torch.allclose(a.weight, b.weight, atol=TOLERANCE, rtol=0)
+    ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert_same_history(mb["history"], ma["history"])
+    assert mb["test"] == pytest.approx(ma["test"], abs=1e-6)
+
+
+def test_precision_follows_accelerate_and_reduced_precision_needs_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 by default; accelerate launch --mixed_precision bf16 asks for bf16, fp16 is refused (no loss scaling);
+    tf32 and bf16 on the CPU are refused in one line rather than run slower."""
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert distributed.default_precision() == "fp32"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert distributed.default_precision() == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with pytest.raises(SoftpromptError, match="fp16 is not supported"):
+        distributed.default_precision()
+    with distributed.precision("fp32", None):
+        assert not torch.is_autocast_enabled()
+    for mode in ("tf32", "bf16"):
+        refused = pytest.raises(SoftpromptError, match=f"--precision {mode} needs a GPU")
+        with refused, distributed.precision(mode, "cpu"):
+            pass

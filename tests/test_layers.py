@@ -17,6 +17,7 @@ LAYERS = {
     "softprompt.errors": 0,
     # plumbing
     "softprompt.io": 1, "softprompt.paths": 1, "softprompt.progress": 1, "softprompt.distributed": 1,
+    "softprompt.tracking": 1,
     # models and numbers
     "softprompt.models": 2, "softprompt.metrics": 2, "softprompt.significance": 2,
     "softprompt.templates": 3,
@@ -33,6 +34,8 @@ LAYERS = {
     "softprompt": 12,
     # the console script's entry point
     "softprompt.launch": 13,
+    # python -m softprompt (what launchers start), through the entry point
+    "softprompt.__main__": 14,
 }
 
 

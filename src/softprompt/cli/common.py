@@ -1,27 +1,49 @@
 """What every command shares: the consoles, the options that several commands take, model loading, and
-turning command-line strings into library objects (relations, split limits, data directories).
+turning command-line strings into library objects (relations, split limits, data directories); and what every
+training command runs within: its place among a launcher's processes (``training_process``) and its experiment
+tracker (``tracked``).
 
 Commands parse their options and call the library; they do no pipeline work of their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import transformers
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from softprompt import distributed
+from softprompt.distributed import Precision, Processes
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel, load_model
 from softprompt.optimizers import TrainConfig
+from softprompt.optimizers.gradient import observe_epochs
 from softprompt.paths import shared_data_dir
 from softprompt.probing import GEO_RELATIONS, Relation, geo_relation, load_relation, read_templates
 from softprompt.progress import show_messages
+from softprompt.runs import CONFIG, METRICS, PROMPT
 from softprompt.templates import Template
+from softprompt.tracking import (
+    EpochLog,
+    Tracker,
+    TrackerKind,
+    flat_params,
+    history_steps,
+    numbers,
+    open_tracker,
+    require,
+)
 
 GEO_PREFIX = "geo:"
 # The command line's documented default for the staged datasets, relative to the current directory.
@@ -51,7 +73,9 @@ Out = Annotated[Path, typer.Option("--out", help="The run directory to write.", 
 Force = Annotated[bool, typer.Option("--force", help="Overwrite a run already in the run directory.")]
 # Training options shared by every command that trains.
 Lr = Annotated[float, typer.Option(help="Adam learning rate.")]
-BatchSize = Annotated[int, typer.Option(min=1, help="Training batch size (facts).")]
+BatchSize = Annotated[int, typer.Option(
+    min=1, help="Training batch size (facts): the items of one step, of all processes together under accelerate "
+                "launch (each takes its share).")]
 Epochs = Annotated[int, typer.Option(min=1, help="Maximum number of epochs.")]
 Patience = Annotated[int, typer.Option(min=1, help="Stop after this many epochs without a better dev loss.")]
 Seed = Annotated[int, typer.Option(help="Seed of the shuffling and of random inits.")]
@@ -63,6 +87,25 @@ Resume = Annotated[bool, typer.Option(
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or per-epoch losses.")]
 
 
+def _installed(kind: TrackerKind | None) -> TrackerKind | None:
+    """Refuse a tracker whose library is missing while the options are read, before any work."""
+    if kind is not None:
+        require(kind)
+    return kind
+
+
+TrackerOption = Annotated[TrackerKind | None, typer.Option(
+    "--tracker", callback=_installed, show_default=False,
+    help="Also log the run's settings, per-epoch metrics, final metrics and prompt file to TensorBoard or MLflow "
+         "(local files, no server; pip install 'softprompt[track]').")]
+TrackingDir = Annotated[Path | None, typer.Option(
+    "--tracking-dir", help="Where --tracker writes: tensorboard/RUN/ or mlflow.db (default: OUT/tracking).",
+    show_default=False)]
+PrecisionOption = Annotated[Precision | None, typer.Option(
+    "--precision", help="fp32; on a GPU also tf32 (TF32 matrix products) or bf16 (bfloat16 autocast, TF32). Default: "
+                        "what accelerate launch --mixed_precision says (bf16 or no), else fp32.", show_default=False)]
+
+
 def check_resume_force(resume: bool, force: bool) -> None:
     if resume and force:
         raise SoftpromptError("give --resume to continue a run or --force to start over, not both")
@@ -72,7 +115,7 @@ def train_config(lr: float, batch_size: int, epochs: int, patience: int, seed: i
     return TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience, seed=seed)
 
 
-def load_lm(spec: str, device: str | None = None, quiet: bool = False) -> LanguageModel:
+def load_lm(spec: str, device: str | torch.device | None = None, quiet: bool = False) -> LanguageModel:
     """Load the model, and show the library's progress messages unless ``quiet``."""
     show_messages(not quiet)
     # transformers' weight-loading bars and notes would bury the command's own output.
@@ -80,6 +123,80 @@ def load_lm(spec: str, device: str | None = None, quiet: bool = False) -> Langua
     transformers.logging.disable_progress_bar()
     with console.status(f"loading model {spec} ..."):
         return load_model(spec, device=device)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A training command's process. ``out`` is where it writes its run: --out on the main process, a scratch
+    directory on the others (removed when the command ends), so that only one process writes the run directory
+    while every process runs the same pipeline; ``device`` is where its model runs (None: the CPU)."""
+
+    processes: Processes
+    out: Path
+    quiet: bool
+    device: torch.device | None
+
+
+@contextmanager
+def training_process(out: Path, quiet: bool, precision: Precision | None,
+                     device: str | None = None) -> Iterator[Launch]:
+    """Run a training command's body as this process's part: alone, as always; under ``accelerate launch`` (or
+    torchrun), as one of several data-parallel processes, on the device Accelerate gives it (unless ``device``
+    says otherwise), of which only the main one writes the run directory and prints. ``precision`` (default:
+    accelerate launch's) holds for the whole body: training and the final evaluation."""
+    processes = distributed.current()
+    where = torch.device(device) if device is not None else processes.device
+    with ExitStack() as stack:
+        target = out
+        if not processes.is_main:
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"softprompt-process-{processes.rank}-"))
+            target = Path(scratch) / out.name
+            console.quiet = True  # the command's tables, also after the body
+            stack.enter_context(redirect_stdout(stack.enter_context(open(os.devnull, "w"))))  # the library's messages
+        stack.enter_context(distributed.precision(precision or distributed.default_precision(), where))
+        yield Launch(processes, target, quiet or not processes.is_main, where)
+    processes.end()
+
+
+@contextmanager
+def tracked(kind: TrackerKind | None, directory: Path | None, run: Path, resume: bool, name: str | None = None,
+            live: bool = True, offset: int = 0, files: Sequence[str] = (PROMPT,)) -> Iterator[None]:
+    """Track the run that the block writes to ``run`` (nothing without ``kind``, and nothing on a data-parallel
+    run's other processes). The tracker opens at the run's first epoch (with ``live`` off, a search's: at its end),
+    so a run that fails before it leaves no tracked run; it logs config.json's settings, each epoch's metrics
+    (``live``: as training reports them; else the finished run's history), metrics.json's numbers, and the run's
+    ``files`` (its prompt), config.json and metrics.json. ``offset``: see ``tracking.EpochLog``."""
+    if kind is None or not distributed.current().is_main:
+        yield
+        return
+    opened: list[Tracker] = []
+
+    def tracker() -> Tracker:
+        if not opened:
+            opened.append(open_tracker(kind, directory or run / "tracking", name or run.name, run, resume))
+            if not opened[0].resumed:
+                config = json.loads((run / CONFIG).read_text(encoding="utf-8"))
+                opened[0].log_params(flat_params(config | {"processes": distributed.current().world_size}))
+        return opened[0]
+
+    try:
+        with observe_epochs(EpochLog(tracker, offset)) if live else nullcontext():
+            yield
+    except BaseException as err:
+        if opened:
+            opened[0].close("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    metrics = json.loads((run / METRICS).read_text(encoding="utf-8"))
+    steps = list(history_steps(metrics.get("history", [])))
+    if not live:
+        for step, line in steps:
+            tracker().log_metrics(line, step)
+    tracker().log_metrics(numbers({k: v for k, v in metrics.items() if k != "history"}),
+                          steps[-1][0] if steps else 0)
+    for file in (*files, CONFIG, METRICS):
+        if (run / file).is_file():
+            tracker().log_file(run / file)
+    tracker().close()
 
 
 def limits(**caps: int | None) -> dict[str, int]:

@@ -23,10 +23,13 @@ from softprompt.cli.common import (
     Model,
     Out,
     Patience,
+    PrecisionOption,
     Quiet,
     RelationName,
     Resume,
     Seed,
+    TrackerOption,
+    TrackingDir,
     check_resume_force,
     console,
     limits,
@@ -35,7 +38,9 @@ from softprompt.cli.common import (
     relation_from_options,
     relation_name,
     staged_data,
+    tracked,
     train_config,
+    training_process,
 )
 from softprompt.engine import MAX_ROWS
 from softprompt.errors import SoftpromptError
@@ -44,7 +49,7 @@ from softprompt.optimizers import TrainConfig
 from softprompt.probing import prompt_set, prompt_set_from_file
 from softprompt.probing.mixture import WEIGHTS_LR, MixtureSettings, mixture_settings, run_mixture
 from softprompt.prompts import effective_prompts, load_prompt, read_prompt_file
-from softprompt.runs import RunDir
+from softprompt.runs import WARMUP, RunDir
 
 app = typer.Typer(help="Mixtures of prompts (Qin & Eisner §3.3–3.5): train one, or show what it learned.",
                   no_args_is_help=True)
@@ -118,8 +123,11 @@ def mixture_train(
     resume: Resume = False,
     force: Force = False,
     quiet: Quiet = False,
+    tracker: TrackerOption = None,
+    tracking_dir: TrackingDir = None,
+    precision: PrecisionOption = None,
 ) -> None:
-    """Train a mixture of prompts for one relation and score it on test.
+    """Train a mixture of prompts for one relation and score it on test (data-parallel under accelerate launch).
 
     Facts whose answer is not a single token are dropped (counted, and listed in dropped.jsonl); the drops and
     the reordered templates are shown before training. The run directory gets config.json, metrics.json (with
@@ -145,12 +153,16 @@ def mixture_train(
                                sparse_m, sparse_draw)
     config = train_config(lr, batch_size, epochs, patience, seed)
     caps = limits(train=max_train, dev=max_dev, test=max_test)
-    run = RunDir(out, "softprompt mixture train")
-    run.prepare(force, resume)
-    lm = load_lm(model, device, quiet)
-    run.prepare(force, resume, mixture_settings(lm, rel, settings, config, caps))
-    started = time.monotonic()
-    doc = run_mixture(lm, rel, settings, out, config, caps, resume=resume, progress=not quiet)
+    with training_process(out, quiet, precision, device) as launch:
+        run = RunDir(launch.out, "softprompt mixture train")
+        run.prepare(force, resume)
+        lm = load_lm(model, launch.device, launch.quiet)
+        run.prepare(force, resume, mixture_settings(lm, rel, settings, config, caps))
+        started = time.monotonic()
+        # A run resumed after its warm-up goes on counting epochs from the warm-up's last one.
+        pruned = resume and (run.path / WARMUP).is_file() and run.checkpoint.is_file()
+        with tracked(tracker, tracking_dir, launch.out, resume, offset=prune_after if pruned else 0):
+            doc = run_mixture(lm, rel, settings, launch.out, config, caps, resume=resume, progress=not launch.quiet)
     report = doc["prompt_set"]
     console.print(f"prompts: {report['total']} in the set, {report['reordered']} reordered to end in [Y], "
                   f"{report['skipped']} skipped, {report['duplicates']} duplicates; {doc['num_prompts']} used; facts "

@@ -20,19 +20,24 @@ from softprompt.cli.common import (
     Model,
     Out,
     Patience,
+    PrecisionOption,
     Quiet,
     RelationName,
     Resume,
     Seed,
     TemplatesFile,
     TemplateText,
+    TrackerOption,
+    TrackingDir,
     check_resume_force,
     console,
     limits,
     load_lm,
     metrics_table,
     relation_from_options,
+    tracked,
     train_config,
+    training_process,
 )
 from softprompt.errors import SoftpromptError
 from softprompt.models import DEFAULT_MODEL
@@ -108,28 +113,34 @@ def probe_train(
     resume: Resume = False,
     force: Force = False,
     quiet: Quiet = False,
+    tracker: TrackerOption = None,
+    tracking_dir: TrackingDir = None,
+    precision: PrecisionOption = None,
 ) -> None:
     """Train a soft or deep prompt on the train split (early stopping on dev) and score it on test.
 
     Facts whose answer is not a single token for the model are dropped (counted, and listed in dropped.jsonl),
     unless --answers candidates ranks answers of any length among candidate answers.
     The run directory gets config.json, metrics.json, predictions.jsonl, dropped.jsonl, prompt.safetensors and
-    checkpoint.safetensors.
+    checkpoint.safetensors. Under accelerate launch, the processes train data-parallel.
     """
     check_resume_force(resume, force)
     rel = relation_from_options(data, template, templates, relation)
     config = train_config(lr, batch_size, epochs, patience, seed)
     caps = limits(train=max_train, dev=max_dev, test=max_test)
     options = candidate_options(answers, candidates, normalise, negatives)
-    run = RunDir(out, "softprompt probe train")
-    run.prepare(force, resume)
-    lm = load_lm(model, quiet=quiet)
-    encoded = encode_relation(rel, lm, caps, options)  # also checks that the template suits the model
-    run.prepare(force, resume, resume_settings(run_settings(lm, rel, mode, init, config, caps, encoded.candidates)))
-    print_facts(encoded, out)
-    started = time.monotonic()
-    doc = run_probe(lm, rel, out, mode=mode, init=init, config=config, limits=caps, resume=resume,
-                    progress=not quiet, data=encoded)
+    with training_process(out, quiet, precision) as launch:
+        run = RunDir(launch.out, "softprompt probe train")
+        run.prepare(force, resume)
+        lm = load_lm(model, launch.device, quiet=launch.quiet)
+        encoded = encode_relation(rel, lm, caps, options)  # also checks that the template suits the model
+        run.prepare(force, resume, resume_settings(run_settings(lm, rel, mode, init, config, caps,
+                                                                encoded.candidates)))
+        print_facts(encoded, out)
+        started = time.monotonic()
+        with tracked(tracker, tracking_dir, launch.out, resume):
+            doc = run_probe(lm, rel, launch.out, mode=mode, init=init, config=config, limits=caps, resume=resume,
+                            progress=not launch.quiet, data=encoded)
     console.print(metrics_table(rel.name, mode, "test", doc["test"], doc.get("candidates")))
     console.print(f"best epoch {doc['best_epoch']} of {len(doc['history']) - 1}, "
                   f"{time.monotonic() - started:.0f} s; run directory: {out}")

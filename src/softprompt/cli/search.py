@@ -25,6 +25,8 @@ from softprompt.cli.common import (
     Resume,
     TemplatesFile,
     TemplateText,
+    TrackerOption,
+    TrackingDir,
     check_resume_force,
     console,
     limits,
@@ -32,6 +34,7 @@ from softprompt.cli.common import (
     metrics_table,
     relation_from_options,
     staged_data,
+    tracked,
 )
 from softprompt.cli.task import DataDir
 from softprompt.engine import Engine
@@ -51,6 +54,7 @@ from softprompt.runs import RunDir
 from softprompt.tasks import TaskSettings, load_task, run_task
 from softprompt.tasks.gps import run_gps
 from softprompt.tasks.run import load_split, task_run_settings
+from softprompt.tracking import TrackerKind
 from softprompt.zeroprompt import load_multitask, prompt_for_task
 
 app = typer.Typer(help="Search a hard prompt for a task or a relation: token ids (PEZ, AutoPrompt, RLPrompt) or "
@@ -111,8 +115,10 @@ class Target:
 
 
 def run_search(build: Build, name: str, target: Target, out: Path, model: str, fluency_model: str | None,
-               resume: bool, force: bool, quiet: bool) -> None:
-    """Load the model and the data, search, evaluate, and print what was found."""
+               resume: bool, force: bool, quiet: bool, tracker: TrackerKind | None, tracking_dir: Path | None
+               ) -> None:
+    """Load the model and the data, search, evaluate, and print what was found (and log it to ``tracker``: each
+    evaluation of the search's history, once it is done)."""
     task, data, init, seed = target.task, target.data, target.init, target.seed
     check_resume_force(resume, force)
     if (task is None) == (data is None):
@@ -131,8 +137,10 @@ def run_search(build: Build, name: str, target: Target, out: Path, model: str, f
         train, train_source = load_split(spec, "train", staged_data(target.data_dir))
         evaluation, eval_source = load_split(spec, "validation", staged_data(target.data_dir))
         run.prepare(force, resume, task_run_settings(lm, spec, settings, train_config, search))
-        doc = run_task(lm, spec, settings, train_config, out, train, evaluation, resume=resume, progress=not quiet,
-                       engine=Engine(lm), sources={"train": train_source, "validation": eval_source}, search=search)
+        with tracked(tracker, tracking_dir, out, resume, live=False):
+            doc = run_task(lm, spec, settings, train_config, out, train, evaluation, resume=resume,
+                           progress=not quiet, engine=Engine(lm),
+                           sources={"train": train_source, "validation": eval_source}, search=search)
         table = Table(title=f"{spec.name}: {search.name} prompt, {doc['metrics']['n']} evaluation examples (×100)")
         for name in spec.metrics:
             table.add_column(name, justify="right")
@@ -142,8 +150,9 @@ def run_search(build: Build, name: str, target: Target, out: Path, model: str, f
         encoded = encode_relation(rel, lm, target.caps)
         run.prepare(force, resume, resume_settings(run_settings(lm, rel, "hard", init, train_config, target.caps, None,
                                                                 search)))
-        doc = run_probe(lm, rel, out, mode="hard", init=init, config=train_config, limits=target.caps, resume=resume,
-                        progress=not quiet, data=encoded, search=search)
+        with tracked(tracker, tracking_dir, out, resume, live=False):
+            doc = run_probe(lm, rel, out, mode="hard", init=init, config=train_config, limits=target.caps,
+                            resume=resume, progress=not quiet, data=encoded, search=search)
         table = metrics_table(rel.name, search.name, "test", doc["test"])
     console.print(table)
     perplexity = "no causal reference for a perplexity" if doc["perplexity"] is None else (
@@ -186,6 +195,8 @@ def pez(
     resume: Resume = False,
     force: Force = False,
     quiet: Quiet = False,
+    tracker: TrackerOption = None,
+    tracking_dir: TrackingDir = None,
 ) -> None:
     """PEZ (Wen et al. 2023): projected gradient descent with a straight-through step, optionally regularised
     by the prompt's fluency (Patel et al.). The best projected prompt on dev is kept."""
@@ -194,7 +205,7 @@ def pez(
     target = Target(task, data, template, templates, relation, layout, length, init, shots, eval_limit, seed,
                     limits(train=max_train, dev=max_dev, test=max_test), data_dir)
     run_search(lambda lm, fluency, quiet: PEZ(config, fluency, progress=not quiet), "pez", target, out, model,
-               fluency_model, resume, force, quiet)
+               fluency_model, resume, force, quiet, tracker, tracking_dir)
 
 
 @app.command("autoprompt")
@@ -225,6 +236,8 @@ def autoprompt(
     resume: Resume = False,
     force: Force = False,
     quiet: Quiet = False,
+    tracker: TrackerOption = None,
+    tracking_dir: TrackingDir = None,
 ) -> None:
     """AutoPrompt (Shin et al. 2020): gradient-ranked token swaps at the triggers, kept when they lower the loss
     on a sample of training items. The best prompt on dev is kept."""
@@ -233,7 +246,7 @@ def autoprompt(
     target = Target(task, data, template, templates, relation, layout, length, init, shots, eval_limit, seed,
                     limits(train=max_train, dev=max_dev, test=max_test), data_dir)
     run_search(lambda lm, fluency, quiet: AutoPrompt(config, fluency, progress=not quiet), "autoprompt", target, out,
-               model, fluency_model, resume, force, quiet)
+               model, fluency_model, resume, force, quiet, tracker, tracking_dir)
 
 
 @app.command("rlprompt")
@@ -274,6 +287,8 @@ def rlprompt(
     resume: Resume = False,
     force: Force = False,
     quiet: Quiet = False,
+    tracker: TrackerOption = None,
+    tracking_dir: TrackingDir = None,
 ) -> None:
     """RLPrompt (Deng et al. 2022): a policy (a frozen causal LM with a small trainable MLP) learns to write the
     prompt by soft Q-learning on the task's reward, optionally minus α × perplexity. The best prompt on dev is
@@ -287,7 +302,7 @@ def rlprompt(
 
     target = Target(task, data, template, templates, relation, layout, length, init, shots, eval_limit, seed,
                     limits(train=max_train, dev=max_dev, test=max_test), data_dir)
-    run_search(build, "rlprompt", target, out, model, fluency_model, resume, force, quiet)
+    run_search(build, "rlprompt", target, out, model, fluency_model, resume, force, quiet, tracker, tracking_dir)
 
 
 MUTATORS = ("paraphrase", "infill", "backtranslate")
@@ -333,6 +348,8 @@ def gps(
     resume: Resume = False,
     force: Force = False,
     quiet: Quiet = False,
+    tracker: TrackerOption = None,
+    tracking_dir: TrackingDir = None,
 ) -> None:
     """Genetic Prompt Search (Xu et al. 2022, ZeroPrompt §3.3): evolve instruction prompts around the task's input,
     scored on a few-shot dev set (32 training examples, or 8 per label past 5 labels); the LM is not trained. The
@@ -365,9 +382,10 @@ def gps(
         context, origin = multitask.applied, {"model_run": str(model_run), "e": chosen}
     elif init is not None:
         raise SoftpromptError("--init chooses the soft prompt of a ZeroPrompt model: give --model-run too")
-    doc = run_gps(lm, spec, search, out, train, evaluation, settings, seed, prompt, resume,
-                  sources={"train": train_source, "validation": eval_source}, base=base, context=context,
-                  origin=origin)
+    with tracked(tracker, tracking_dir, out, resume, live=False):
+        doc = run_gps(lm, spec, search, out, train, evaluation, settings, seed, prompt, resume,
+                      sources={"train": train_source, "validation": eval_source}, base=base, context=context,
+                      origin=origin)
     table = Table(title=f"{spec.name}: GPS prompt, {doc['metrics']['n']} evaluation examples (×100)")
     for name in spec.metrics:
         table.add_column(name, justify="right")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 import typer
 from rich.table import Table
 
@@ -18,12 +20,17 @@ from softprompt.cli.common import (
     Model,
     Out,
     Patience,
+    PrecisionOption,
     Quiet,
     Resume,
+    TrackerOption,
+    TrackingDir,
     check_resume_force,
     console,
     load_lm,
     staged_data,
+    tracked,
+    training_process,
 )
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
@@ -74,17 +81,20 @@ def task_and_data(spec: str, data_dir: Path | None) -> tuple[Task, Path | None]:
 def train_seeds(command: str, task: Task, settings: TaskSettings, config: TrainConfig, seeds: list[int] | None,
                 out: Path, model: str, data_dir: Path | None, files: tuple[Path | None, Path | None], resume: bool,
                 force: bool, quiet: bool, init_from: Callable[[TaskPrompt], Any] | None = None,
-                identity: dict[str, Any] | None = None) -> tuple[list[int], list[dict[str, Any]]]:
+                identity: dict[str, Any] | None = None, device: torch.device | None = None,
+                track: Callable[[Path], AbstractContextManager[None]] | None = None
+                ) -> tuple[list[int], list[dict[str, Any]]]:
     """One task run per seed (OUT, or OUT/seed-N for several, with OUT/summary.json): every run directory is
     checked before the data and model load, and against the run's settings (and ``identity``) after; returns the
-    seeds and their runs' metrics. What ``task train`` and ``transfer init`` share."""
+    seeds and their runs' metrics. What ``task train`` and ``transfer init`` share. The model runs on ``device``;
+    ``track(run directory)`` is the context each run is tracked in."""
     seeds = seeds or [0]
     outs = [out] if len(seeds) == 1 else [out / f"seed-{s}" for s in seeds]
     for o in outs:
         RunDir(o, command).prepare(force, resume)
     train, train_source = load_split(task, "train", data_dir, files[0])
     evaluation, eval_source = load_split(task, "validation", data_dir, files[1])
-    lm = load_lm(model, quiet=quiet)
+    lm = load_lm(model, device, quiet=quiet)
     configs = [replace(config, seed=s) for s in seeds]
     for o, seed_config in zip(outs, configs, strict=True):
         RunDir(o, command).prepare(force, resume, task_run_settings(lm, task, settings, seed_config) | (identity or {}))
@@ -93,9 +103,10 @@ def train_seeds(command: str, task: Task, settings: TaskSettings, config: TrainC
     for number, (seed, o, seed_config) in enumerate(zip(seeds, outs, configs, strict=True), start=1):
         if len(seeds) > 1 and not quiet:
             console.print(f"seed {seed} ({number} of {len(seeds)}): {o}")
-        docs.append(run_task(lm, task, settings, seed_config, o, train, evaluation, resume=resume, progress=not quiet,
-                             engine=engine, sources={"train": train_source, "validation": eval_source},
-                             init_from=init_from))
+        with track(o) if track is not None else nullcontext():
+            docs.append(run_task(lm, task, settings, seed_config, o, train, evaluation, resume=resume,
+                                 progress=not quiet, engine=engine,
+                                 sources={"train": train_source, "validation": eval_source}, init_from=init_from))
     return seeds, docs
 
 
@@ -157,12 +168,16 @@ def task_train(
     resume: Resume = False,
     force: Force = False,
     quiet: Quiet = False,
+    tracker: TrackerOption = None,
+    tracking_dir: TrackingDir = None,
+    precision: PrecisionOption = None,
 ) -> None:
     """Train a task prompt on the train split (early stopping on held-out train data) and evaluate it.
 
-    With several --seed values each run goes to OUT/seed-N and OUT/summary.json holds mean ± std. A run warns
-    (and records in metrics.json) when its best epoch is the last one, and when a class's share of the training
-    labels differs from its share of the evaluation labels by more than 15 points (tasks.sampling.PRIOR_GAP).
+    With several --seed values each run goes to OUT/seed-N and OUT/summary.json holds mean ± std (and each is
+    tracked as OUT/seed-N). A run warns (and records in metrics.json) when its best epoch is the last one, and
+    when a class's share of the training labels differs from its share of the evaluation labels by more than 15
+    points (tasks.sampling.PRIOR_GAP). Under accelerate launch, the processes train data-parallel.
     """
     check_resume_force(resume, force)
     task, data_dir = task_and_data(task_name, data_dir)
@@ -170,16 +185,20 @@ def task_train(
                             normalise=normalise, calibrate=calibrate, shots=shots, train_limit=train_limit,
                             dev_size=dev_size, eval_limit=eval_limit, balance=balance, eval_seed=eval_seed)
     config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience)
-    seeds, docs = train_seeds("softprompt task train", task, settings, config, seeds, out, model, data_dir,
-                              (train_file, eval_file), resume, force, quiet)
+    with training_process(out, quiet, precision) as launch:
+        root = launch.out
+        seeds, docs = train_seeds("softprompt task train", task, settings, config, seeds, root, model, data_dir,
+                                  (train_file, eval_file), resume, force, launch.quiet, device=launch.device,
+                                  track=lambda o: tracked(tracker, tracking_dir or root / "tracking", o, resume,
+                                                          name=str(o.relative_to(root.parent))))
+        summary = write_summary(root, task, seeds, docs) if len(docs) > 1 else None
     n_eval = docs[0]["metrics"]["n"]
     table = Table(title=f"{task.name}: {kind} {layout} prompt, {n_eval} evaluation examples (×100)")
     for col in ("seed", *task.metrics, "train s"):
         table.add_column(col, justify="right")
     for seed, doc in zip(seeds, docs, strict=True):
         table.add_row(str(seed), *_metrics_row(task, doc["metrics"]), f"{doc['train_seconds']:.0f}")
-    if len(docs) > 1:
-        summary = write_summary(out, task, seeds, docs)
+    if summary is not None:
         table.add_row("mean ± std", *("–" if summary[m]["mean"] is None else
                                       f"{100 * summary[m]['mean']:.1f} ± {100 * summary[m]['std']:.1f}"
                                       for m in task.metrics), "")

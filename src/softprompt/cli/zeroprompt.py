@@ -17,12 +17,17 @@ from softprompt.cli.common import (
     Model,
     Out,
     Patience,
+    PrecisionOption,
     Quiet,
     Resume,
+    TrackerOption,
+    TrackingDir,
     check_resume_force,
     console,
     load_lm,
     staged_data,
+    tracked,
+    training_process,
 )
 from softprompt.cli.task import TASK_CONFIG, DataDir, EvalFile, EvalLimit, EvalSeed, Layout, Normalise
 from softprompt.errors import SoftpromptError
@@ -33,6 +38,7 @@ from softprompt.tasks import load_task
 from softprompt.tasks.run import load_split
 from softprompt.tasks.task import Task
 from softprompt.zeroprompt import MultitaskSettings, eval_multitask, load_multitask, read_multitask, train_multitask
+from softprompt.zeroprompt.multitask import ARTEFACT
 from softprompt.zeroprompt.train import multitask_identity
 
 app = typer.Typer(help="ZeroPrompt: task prompts and a shared component trained on a task mixture (LM frozen), "
@@ -83,9 +89,12 @@ def zeroprompt_train(
     resume: Resume = False,
     force: Force = False,
     quiet: Quiet = False,
+    tracker: TrackerOption = None,
+    tracking_dir: TrackingDir = None,
+    precision: PrecisionOption = None,
 ) -> None:
     """Train a soft prompt per task and a shared component on the tasks' mixture; OUT/multitask.safetensors is
-    the model that zeroprompt eval reads."""
+    the model that zeroprompt eval reads. Under accelerate launch, the processes train data-parallel."""
     check_resume_force(resume, force)
     names = [*(tasks or []), *(more or [])]
     if not names:
@@ -94,16 +103,18 @@ def zeroprompt_train(
                                  normalise=normalise, lora_rank=lora_rank, lora_alpha=2.0 * lora_rank,
                                  shared_lr=shared_lr)
     config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience, seed=seed)
-    run = RunDir(out, "softprompt zeroprompt train")
-    run.prepare(force, resume)
-    chosen = [load_task(name) for name in names]
-    data_dir = staged_data(data_dir)
-    splits = [load_split(task, "train", data_dir) for task in chosen]
-    lm = load_lm(model, quiet=quiet)
-    run.prepare(force, resume, multitask_identity(lm, chosen, settings, config))
-    doc = train_multitask(lm, chosen, [examples for examples, _ in splits], settings, config, out, resume,
-                          progress=not quiet, sources={t.name: source for t, (_, source) in zip(chosen, splits,
-                                                                                                   strict=True)})
+    with training_process(out, quiet, precision) as launch:
+        run = RunDir(launch.out, "softprompt zeroprompt train")
+        run.prepare(force, resume)
+        chosen = [load_task(name) for name in names]
+        data_dir = staged_data(data_dir)
+        splits = [load_split(task, "train", data_dir) for task in chosen]
+        lm = load_lm(model, launch.device, quiet=launch.quiet)
+        run.prepare(force, resume, multitask_identity(lm, chosen, settings, config))
+        with tracked(tracker, tracking_dir, launch.out, resume, files=(ARTEFACT,)):
+            doc = train_multitask(lm, chosen, [examples for examples, _ in splits], settings, config, launch.out,
+                                  resume, progress=not launch.quiet,
+                                  sources={t.name: source for t, (_, source) in zip(chosen, splits, strict=True)})
     table = Table(title=f"{len(chosen)} tasks, {shared} shared component: dev metrics (×100)")
     for col in ("task", "n", "metrics"):
         table.add_column(col)
