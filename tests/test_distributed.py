@@ -29,7 +29,7 @@ from softprompt.distributed import Processes
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel, load_model
-from softprompt.optimizers import TrainConfig
+from softprompt.optimizers import FitResult, TrainConfig
 from softprompt.optimizers.gradient import GradientDescent, dev_loss
 from softprompt.probing.objective import AnswerObjective
 from softprompt.prompts import SoftPrompt, load_prompt
@@ -89,7 +89,7 @@ def probe_data(lm: LanguageModel) -> tuple[Engine, TemplateEncoder, list[Example
 
 
 def train_probe(lm: LanguageModel, checkpoint: Path | None = None, resume: bool = False,
-                stop_at: int | None = None) -> tuple[SoftPrompt, object]:
+                stop_at: int | None = None) -> tuple[SoftPrompt, FitResult]:
     engine, encoder, train, dev = probe_data(lm)
     prompt = SoftPrompt(encoder)
     objective = Counted(engine, prompt, train, dev, PROBE_CONFIG.eval_batch_size)
@@ -247,6 +247,8 @@ def test_a_stopped_run_resumes_with_another_number_of_processes(runs) -> None:
     for result in results:
         assert torch.allclose(result["resumed"], straight.weight, atol=TOLERANCE, rtol=0)
         assert_same_history(result["resumed_history"], straight_result.history)
+
+
 def test_accelerate_launch_writes_one_run(runs, tmp_path: Path) -> None:
     """``accelerate launch --multi_gpu --num_processes 2 -m softprompt probe train`` (two CPU processes: accelerate's
     --cpu flag picks its one-process launcher, and its multi-process one falls back to gloo without GPUs) writes
