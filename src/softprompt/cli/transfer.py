@@ -16,12 +16,17 @@ from softprompt.cli.common import (
     Lr,
     Out,
     Patience,
+    PrecisionOption,
     Quiet,
     Resume,
+    TrackerOption,
+    TrackingDir,
     check_resume_force,
     console,
     load_lm,
     staged_data,
+    tracked,
+    training_process,
 )
 from softprompt.cli.task import (
     TASK_CONFIG,
@@ -100,6 +105,9 @@ def transfer_init(
     resume: Resume = False,
     force: Force = False,
     quiet: Quiet = False,
+    tracker: TrackerOption = None,
+    tracking_dir: TrackingDir = None,
+    precision: PrecisionOption = None,
 ) -> None:
     """Train a task prompt that starts from other prompts' vectors (SPoT; Su et al.'s transfer as initialisation).
 
@@ -114,9 +122,15 @@ def transfer_init(
                             calibrate=calibrate, shots=shots, train_limit=train_limit, dev_size=dev_size,
                             eval_limit=eval_limit, balance=balance, eval_seed=eval_seed)
     config = TrainConfig(lr=lr, batch_size=batch_size, max_epochs=epochs, patience=patience)
-    seeds, docs = train_seeds("softprompt transfer init", task, settings, config, seeds, out, model or init.model,
-                              data_dir, (train_file, eval_file), resume, force, quiet, init_from=init,
-                              identity={"init_from": init.record()})
+    with training_process(out, quiet, precision) as launch:
+        root = launch.out
+        seeds, docs = train_seeds("softprompt transfer init", task, settings, config, seeds, root,
+                                  model or init.model, data_dir, (train_file, eval_file), resume, force, launch.quiet,
+                                  init_from=init, identity={"init_from": init.record()}, device=launch.device,
+                                  track=lambda o: tracked(tracker, tracking_dir or root / "tracking", o, resume,
+                                                          name=str(o.relative_to(root.parent))))
+        if len(docs) > 1:
+            write_summary(root, task, seeds, docs)
     table = Table(title=f"{task.name}: {kind} prompt from {len(sources)} source prompt(s) (×100)")
     for col in ("seed", *task.metrics, "start dev loss", "best dev loss", "best epoch"):
         table.add_column(col, justify="right")
@@ -124,8 +138,6 @@ def transfer_init(
         table.add_row(str(seed), *("–" if doc["metrics"][m] is None else f"{100 * doc['metrics'][m]:.1f}"
                                    for m in task.metrics),
                       f"{doc['history'][0]['dev_loss']:.4f}", f"{doc['best_dev_loss']:.4f}", str(doc["best_epoch"]))
-    if len(docs) > 1:
-        write_summary(out, task, seeds, docs)
     console.print(table)
     console.print(f"run directory: {out}")
 
