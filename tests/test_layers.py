@@ -28,7 +28,7 @@ LAYERS = {
     "softprompt.runs": 8,
     # applications
     "softprompt.probing": 9, "softprompt.tasks": 9,
-    "softprompt.transfer": 10, "softprompt.analysis": 10, "softprompt.zeroprompt": 10,
+    "softprompt.transfer": 10, "softprompt.analysis": 10, "softprompt.zeroprompt": 10, "softprompt.sweep": 10,
     "softprompt.cli": 11,
     # the public API (the package's own __init__) may import anything
     "softprompt": 12,

@@ -14,7 +14,7 @@ import typer
 from rich.text import Text
 from typer.core import TyperGroup
 
-from softprompt.cli import analyze, compare, demo, mixture, probe, search, task, transfer, zeroprompt
+from softprompt.cli import analyze, compare, demo, mixture, probe, search, sweep, task, transfer, zeroprompt
 from softprompt.cli.common import err_console
 from softprompt.errors import SoftpromptError
 
@@ -61,6 +61,7 @@ app.add_typer(zeroprompt.app, name="zeroprompt")
 app.add_typer(transfer.app, name="transfer")
 app.add_typer(analyze.app, name="analyze")
 app.command()(analyze.report)
+app.command(help=sweep.SWEEP_HELP)(sweep.sweep)
 
 
 def main() -> None:
