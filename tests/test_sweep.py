@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -9,7 +10,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from safetensors import safe_open
@@ -18,6 +21,7 @@ from test_cli import assert_user_error, invoke
 from softprompt.optimizers import TrainConfig
 from softprompt.optimizers.gradient import observe_epochs
 from softprompt.probing import Fact, Relation, run_probe
+from softprompt.probing.mixture import MixtureSettings
 from softprompt.prompts import read_prompt_file
 from softprompt.runs import RunDir
 
@@ -239,3 +243,57 @@ def test_a_bad_sweep_file_is_one_line(sweep_dir: Path, edit, fragments: list[str
     result = invoke("sweep", path, "--out", sweep_dir / "out")
     assert_user_error(result, str(path), *fragments)
     assert not (sweep_dir / "out").exists()
+
+
+# --- benchmark grids on Ray (benchmarks/mixtures.py) ------------------------------------------------------------
+
+
+@pytest.fixture
+def mixtures_benchmark() -> Iterator[ModuleType]:
+    """benchmarks/mixtures.py as a module, sent to Ray workers by value (they cannot import it by name)."""
+    from ray import cloudpickle
+
+    spec = importlib.util.spec_from_file_location("bench_mixtures", SRC.parent / "benchmarks" / "mixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    cloudpickle.register_pickle_by_value(module)
+    yield module
+    cloudpickle.unregister_pickle_by_value(module)
+    del sys.modules[spec.name]
+
+
+@pytest.mark.usefixtures("ray")
+def test_benchmark_units_run_as_ray_tasks(mixtures_benchmark: ModuleType, model_dirs: dict[str, Path],
+                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each unit is one Ray task with the resources it declares; a real (tiny) unit trains its mixture and writes
+    its record as the queue always did, a failing one is reported in one line and stops nothing else."""
+
+    def stub(label: str, record: Path, fail: bool) -> str:
+        import ray
+
+        if fail:
+            raise ValueError(f"{label} broke\nbadly")
+        record.write_text(json.dumps(ray.get_runtime_context().get_assigned_resources()))
+        return f"{label} done"
+
+    jobs = [(f"stub{i}", tmp_path / f"stub{i}.json", i == 1) for i in range(3)]
+    assert mixtures_benchmark.run_on_ray(jobs, stub, cpus=1, gpus=0) == ["stub1 failed: ValueError: stub1 broke badly"]
+    assert {json.loads((tmp_path / f"stub{i}.json").read_text())["CPU"] for i in (0, 2)} == {1.0}
+    assert not (tmp_path / "stub1.json").exists()
+    assert {"stub0 done", "stub2 done", "stub1 failed: ValueError: stub1 broke badly"} <= set(
+        capsys.readouterr().out.splitlines())
+
+    relation = Relation("capital", "the capital of [X] is [Y] .",
+                        {split: [Fact(*fact) for fact in facts] for split, facts in FACTS.items()})
+    templates = ("the capital of [X] is [Y] .", "[X] has the capital [Y] .")
+    settings = MixtureSettings("two", templates)
+    config = TrainConfig(lr=0.05, batch_size=2, max_epochs=1)
+    run, record = tmp_path / "cache" / "unit", tmp_path / "results" / "unit.json"
+    job = ("unit", str(model_dirs["causal"]), None, relation, settings, config, {}, run, record, 1)
+    assert mixtures_benchmark.run_on_ray([job], mixtures_benchmark.train_unit, cpus=1, gpus=0) == []
+    published = json.loads(record.read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert published["metrics"]["test"] == metrics["test"] and published["ranks"] == [
+        row["rank"] for row in map(json.loads, (run / "predictions.jsonl").read_text().splitlines())]
+    assert "templates" not in published["metrics"] and published["train"] == asdict(config)

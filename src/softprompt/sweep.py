@@ -455,9 +455,10 @@ def nan_if_none(value: float | None) -> float:
 
 
 @functools.lru_cache(maxsize=1)
-def trial_model(spec: str, device: str | None) -> LanguageModel:
-    """The sweep's model, loaded once per Ray worker: Ray reuses a worker for the next trial, and the model is
-    frozen, so trials can share it (a real model takes seconds to load)."""
+def worker_model(spec: str, device: str | None) -> LanguageModel:
+    """A model loaded once per Ray worker process (a sweep's trials, a benchmark grid's units): Ray gives a worker
+    one trial or unit after another, and the model is frozen, so they can share it (a real one takes seconds to
+    load). Importable by name, so that a task sent by value still finds the worker's one cache."""
     return load_model(spec, device=device)
 
 
@@ -478,7 +479,7 @@ def trainable(config: dict[str, Any], sweep: Sweep, data: TaskData | Relation, o
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     settings, config = sweep.settings(config)
-    lm = trial_model(sweep.model, "cuda" if sweep.gpus > 0 else None)
+    lm = worker_model(sweep.model, "cuda" if sweep.gpus > 0 else None)
 
     def report(metrics: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as folder:
