@@ -265,10 +265,11 @@ def parse_domain(where: str, name: str, spec: Any, raw: Any) -> Domain:
         raise SoftpromptError(f"{where}: {kind} needs a list of values, got {excerpt(values)}")
     values = [coerce(where, name, spec, v) for v in values]
     if kind in ("uniform", "loguniform"):
-        if "float" not in str(spec.type) or len(values) != 2 or any(v is None for v in values):
+        if "float" not in str(spec.type):
             raise SoftpromptError(f"{where}: {kind} draws a real number between two bounds [low, high]; field "
-                                  f"'{name}' takes {spec.type} (use grid or choice)" if "float" not in str(spec.type)
-                                  else f"{where}: {kind} needs two bounds [low, high], got {excerpt(values)}")
+                                  f"'{name}' takes {spec.type} (use grid or choice)")
+        if len(values) != 2 or None in values:
+            raise SoftpromptError(f"{where}: {kind} needs two bounds [low, high], got {excerpt(values)}")
         low, high = values
         if not low < high or (kind == "loguniform" and low <= 0):
             raise SoftpromptError(f"{where}: {kind} needs {'0 < ' if kind == 'loguniform' else ''}low < high, got "
@@ -332,9 +333,10 @@ def load_sweep(path: Path, task_defaults: TrainConfig | None = None, data_dir: P
         for value in domain.values:
             check_values(f"{src}: search.{name}", run, fixed | {name: value}, base)
 
+    if "data_dir" in doc:
+        data_dir = here / doc["data_dir"]
     sweep = Sweep(src, run, target, model, fixed, space, train_defaults=base, **options(src, doc, run, target),
-                  data_dir=str(here / doc["data_dir"]) if "data_dir" in doc else (
-                      str(data_dir) if data_dir is not None and run == "task" else None),
+                  data_dir=str(data_dir) if data_dir is not None and run == "task" else None,
                   template=doc.get("template"))
     if sweep.scheduler is not None and sweep.scheduler.grace_period > sweep.max_epochs():
         raise SoftpromptError(f"{src}: scheduler.grace_period {sweep.scheduler.grace_period} is more than the "
@@ -353,17 +355,9 @@ def options(src: str, doc: dict[str, Any], run: str, target: str) -> dict[str, A
                 if isinstance(metric, str) and metric.startswith(("eval_", "test_")) else "")
         raise SoftpromptError(f"{src}: unknown metric {excerpt(metric)}; choose one of: {', '.join(metrics)}{hint}")
     out["metric"] = metric
-    for key, low in (("samples", 1), ("concurrent", 1)):
-        if key in doc and (not isinstance(doc[key], int) or isinstance(doc[key], bool) or doc[key] < low):
-            raise SoftpromptError(f"{src}: field '{key}' must be a whole number of at least {low}, got "
-                                  f"{excerpt(doc[key])}")
+    for key, low in (("samples", 1), ("concurrent", 1), ("search_seed", 0)):
         if key in doc:
-            out[key] = doc[key]
-    if "search_seed" in doc:
-        if not isinstance(doc["search_seed"], int) or isinstance(doc["search_seed"], bool) or doc["search_seed"] < 0:
-            raise SoftpromptError(f"{src}: field 'search_seed' must be a whole number of at least 0, got "
-                                  f"{excerpt(doc['search_seed'])}")
-        out["search_seed"] = doc["search_seed"]
+            out[key] = whole_number(f"{src}: field '{key}'", doc[key], low)
     resources = doc.get("resources", {})
     if not isinstance(resources, dict) or set(resources) - {"cpu", "gpu"} or not all(
             isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in resources.values()):
@@ -375,6 +369,12 @@ def options(src: str, doc: dict[str, Any], run: str, target: str) -> dict[str, A
     if "scheduler" in doc:
         out["scheduler"] = scheduler(src, doc["scheduler"], metric)
     return out
+
+
+def whole_number(what: str, value: Any, low: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise SoftpromptError(f"{what} must be a whole number of at least {low}, got {excerpt(value)}")
+    return value
 
 
 def scheduler(src: str, raw: Any, metric: str) -> Asha:
@@ -389,10 +389,8 @@ def scheduler(src: str, raw: Any, metric: str) -> Asha:
     if metric != BEST_DEV_LOSS:
         raise SoftpromptError(f"{src}: ASHA stops trials between epochs by a metric known after every epoch: "
                               f"select on {BEST_DEV_LOSS}, or drop the scheduler to select on {metric}")
-    grace, factor = spec.get("grace_period", Asha.grace_period), spec.get("reduction_factor", Asha.reduction_factor)
-    if not isinstance(grace, int) or isinstance(grace, bool) or grace < 1:
-        raise SoftpromptError(f"{src}: scheduler.grace_period must be a whole number of epochs of at least 1, got "
-                              f"{excerpt(grace)}")
+    grace = whole_number(f"{src}: scheduler.grace_period (epochs)", spec.get("grace_period", Asha.grace_period), 1)
+    factor = spec.get("reduction_factor", Asha.reduction_factor)
     if not isinstance(factor, int | float) or isinstance(factor, bool) or factor <= 1:
         raise SoftpromptError(f"{src}: scheduler.reduction_factor must be a number above 1, got {excerpt(factor)}")
     return Asha(grace, float(factor))
@@ -541,6 +539,9 @@ def run_sweep(sweep: Sweep, out: Path, num_cpus: int | None = None, address: str
     if changed := sorted(k for k in record if k != "source" and stored.get(k) != record[k]):
         raise SoftpromptError(f"{out} holds a sweep of another sweep file ({', '.join(changed)} differ); resume it "
                               "with the same file, or choose another --out")
+    if num_cpus is not None and sweep.cpus > num_cpus:
+        raise SoftpromptError(f"a trial needs {sweep.cpus:g} CPUs (resources.cpu in {sweep.source}), more than "
+                              f"--num-cpus {num_cpus}: no trial could start")
     data = load_data(sweep)
     with ray_session(num_cpus, address, verbose):
         fn = tune.with_resources(tune.with_parameters(trainable, sweep=sweep, data=data, out=str(out)),

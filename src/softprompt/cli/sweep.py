@@ -15,9 +15,10 @@ from softprompt.sweep import load_sweep, run_sweep
 SWEEP_HELP = """Search a run's settings on Ray Tune, each trial an ordinary run directory in OUT/trials.
 
 SWEEP.yaml names the run (task: NAME|FILE, or probe: geo:NAME|DIR), its fixed settings, a search space over
-them (grid, choice, uniform, loguniform), the dev metric to select on (best_dev_loss, or dev_ACCURACY and the
-task's other metrics) and optionally scheduler: asha (early stopping between epochs). OUT/summary.json and the
-printed table rank the trials, best first. An interrupted sweep continues with --resume: finished trials are
+them (grid, choice, uniform, loguniform), the metric to select on, measured on the dev data held out from
+training (best_dev_loss, or dev_ and a task's metric, e.g. dev_accuracy, or a probe's dev_p@1, dev_p@10,
+dev_mrr) and optionally scheduler: asha (early stopping between epochs). OUT/summary.json and the printed table
+rank the trials, best first. An interrupted sweep continues with --resume: finished trials are
 kept, interrupted ones resume from their checkpoints, failed ones are tried again.
 """
 
