@@ -178,7 +178,6 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_di
         assert epochs[: len(epochs_before[name])] == epochs_before[name] and epochs[-1] == 2
         assert epochs[:-1] == sorted(set(epochs[:-1])) and "eval_accuracy" in reports(out / "ray" / name)[-1]
         assert json.loads((out / "trials" / name / "metrics.json").read_text())["run_id"] == run_id
-
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and len(summary["trials"]) == 4
     runs = {}
@@ -195,6 +194,24 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_di
     assert summary["best"] == min(runs, key=runs.get) == summary["trials"][0]["trial"]
     assert [row["metric"] for row in summary["trials"]] == sorted(runs.values())
     assert summary["best"] in result.output
+
+    # ... and ended as `task train` with the same settings does, bit for bit.
+    name = next(iter(run_ids))
+    config = json.loads((out / "trials" / name / "config.json").read_text())["config"]
+    result = invoke("task", "train", sweep_dir / "capital.yaml", "--data-dir", sweep_dir, "--model",
+                    json.loads((out / "sweep.json").read_text())["model"], "--out", sweep_dir / "single", "--length", 3,
+                    "--init", "vocab", "--epochs", 2, "--patience", 2, "--batch-size", 8, "--lr", config["lr"],
+                    "--seed", config["seed"], "--quiet")
+    assert result.exit_code == 0, result.output
+    trial, single = outcome(out / "trials" / name), outcome(sweep_dir / "single")
+    assert trial[0].keys() == single[0].keys() and all(trial[0][k].equal(single[0][k]) for k in trial[0])
+    assert trial[1:] == single[1:]
+
+
+def outcome(run: Path) -> tuple[dict, list, dict]:
+    """A run's prompt tensors, training history and evaluation metrics."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    return read_prompt_file(run / "prompt.safetensors")[1], metrics["history"], metrics["metrics"]
 
 
 @pytest.mark.usefixtures("ray")
