@@ -36,7 +36,7 @@ from softprompt.cli.common import (
     staged_data,
     tracked,
 )
-from softprompt.cli.task import DataDir
+from softprompt.cli.task import DataDir, Normalise
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.models import DEFAULT_MODEL, LanguageModel
@@ -342,8 +342,7 @@ def gps(
         show_default=False)] = None,
     seed: Seed = 0,
     eval_limit: EvalLimit = None,
-    normalise: Annotated[bool, typer.Option("--normalise", help="Divide each choice's log-likelihood by its tokens."
-                                            )] = False,
+    normalise: Normalise = False,
     data_dir: DataDir = None,
     resume: Resume = False,
     force: Force = False,
