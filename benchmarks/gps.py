@@ -132,6 +132,30 @@ def cell(values: list[float]) -> str:
     return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
+def findings(store: Path) -> list[str]:
+    """Per task and mutator: GPS against the handcrafted prompts (mean and best) and against generation alone."""
+    out = []
+    for name in TASKS:
+        manual = store / name / "manual.json"
+        if not manual.is_file():
+            continue
+        accuracies = [m["accuracy"] for m in json.loads(manual.read_text())["metrics"]]
+        for mutator in MUTATORS:
+            docs = [json.loads(p.read_text()) for s in (0, 1, 2)
+                    if (p := store / name / mutator / f"seed-{s}.json").is_file()]
+            if not docs:
+                continue
+            found = statistics.fmean(d["metrics"]["accuracy"] for d in docs)
+            plain = statistics.fmean(d["unselected"]["metrics"]["accuracy"] for d in docs)
+            verdict = ("beats the best handcrafted prompt" if found > max(accuracies) else
+                       "beats their mean, not the best" if found > statistics.fmean(accuracies) else
+                       "does not beat the handcrafted prompts")
+            out.append(f"- {name}, {mutator} ({len(docs)} seeds): GPS {100 * found:.1f} vs handcrafted mean "
+                       f"{100 * statistics.fmean(accuracies):.1f} (best {100 * max(accuracies):.1f}) and an unselected "
+                       f"generated prompt {100 * plain:.1f}: {verdict}, {100 * (found - plain):+.1f} from selection.")
+    return out
+
+
 def render(store: Path, args: argparse.Namespace) -> str:
     lines = [
         "# Genetic Prompt Search on SmolLM2 (ZeroPrompt, Xu et al. 2022, Tables 6-7)",
@@ -171,6 +195,7 @@ def render(store: Path, args: argparse.Namespace) -> str:
                          f"{statistics.fmean(d['search_seconds'] for d in docs.values()):.0f} |")
             texts += [f"| {name} | {mutator} | {s} | {100 * d['metrics']['accuracy']:.1f} | "
                       f"`{json.dumps(d['prompt_text'])[1:-1]}` |" for s, d in docs.items()]
+    lines += ["", "## Findings (generated from the records)", "", *findings(store)]
     lines += ["", "## The prompts GPS found", "", "| task | mutator | seed | accuracy | prompt |",
               "|---|---|---|---|---|", *texts]
     if missing:
