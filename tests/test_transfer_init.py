@@ -7,12 +7,11 @@ import importlib.util
 import json
 from pathlib import Path
 
-import huggingface_hub.constants
 import pytest
 import torch
 from conftest import tiny_causal, wordpiece_tokenizer
 from test_cli import assert_user_error, invoke
-from test_tasks_cli import TASK
+from test_tasks_cli import _isolated, task_dir  # noqa: F401 (fixtures: the same capital task and data)
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from softprompt.engine import Engine
@@ -312,25 +311,9 @@ def test_the_bridge_maps_token_embeddings_to_the_same_text_in_the_other_model(lm
 # --- the command line ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
-@pytest.fixture
-def task_dir(tmp_path: Path) -> Path:
-    """test_tasks_cli's "capital" task as a YAML file with its data."""
-    d = tmp_path / "task"
-    d.mkdir()
-    (d / "capital.yaml").write_text(TASK)
-    for split, n in (("train", 30), ("dev", 12)):
-        rows = [{"c": COUNTRIES[i % len(COUNTRIES)], "label": "ab"[i % 2]} for i in range(n)]
-        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return d
-
-
-def test_cli_project_and_bridge_write_prompts_that_task_eval_loads(task_dir: Path, model_dirs: dict[str, Path],
+def test_cli_project_and_bridge_write_prompts_that_task_eval_loads(task_dir: Path, model_dirs: dict[str, Path],  # noqa: F811
                                                                     tmp_path: Path) -> None:
     small, large = model_dirs["causal"], model_dirs["causal64"]
     task = task_dir / "capital.yaml"
@@ -374,7 +357,8 @@ def test_cli_project_and_bridge_write_prompts_that_task_eval_loads(task_dir: Pat
     assert load_prompt(tmp_path / "init" / "prompt.safetensors", load_model(str(small))).length == 3
 
 
-def test_cli_user_errors_are_one_line(task_dir: Path, model_dirs: dict[str, Path], tmp_path: Path) -> None:
+def test_cli_user_errors_are_one_line(task_dir: Path, model_dirs: dict[str, Path],  # noqa: F811
+                                      tmp_path: Path) -> None:
     small, large = model_dirs["causal"], model_dirs["causal64"]
     TaskPrompt(tiny_causal(), "prefix", 3, init="vocab", task="capital").save(tmp_path / "src.safetensors")
     result = invoke("transfer", "fit-projector", "--runs", tmp_path / "src.safetensors", "--target-model", large,
