@@ -1,6 +1,7 @@
 """Data-parallel training (softprompt.distributed): two CPU processes (gloo, set up by Accelerate's PartialState from
 the environment a launcher gives) with a step's 16 items shared out end with the prompt one process gets on the same
-16; a dev loss over an odd number of examples scores each example once; a run stopped mid-way resumes with another
+16; a dev loss over an odd number of examples scores each example once; evaluation is split between the processes
+and gathered in order; a run stopped mid-way resumes with another
 number of processes and ends as an uninterrupted one; the LM stays in eval mode (its dropout would show).
 
 One spawn of two worker processes does every two-process part (starting them is most of the cost); the one-process
@@ -33,7 +34,7 @@ from softprompt.optimizers import FitResult, TrainConfig
 from softprompt.optimizers.gradient import GradientDescent, dev_loss
 from softprompt.probing.objective import AnswerObjective
 from softprompt.prompts import SoftPrompt, load_prompt
-from softprompt.tasks import Task, TaskExample, TaskSettings, build_prompt, fit
+from softprompt.tasks import Task, TaskExample, TaskSettings, build_prompt, fit, predict
 from softprompt.tasks.objective import ChoiceObjective
 from softprompt.tasks.scoring import TaskEncoder
 from softprompt.tasks.task import task_from_dict
@@ -164,6 +165,16 @@ def worker(rank: int, root: Path, port: int) -> None:
     choice = ChoiceObjective(engine, task_prompt, task_encoder.encode(task_train), task_encoder.encode(task_dev),
                              False, 4)
     out["task_dev_loss"] = dev_loss(choice, processes)
+    computed: list[int] = []
+
+    def rows(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        computed.extend(idx)
+        return torch.tensor(idx, dtype=torch.float)[:, None] * torch.tensor([1.0, -1.0]), torch.tensor(idx) + 100
+
+    out["gathered"], out["computed"] = processes.gather_rows(rows, 7), computed
+    out["gathered_one"] = processes.gather_rows(lambda idx: torch.tensor(idx) + 5, 1)  # process 1's share is empty
+    out["task_scores"] = processes.gather_rows(
+        lambda idx: predict(engine, task_prompt, task, [task_dev[i] for i in idx], settings), len(task_dev))
 
     # Stopped during epoch 3, after epoch 2's checkpoint; each process is given its own checkpoint path, and only
     # the main process may write (or read) one.
@@ -201,7 +212,7 @@ def test_one_process_is_one_plain_process() -> None:
     assert distributed.current() == Processes() and not Processes().parallel and Processes().is_main
     one = Processes()
     assert one.shard([1, 2, 3]) == [1, 2, 3] and one.sum(2.5) == 2.5 and one.broadcast("x") == "x"
-    assert one.main_only(lambda: 7) == 7
+    assert one.main_only(lambda: 7) == 7 and one.gather_rows(lambda idx: torch.tensor(idx) * 2, 3).tolist() == [0, 2, 4]
     assert [Processes(r, 3).shard(list(range(7))) for r in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
 
 
@@ -232,6 +243,22 @@ def test_an_odd_dev_set_is_scored_once(runs) -> None:
     choice = ChoiceObjective(engine, prompt, encoder.encode(task_train), encoder.encode(task_dev), False, 4)
     assert len(task_dev) == 9
     assert all(r["task_dev_loss"] == pytest.approx(choice.dev_loss(), abs=1e-6) for r in results)
+
+
+def test_evaluation_is_split_between_the_processes_and_gathered_in_order(runs) -> None:
+    """Each process computes its own share of the rows (every row once, also when a share is empty), and every
+    process gets all of them in input order: 9 task examples' choice scores equal one process's."""
+    root, lm, results = runs
+    assert results[0]["computed"] == [0, 2, 4, 6] and results[1]["computed"] == [1, 3, 5]
+    for result in results:
+        columns, ids = result["gathered"]
+        assert columns.tolist() == [[i, -i] for i in range(7)] and ids.tolist() == [i + 100 for i in range(7)]
+        assert result["gathered_one"].tolist() == [5]
+    task, _, task_dev = task_data(root)
+    settings = TaskSettings(length=4)
+    whole = predict(Engine(lm), build_prompt(lm, task, settings, 0), task, task_dev, settings)
+    assert whole.shape == (9, 2)
+    assert all(torch.allclose(r["task_scores"], whole, atol=1e-5, rtol=0) for r in results)
 
 
 def test_a_stopped_run_resumes_with_another_number_of_processes(runs) -> None:

@@ -21,13 +21,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from typing import Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import torch
 
 from softprompt.errors import SoftpromptError
 
 T = TypeVar("T")
+Rows = TypeVar("Rows", torch.Tensor, tuple[torch.Tensor, ...])
 Precision = Literal["fp32", "tf32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 # What `accelerate launch --mixed_precision X` asks for, as a precision of ours (fp16 would need a loss scaler).
@@ -85,6 +86,30 @@ class Processes:
         total = torch.tensor([value], dtype=torch.float64, device=self._wire)
         torch.distributed.all_reduce(total)
         return float(total)
+
+    def gather_rows(self, compute: Callable[[list[int]], Rows], count: int) -> Rows:
+        """What ``compute(range(count))`` returns (a tensor or a tuple of tensors, one row per index), on every
+        process, each process computing only its share of the rows (``shard``): evaluation split across the
+        processes with every example scored once, none padded in or counted twice."""
+        if not self.parallel:
+            return compute(list(range(count)))
+        share = self.shard(range(count))
+        part = compute(share) if share else None
+        if isinstance(part, torch.Tensor):
+            part = part.cpu()
+        elif part is not None:
+            part = tuple(t.cpu() for t in part)
+        parts: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(parts, part)
+        first = next(p for p in parts if p is not None)
+        single = isinstance(first, torch.Tensor)
+        columns = [first] if single else list(first)
+        out = [t.new_empty((count, *t.shape[1:])) for t in columns]
+        for rank, got in enumerate(parts):
+            if got is not None:
+                for whole, piece in zip(out, [got] if single else got, strict=True):
+                    whole[rank :: self.world_size] = piece
+        return out[0] if single else tuple(out)  # type: ignore[return-value]
 
     def broadcast(self, value: T) -> T:
         """The main process's ``value``, on every process (pickled: for small objects, such as a checkpoint's

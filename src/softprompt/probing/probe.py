@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import torch
 
+from softprompt import distributed
 from softprompt.engine import EVAL_BATCH_SIZE, Engine, length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.metrics import answer_ranks, ranking_metrics
@@ -163,7 +164,8 @@ def predict_candidates(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gold ranks among the candidates (ties count against the answer), gold scores, and the top-k candidates
     (indices, scores) per example, in input order."""
-    scores = scorer.all_scores(examples, prompt.vectors(), prompt.deltas())
+    scores = distributed.current().gather_rows(
+        lambda idx: scorer.all_scores([examples[i] for i in idx], prompt.vectors(), prompt.deltas()), len(examples))
     answers = torch.tensor(list(gold), dtype=torch.long)
     best = scores.topk(min(top_k, scores.shape[1]), dim=-1)
     return answer_ranks(scores, answers), scores.gather(1, answers[:, None])[:, 0], best.indices, best.values
@@ -180,7 +182,9 @@ def evaluate(
         raise no_usable_facts(data.name, split, data.dropped.get(split, 0), reason=data.drop_reason)
     if data.candidates is not None:
         return evaluate_candidates(CandidateScorer(engine, data.candidates), prompt, data, split)
-    ranks, gold, top_ids, top_lp = predict(engine, prompt, examples, batch_size)
+    # Under data parallelism each process scores its share of the examples.
+    ranks, gold, top_ids, top_lp = distributed.current().gather_rows(
+        lambda idx: predict(engine, prompt, [examples[i] for i in idx], batch_size), len(examples))
     tok = engine.lm.tokenizer
     rows = []
     for i, (subject, answer) in enumerate(data.facts[split]):

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from softprompt import distributed
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.io import write_json
@@ -326,7 +327,10 @@ def run_task(lm: LanguageModel, task: Task, settings: TaskSettings, config: Trai
         # A resumed run's training time includes what its interrupted calls had checkpointed.
         doc["train_seconds"] = earlier + time.perf_counter() - start
         start = time.perf_counter()
-        scores = predict(engine, prompt, task, evaluation, settings, config.eval_batch_size)
+        # Under data parallelism each process scores its share of the evaluation examples.
+        scores = distributed.current().gather_rows(
+            lambda idx: predict(engine, prompt, task, [evaluation[i] for i in idx], settings, config.eval_batch_size),
+            len(evaluation))
         doc["eval_seconds"] = time.perf_counter() - start
         doc["metrics"] = task_metrics(task, scores, labels)
         doc["num_vectors"] = prompt.length
