@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/throughput.py [--phases lama peft] [--model smollm2-135m] [--train-batches 8]
         [--eval-examples 512] [--repeats 3] [--threads N] [--device cpu|cuda] [--write [--note TEXT]]
+    .venv/bin/python benchmarks/throughput.py --phases scaling [--scaling-processes 1 2] [--scaling-repeats 2]
 
 One run, one model, the same examples and batch size (64) for the methods compared in each phase.
 
@@ -26,6 +27,15 @@ on the frozen model, tokenizer-padded batches in dataset order, ``model(input_id
 with logits for every position (B, 20 + T, V), the same loss read at each row's last real token, the same
 Adam step. Before timing, both are checked to give the same loss and prompt gradient on the same batch.
 
+Phase ``scaling``, data parallelism: ``softprompt task train sst2`` (prefix prompt, the command a user runs) as
+one process with one thread, one process with every thread, and N processes (torchrun; ``--scaling-processes``)
+sharing the threads, each configuration --scaling-repeats times in alternating order. Training examples/s are
+epochs x training examples / the run's ``train_seconds`` (dev losses included), evaluation examples/s are
+evaluated examples / ``eval_seconds``; the table also shows each configuration's test accuracy and how far its
+prompt is from the one-process prompt (they must agree up to floating point). On --device cuda each process
+takes one GPU. It prints a markdown table (kept in docs/results/throughput.md by hand, like the other sections
+that come from other scripts); --write does not touch it.
+
 For every method, achieved FLOP/s are counted analytically (see ``FlopModel``) against a dense fp32 matmul
 peak measured in the same run.
 
@@ -43,11 +53,15 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
 import os
 import platform
 import shlex
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -66,7 +80,7 @@ from softprompt.models import LanguageModel, load_model
 from softprompt.paths import shared_data_dir
 from softprompt.probing import geo_relation, load_relation, train_step
 from softprompt.probing.probe import encode_relation
-from softprompt.prompts import SoftPrompt
+from softprompt.prompts import SoftPrompt, load_prompt
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks import TaskEncoder, load_task
 from softprompt.tasks.objective import ChoiceObjective
@@ -80,7 +94,7 @@ SHARED = shared_data_dir(default=SHARED_DEFAULT)
 ROOT = Path(__file__).resolve().parent.parent
 TOP_K = 10
 LR = 3e-3
-PHASES = ("lama", "peft")
+PHASES = ("lama", "peft", "scaling")
 METHODS = {"engine": "softprompt engine (bucketed)", "hf": "plain HF (unbucketed, full logits)"}
 PEFT_METHODS = {"softprompt": "softprompt TaskPrompt (bucketed)",
                 "peft": "PEFT PromptTuningConfig (unbucketed, full logits)"}
@@ -611,6 +625,82 @@ description's tokens, the same initial vectors for both; PEFT {peft.__version__}
                  compared)
 
 
+# --------------------------------------------------------------------------- data-parallel scaling
+
+SCALING_TASK = "sst2"
+SCALING_OPTIONS = ["--layout", "prefix", "--length", "20", "--train-limit", "256", "--dev-size", "64", "--epochs",
+                   "2", "--patience", "2", "--batch-size", "32", "--lr", "0.003", "--eval-limit", "512", "--seed", "0"]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One configuration of the scaling phase: how many processes, with how many threads each."""
+
+    processes: int
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.processes} process{'es' if self.processes > 1 else ''} x {self.threads} thread" + (
+            "s" if self.threads > 1 else "")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_once(launch: Launch, model: str, device: str, out: Path) -> dict:
+    """One ``softprompt task train`` under ``launch``; its metrics.json."""
+    command = [sys.executable, "-m", "softprompt", "task", "train", SCALING_TASK, *SCALING_OPTIONS, "--model", model,
+               "--out", str(out), "--quiet"]
+    if launch.processes > 1:
+        command[1:3] = ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(launch.processes),
+                        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "softprompt"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(launch.threads)}
+    if device == "cuda":  # what accelerate launch sets: then also a lone process takes its GPU (else the CPU)
+        env["ACCELERATE_MIXED_PRECISION"] = "no"
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{launch.label} failed:\n{done.stderr[-3000:]}")
+    return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+
+
+def scaling_phase(args: argparse.Namespace) -> str:
+    """The scaling table (markdown) and the conditions under it."""
+    cores = os.cpu_count() or 1
+    launches = [Launch(1, 1)] + [Launch(n, max(1, cores // n)) for n in args.scaling_processes]
+    launches = list(dict.fromkeys(launches))
+    lm = load_model(args.model)
+    times: dict[Launch, list[tuple[float, float]]] = {launch: [] for launch in launches}
+    results: dict[Launch, tuple[dict, torch.Tensor]] = {}
+    with tempfile.TemporaryDirectory(prefix="softprompt-scaling-") as scratch:
+        for repeat in range(args.scaling_repeats):
+            for launch in launches if repeat % 2 == 0 else launches[::-1]:
+                out = Path(scratch) / f"{launch.processes}-{launch.threads}-{repeat}"
+                metrics = train_once(launch, args.model, args.device, out)
+                epochs = len(metrics["history"]) - 1
+                times[launch].append((epochs * metrics["train_examples"] / metrics["train_seconds"],
+                                      metrics["metrics"]["n"] / metrics["eval_seconds"]))
+                results[launch] = metrics, load_prompt(out / "prompt.safetensors", lm).vectors().detach()
+                print(f"{launch.label}, repeat {repeat}: train {times[launch][-1][0]:.1f} ex/s, "
+                      f"eval {times[launch][-1][1]:.1f} ex/s", flush=True)
+    base_train, base_eval = (statistics.median(t[i] for t in times[launches[0]]) for i in (0, 1))
+    reference = results[launches[0]][1]
+    lines = ["| configuration | training examples/s | speed-up | evaluation examples/s | speed-up | test accuracy "
+             "| max abs. prompt difference vs 1 process |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for launch in launches:
+        train, evaluation = (statistics.median(t[i] for t in times[launch]) for i in (0, 1))
+        metrics, vectors = results[launch]
+        lines.append(f"| {launch.label} | {train:.1f} | {train / base_train:.2f}x | {evaluation:.1f} "
+                     f"| {evaluation / base_eval:.2f}x | {100 * metrics['metrics']['accuracy']:.1f} "
+                     f"| {float((vectors - reference).abs().max()):.1e} |")
+    return "\n".join(lines) + (
+        f"\n\n`softprompt task train {SCALING_TASK} {' '.join(SCALING_OPTIONS)}` on {args.device} ({cores} CPUs "
+        f"visible), median of {args.scaling_repeats} runs per configuration; speed-ups against 1 process x 1 thread.")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -630,6 +720,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as torch)")
     parser.add_argument("--write", action="store_true", help="also write docs/results/throughput.md")
     parser.add_argument("--note", default="", help="a remark on the run's conditions for the written file")
+    parser.add_argument("--scaling-processes", type=int, nargs="+", default=[1, 2],
+                        help="process counts of the scaling phase (each with the CPUs' threads shared out)")
+    parser.add_argument("--scaling-repeats", type=int, default=2, help="runs per scaling configuration (median)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device is available")
@@ -638,12 +731,16 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
 
+    if "scaling" in args.phases:
+        print(f"\nData-parallel scaling\n\n{scaling_phase(args)}", flush=True)
+        if set(args.phases) == {"scaling"}:
+            return
     lm = load_model(args.model)
     print(f"model {args.model} on {device}, {torch.get_num_threads()} threads", flush=True)
     matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
     peak = matmul_peak(device, matmul_size)
     run = {"lama": lama_phase, "peft": peft_phase}
-    phases = [run[name](lm, args, device) for name in PHASES if name in args.phases]
+    phases = [run[name](lm, args, device) for name in run if name in args.phases]
     peak = max(peak, matmul_peak(device, matmul_size))
 
     tables = [render(phase.rows, peak, phase.baseline) for phase in phases]
