@@ -109,6 +109,21 @@ def test_data_errors_name_file_and_line(tmp_path: Path) -> None:
         task.load("train", path=tsv)
 
 
+def test_loading_compiles_each_template_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from softprompt.tasks import task as task_module
+    task = capital_task()
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"c": "C{i}", "label": "{"ab"[i % 2]}"}}\n' for i in range(50)))
+    task_module._compiled.cache_clear()
+    compiled: list[str] = []
+    compile_text = task_module._ENV.from_string
+    monkeypatch.setattr(task_module._ENV, "from_string", lambda text: compiled.append(text) or compile_text(text))
+    examples = task.load("train", path=data)
+    assert [e.label for e in examples] == [i % 2 for i in range(50)]
+    assert examples[7].text == task.render({"c": "C7", "label": "b"}, "row").text
+    assert sorted(compiled) == sorted({task.template, task.target})
+
+
 def test_hugging_face_dataset_source(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
     import types

@@ -25,6 +25,7 @@ Face dataset instead (needs the ``datasets`` package and a connection).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -91,6 +92,13 @@ class _Blank(jinja2.Undefined):
 
 
 _BLANK_ENV = _BoundedEnvironment(undefined=_Blank, keep_trailing_newline=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(env: jinja2.Environment, text: str) -> jinja2.Template:
+    """``text`` compiled once per environment (``from_string`` compiles anew on every call, and compiling costs
+    far more than rendering: it was most of loading SST-2's 67k training rows)."""
+    return env.from_string(text)
 
 
 def _name(key: Any) -> str:
@@ -176,7 +184,7 @@ class Task:
         for name in ("template", "target", *(["choices"] if self.choices else [])):
             for text in self.choices if name == "choices" else [getattr(self, name)]:
                 try:
-                    _ENV.from_string(text)
+                    _compiled(_ENV, text)
                 except jinja2.TemplateSyntaxError as err:
                     raise SoftpromptError(
                         f"{where}: field '{name}' is not a valid template (its line {err.lineno}: {one_line(err)})"
@@ -255,7 +263,7 @@ class Task:
                 env: jinja2.Environment = _ENV) -> str:
         """One template of field ``field`` rendered over ``row``; a failure is a SoftpromptError naming both."""
         try:
-            return env.from_string(text).render(row)
+            return _compiled(env, text).render(row)
         except jinja2.UndefinedError as err:
             raise SoftpromptError(
                 f"{where}: {one_line(err)} (task {self.name!r}, field '{field}' in {self.source})"
