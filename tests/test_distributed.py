@@ -329,8 +329,9 @@ def test_precision_follows_accelerate_and_reduced_precision_needs_a_gpu(monkeypa
     with pytest.raises(SoftpromptError, match="fp16 is not supported"):
         distributed.default_precision()
     with distributed.precision("fp32", None):
-        assert not torch.is_autocast_enabled()
+        assert not torch.is_autocast_enabled() and distributed.active_precision() == "fp32"
     for mode in ("tf32", "bf16"):
         refused = pytest.raises(SoftpromptError, match=f"--precision {mode} needs a GPU")
         with refused, distributed.precision(mode, "cpu"):
             pass
+        assert distributed.active_precision() == "fp32"  # a refused block leaves nothing behind

@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from softprompt import distributed
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.optimizers import (
@@ -218,6 +219,25 @@ def test_run_directory_rule(tmp_path):
         run.changed({"model": "m"})
 
 
+def test_runs_record_their_precision_and_resume_only_in_it(tmp_path, monkeypatch):
+    run = RunDir(tmp_path / "run", "softprompt probe train")
+    with run.open({"lr": 0.1}):
+        run.checkpoint.write_bytes(b"x")
+    assert json.loads((run.path / "config.json").read_text())["precision"] == "fp32"
+    run.prepare(resume=True, settings={"lr": 0.1})
+    monkeypatch.setattr(distributed, "_ACTIVE", ["fp32", "bf16"])  # inside a bf16 block (which needs a GPU)
+    with pytest.raises(SoftpromptError, match=r"started with other settings \(precision\)"):
+        run.prepare(resume=True)
+    with run.open({"lr": 0.1}):
+        pass
+    assert json.loads((run.path / "config.json").read_text())["precision"] == "bf16"
+    monkeypatch.setattr(distributed, "_ACTIVE", ["fp32"])
+    config = json.loads((run.path / "config.json").read_text())
+    del config["precision"]  # a run from before precisions were recorded computed in fp32
+    (run.path / "config.json").write_text(json.dumps(config))
+    assert run.changed({"lr": 0.1}) == []
+
+
 def test_a_new_run_clears_the_old_one_first_and_readers_refuse_mixed_files(tmp_path):
     run = RunDir(tmp_path / "run")
     with run.open({"lr": 0.1}):
@@ -241,7 +261,7 @@ def test_a_new_run_clears_the_old_one_first_and_readers_refuse_mixed_files(tmp_p
             assert removed.index("config.json") > removed.index("checkpoint.safetensors")
             assert sorted(p.name for p in run.path.iterdir()) == [".lock", "config.json"]
             new_id = run.run_id[0]
-    assert json.loads((run.path / "config.json").read_text()) == {"lr": 0.2, "run_id": new_id}
+    assert json.loads((run.path / "config.json").read_text()) == {"lr": 0.2, "precision": "fp32", "run_id": new_id}
     # A directory whose metrics.json is from another run (an overwrite that was interrupted by an older version).
     (run.path / "metrics.json").write_text(json.dumps({"p@1": 1.0, "run_id": "someone-else"}))
     with pytest.raises(SoftpromptError, match=r"metrics\.json and config\.json belong to different runs; rerun it "

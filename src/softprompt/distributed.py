@@ -33,6 +33,7 @@ Precision = Literal["fp32", "tf32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 # What `accelerate launch --mixed_precision X` asks for, as a precision of ours (fp16 would need a loss scaler).
 ACCELERATE_PRECISIONS = {"no": "fp32", "bf16": "bf16"}
+_ACTIVE: list[Precision] = ["fp32"]  # the modes of the precision() blocks entered, innermost last
 
 
 @dataclass(frozen=True)
@@ -188,20 +189,28 @@ def precision(mode: Precision, device: torch.device | str | None) -> Iterator[No
     (10-bit mantissa, float32 range); bf16 also autocasts the forward pass to bfloat16. Prompt parameters, their
     gradients and Adam's state stay float32 in every mode. The reduced modes are for GPUs only: a CPU has no TF32,
     and bfloat16 there is slower, not faster."""
-    if mode == "fp32":
-        yield
-        return
     kind = torch.device(device).type if device is not None else "cpu"
-    if kind != "cuda":
+    if mode != "fp32" and kind != "cuda":
         raise SoftpromptError(f"--precision {mode} needs a GPU, and this process runs on the {kind}; leave it at "
                               "fp32, or run on a GPU (accelerate launch on a GPU machine)")
+    _ACTIVE.append(mode)
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
+        if mode == "fp32":
+            yield
+            return
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         if mode == "bf16":
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 yield
         else:
             yield
     finally:
+        _ACTIVE.pop()
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def active_precision() -> Precision:
+    """The precision of the innermost ``precision`` block (fp32 outside any): what a run records in its
+    config.json, since it changes the numbers."""
+    return _ACTIVE[-1]

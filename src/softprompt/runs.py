@@ -1,7 +1,7 @@
 """Run directories, written the same way by every kind of run (probe, mixture, task, evaluation, demo).
 
-A run directory holds ``config.json`` (the settings that identify the run, written before any work),
-``checkpoint.safetensors`` (while and after training: it is what ``--resume`` continues),
+A run directory holds ``config.json`` (the settings that identify the run and the precision it computes in,
+written before any work), ``checkpoint.safetensors`` (while and after training: it is what ``--resume`` continues),
 ``prompt.safetensors``, ``predictions.jsonl``, ``dropped.jsonl`` (facts a probing run could not use, and
 why), ``lineage.jsonl`` (every prompt a genetic search scored, and where it came from) and, written last
 so that its presence marks the run as finished, ``metrics.json`` (with the run's ``warnings``). Every file
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from softprompt import distributed
 from softprompt.errors import SoftpromptError
 from softprompt.io import write_json, write_jsonl
 from softprompt.prompts import Prompt
@@ -77,7 +78,10 @@ class RunDir:
         if not (self.path / CONFIG).is_file():
             return []
         stored = self._json(CONFIG)
-        return [key for key, value in settings.items() if stored.get(key) != value]
+        changed = [key for key, value in settings.items() if stored.get(key) != value]
+        if stored.get("precision", "fp32") != distributed.active_precision():  # runs before it was recorded: fp32
+            changed.append("precision")
+        return changed
 
     def prepare(self, force: bool = False, resume: bool = False, settings: Mapping[str, Any] | None = None) -> None:
         """Refuse to start where a run already is, unless told to overwrite it (``force``) or to continue it
@@ -94,7 +98,7 @@ class RunDir:
             if self.checkpoint.is_file():
                 raise SoftpromptError(f"{self.path} holds an interrupted training run; continue it with "
                                       f"{self.command} --resume, or pass --force to overwrite it")
-        if resume and settings is not None and (changed := self.changed(settings)):
+        if resume and (changed := self.changed(settings or {})):
             raise SoftpromptError(f"{self.path} was started with other settings ({', '.join(changed)}); resume with "
                                   "the same options, or pass --force instead of --resume to start over")
 
@@ -130,7 +134,8 @@ class RunDir:
                 if not resume:
                     self.clear()
                 self.run_id[:] = [stored.get("run_id") or uuid.uuid4().hex]
-                write_json(self.path / CONFIG, dict(config) | {"run_id": self.run_id[0]})
+                write_json(self.path / CONFIG, dict(config) | {"precision": distributed.active_precision(),
+                                                               "run_id": self.run_id[0]})
                 yield self
             except BaseException:
                 resumable = self.finished or self.checkpoint.is_file() or (self.path / WARMUP).is_file()
