@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/throughput.py [--phases lama peft] [--model smollm2-135m] [--train-batches 8]
         [--eval-examples 512] [--repeats 3] [--threads N] [--device cpu|cuda] [--write [--note TEXT]]
     .venv/bin/python benchmarks/throughput.py --phases scaling [--scaling-processes 1 2] [--scaling-repeats 2]
+    .venv/bin/python benchmarks/throughput.py --phases eval-batches [--eval-examples 512] [--repeats 3]
 
 One run, one model, the same examples and batch size (64) for the methods compared in each phase.
 
@@ -36,6 +37,13 @@ prompt is from the one-process prompt (they must agree up to floating point). On
 takes one GPU. It prints a markdown table (kept in docs/results/throughput.md by hand, like the other sections
 that come from other scripts); --write does not touch it.
 
+Phase ``eval-batches``, evaluation batches on the CPU: SST-2 scoring under a 20-vector prefix prompt
+(``softprompt.tasks.run.predict``, --eval-examples of the validation split, a stratified sample) in length-sorted
+batches of at most 256 rows (``length_batches`` as it was) vs the same batches also cut at
+``engine.CPU_EVAL_TOKENS`` padded positions (``Engine.eval_batches``), in alternating order, --repeats times each,
+with one thread and with every thread; the scores must agree up to float rounding. Also standalone, printing a
+markdown table.
+
 For every method, achieved FLOP/s are counted analytically (see ``FlopModel``) against a dense fp32 matmul
 peak measured in the same run.
 
@@ -64,7 +72,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +81,7 @@ import torch
 import torch.nn.functional as F
 from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
-from softprompt.engine import Batch, Engine, collate, length_batches
+from softprompt.engine import CPU_EVAL_TOKENS, Batch, Engine, collate, length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.metrics import answer_ranks
 from softprompt.models import LanguageModel, load_model
@@ -84,6 +92,8 @@ from softprompt.prompts import SoftPrompt, load_prompt
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks import TaskEncoder, load_task
 from softprompt.tasks.objective import ChoiceObjective
+from softprompt.tasks.run import TaskSettings, predict
+from softprompt.tasks.sampling import stratified_sample
 from softprompt.tasks.task import Task, TaskExample
 from softprompt.templates import Example
 
@@ -94,7 +104,7 @@ SHARED = shared_data_dir(default=SHARED_DEFAULT)
 ROOT = Path(__file__).resolve().parent.parent
 TOP_K = 10
 LR = 3e-3
-PHASES = ("lama", "peft", "scaling")
+PHASES = ("lama", "peft", "scaling", "eval-batches")
 METHODS = {"engine": "softprompt engine (bucketed)", "hf": "plain HF (unbucketed, full logits)"}
 PEFT_METHODS = {"softprompt": "softprompt TaskPrompt (bucketed)",
                 "peft": "PEFT PromptTuningConfig (unbucketed, full logits)"}
@@ -701,6 +711,48 @@ def scaling_phase(args: argparse.Namespace) -> str:
         f"visible), median of {args.scaling_repeats} runs per configuration; speed-ups against 1 process x 1 thread.")
 
 
+class WholeBatches(Engine):
+    """The engine as it batched evaluation before the CPU token budget: by length, at most ``batch_size`` rows."""
+
+    def eval_batches(self, examples: Sequence[Sized], batch_size: int) -> list[list[int]]:
+        return length_batches(examples, batch_size)
+
+
+def eval_batches_phase(args: argparse.Namespace) -> str:
+    """The evaluation-batching table (markdown) and the conditions under it."""
+    lm = load_model(args.model)
+    task = load_task("sst2")
+    try:
+        validation = task.load("validation", SHARED)
+    except SoftpromptError as err:
+        sys.exit(f"the eval-batches phase scores SST-2: {err}")
+    examples = [validation[i] for i in stratified_sample([e.label for e in validation], args.eval_examples, 0)]
+    prompt = TaskPrompt(lm, "prefix", PREFIX_LENGTH, init="text", init_text=task.description)
+    settings = TaskSettings(layout="prefix", length=PREFIX_LENGTH)
+    engines = {"at most 256 rows": WholeBatches(lm), f"also at most {CPU_EVAL_TOKENS} tokens": Engine(lm)}
+    threads = sorted({1, torch.get_num_threads()})
+    lines = ["| threads | batches | examples/s | speed-up | max abs. score difference |", "|---:|---|---:|---:|---:|"]
+    for count in threads:
+        torch.set_num_threads(count)
+        seconds: dict[str, list[float]] = {name: [] for name in engines}
+        scores: dict[str, torch.Tensor] = {}
+        for repeat in range(args.repeats):
+            for name, engine in engines.items() if repeat % 2 == 0 else list(engines.items())[::-1]:
+                start = time.perf_counter()
+                scores[name] = predict(engine, prompt, task, examples, settings, 256)
+                seconds[name].append(time.perf_counter() - start)
+        base, reference = next(iter(engines)), scores[next(iter(engines))]
+        for name in engines:
+            median = statistics.median(seconds[name])
+            lines.append(f"| {count} | {name} | {len(examples) / median:.1f} "
+                         f"| {statistics.median(seconds[base]) / median:.2f}x "
+                         f"| {float((scores[name] - reference).abs().max()):.1e} |")
+            print(f"{count} thread(s), {name}: {len(examples) / median:.1f} ex/s", flush=True)
+    return "\n".join(lines) + (
+        f"\n\n{len(examples)} SST-2 validation examples (a stratified sample), prefix of {PREFIX_LENGTH} vectors, "
+        f"{args.model} on the CPU ({os.cpu_count()} CPUs), median of {args.repeats} passes per configuration.")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -733,8 +785,10 @@ def main() -> None:
 
     if "scaling" in args.phases:
         print(f"\nData-parallel scaling\n\n{scaling_phase(args)}", flush=True)
-        if set(args.phases) == {"scaling"}:
-            return
+    if "eval-batches" in args.phases:
+        print(f"\nEvaluation batches on the CPU\n\n{eval_batches_phase(args)}", flush=True)
+    if not set(args.phases) & {"lama", "peft"}:
+        return
     lm = load_model(args.model)
     print(f"model {args.model} on {device}, {torch.get_num_threads()} threads", flush=True)
     matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 2048)

@@ -11,10 +11,10 @@ import random
 
 import pytest
 import torch
-from conftest import byte_bpe_tokenizer
+from conftest import byte_bpe_tokenizer, tiny_causal
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from softprompt.engine import Engine, length_batches, length_groups
+from softprompt.engine import CPU_EVAL_TOKENS, Engine, length_batches, length_groups
 from softprompt.models import LanguageModel
 from softprompt.prompts import DeepPrompt, HardPrompt, SoftPrompt
 from softprompt.templates import Example, TemplateEncoder
@@ -308,6 +308,20 @@ def test_length_batches_for_evaluation_are_sorted_by_length():
     lengths = [len(examples[i]) for b in length_batches(examples, 16) for i in b]
     assert lengths == sorted(lengths)
     assert length_batches([], 4) == []
+
+
+def test_evaluation_batches_keep_to_a_token_budget():
+    """With max_tokens, a batch grows while rows x its longest row fits (by hand: lengths 1..6, budget 6, at
+    most 3 rows); a row longer than the budget is scored alone; the CPU engine caps its inference batches."""
+    examples = [Example(tuple(range(n)), (), 0, 0) for n in (5, 1, 3, 2, 6, 4, 9)]
+    assert length_batches(examples, 3, max_tokens=6) == [[1, 3], [2], [5], [0], [4], [6]]
+    assert length_batches(examples, 2, max_tokens=100) == length_batches(examples, 2)
+    assert length_batches([], 4, max_tokens=6) == []
+    many = fake_examples(403)
+    batches = Engine(tiny_causal()).eval_batches(many, 1000)
+    assert sorted(i for b in batches for i in b) == list(range(403))
+    assert all(len(b) * max(len(many[i]) for i in b) <= CPU_EVAL_TOKENS for b in batches)
+    assert len(batches) < len(length_batches(many, 1))  # rows share batches
 
 
 def test_length_batches_shuffle_is_seeded():

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from softprompt.analysis.readings import prompt_vectors, unembed, vocabulary
-from softprompt.engine import Engine, length_batches
+from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
 from softprompt.optimizers.fluency import Fluency
@@ -73,7 +73,7 @@ def compare_outputs(engine: Engine, prompt: TaskPrompt, other: TaskPrompt, task:
     shape = (len(encoded.rows), *(() if encoded.shared_ids is None else (encoded.num_choices,)))
     scores = (torch.empty(shape), torch.empty(shape))
     squared, agree, count = 0.0, 0, 0
-    for idx in length_batches(encoded.rows, batch_size):
+    for idx in engine.eval_batches(encoded.rows, batch_size):
         batch = collate_rows([encoded.rows[i] for i in idx], engine.lm.tokenizer.pad_token_id,
                              engine.padding_side == "left", engine.lm.device)
         a = query_logits(engine, batch, prompt.vectors(), prompt.deltas())

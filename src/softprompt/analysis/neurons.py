@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from softprompt.engine import Engine, length_batches
+from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
 from softprompt.prompts.task import TaskPrompt
@@ -79,7 +79,7 @@ def mean_activations(engine: Engine, prompt: TaskPrompt, task: Task, probes: Seq
 
     handles = [m.register_forward_pre_hook(record(i)) for i, m in enumerate(ffn_output_projections(lm))]
     try:
-        for idx in length_batches(rows, batch_size):
+        for idx in engine.eval_batches(rows, batch_size):
             batch = collate_rows([rows[i] for i in idx], lm.tokenizer.pad_token_id, engine.padding_side == "left",
                                  lm.device)
             if positions == "prompt":

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from softprompt.engine import Batch, Engine, length_batches
+from softprompt.engine import Batch, Engine
 from softprompt.errors import SoftpromptError
 from softprompt.optimizers import FitResult, GradientDescent, TrainConfig
 from softprompt.optimizers.base import epoch_seed
@@ -26,7 +26,7 @@ def mean_loss(engine: Engine, prompt: Prompt, examples: Sequence[Example], batch
     """Mean negative log-likelihood of the gold answers."""
     total = 0.0
     with torch.inference_mode():
-        for idx in progress_bar(length_batches(examples, batch_size), "dev loss"):
+        for idx in progress_bar(engine.eval_batches(examples, batch_size), "dev loss"):
             batch = engine.collate([examples[i] for i in idx])
             logits = engine.answer_logits(batch, prompt.vectors(), prompt.deltas())
             total += F.cross_entropy(logits, batch.answer_ids, reduction="sum").item()

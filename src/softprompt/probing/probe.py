@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import torch
 
 from softprompt import distributed
-from softprompt.engine import EVAL_BATCH_SIZE, Engine, length_batches
+from softprompt.engine import EVAL_BATCH_SIZE, Engine
 from softprompt.errors import SoftpromptError
 from softprompt.metrics import answer_ranks, ranking_metrics
 from softprompt.models import LanguageModel
@@ -148,7 +148,7 @@ def predict(
     top_ids = torch.empty(n, top_k, dtype=torch.long)
     top_lp = torch.empty(n, top_k)
     with torch.inference_mode():
-        for idx in progress_bar(length_batches(examples, batch_size), "scoring"):
+        for idx in progress_bar(engine.eval_batches(examples, batch_size), "scoring"):
             batch = engine.collate([examples[i] for i in idx])
             logprobs = engine.answer_logits(batch, prompt.vectors(), prompt.deltas()).log_softmax(-1)
             where = torch.tensor(idx)

@@ -52,10 +52,12 @@ class ChoiceObjective:
         processes each score some of the examples (an ``optimizers.base.ShardedDevObjective``)."""
         if not indices:
             return 0.0
-        rows, size = example_rows(self.dev, indices), self.eval_batch_size
+        rows = example_rows(self.dev, indices)
+        scores = torch.empty(len(rows), *(() if self.dev.shared_ids is None else (self.dev.num_choices,)))
         with torch.inference_mode():
-            scores = torch.cat([row_scores(self.engine, self.dev, rows[i : i + size], self.prompt.vectors(),
-                                           self.prompt.deltas()).float().cpu() for i in range(0, len(rows), size)])
+            for idx in self.engine.eval_batches([self.dev.rows[r] for r in rows], self.eval_batch_size):
+                scores[idx] = row_scores(self.engine, self.dev, [rows[i] for i in idx], self.prompt.vectors(),
+                                         self.prompt.deltas()).float().cpu()
         lengths = self.dev.choice_lengths[list(indices)] if self.normalise else None
         loss = choice_loss(scores.view(len(indices), -1), self.dev.labels[list(indices)], lengths)
         return loss.item() * len(indices) / self.dev.num_examples

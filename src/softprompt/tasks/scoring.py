@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from softprompt.engine import Engine, length_batches, pad_rows
+from softprompt.engine import Engine, pad_rows
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
 from softprompt.progress import progress_bar
@@ -263,7 +263,7 @@ def choice_scores(engine: Engine, encoded: Encoded, vectors: torch.Tensor | None
     """Summed log-likelihood of every choice, (N, C), without gradients."""
     out = torch.empty(len(encoded.rows), *(() if encoded.shared_ids is None else (encoded.num_choices,)))
     with torch.inference_mode():
-        for idx in progress_bar(length_batches(encoded.rows, batch_size), "scoring"):
+        for idx in progress_bar(engine.eval_batches(encoded.rows, batch_size), "scoring"):
             out[idx] = row_scores(engine, encoded, idx, vectors, deltas).float().cpu()
     return out.view(encoded.num_examples, encoded.num_choices)
 
