@@ -2,7 +2,7 @@
 regulariser, RLPrompt with a perplexity reward, and AutoPrompt, beside the manual template and a soft prefix.
 
     .venv/bin/python benchmarks/discrete.py [--tasks sst2 boolq] [--methods manual soft pez-0 ...]
-        [--seeds 0 1 2] [--profile cpu] [--render-only]
+        [--seeds 0 1 2] [--profile cpu] [--render-only] [--num-cpus N | --address auto] [--unit-cpus C]
 
 Methods:
 - manual: the task's template, zero-shot;
@@ -22,7 +22,8 @@ Every (task, method, seed) is one run directory under benchmarks/cache/discrete/
 an interrupted one resumes from its checkpoint. A finished one is published as a small record (its metrics.json,
 with the soft prompt's faithfulness) under benchmarks/results/discrete/<model>/<profile>/, which is committed:
 results outlive the cache, and a later checkout skips what is published. Writes docs/results/discrete.md from
-the records, listing what has not run. Run it with OMP_NUM_THREADS=1 when another job shares the cores.
+the records, listing what has not run. Each (task, method, seed) runs as one Ray task (benchmarks/grid.py):
+--num-cpus N runs N at once with one thread each (--unit-cpus C: C threads each), --address a Ray cluster.
 """
 
 from __future__ import annotations
@@ -38,10 +39,13 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import torch
+from grid import add_ray_options, run_on_ray  # benchmarks/grid.py, beside this script
+
 from softprompt.analysis.faithfulness import faithfulness
 from softprompt.engine import Engine
 from softprompt.io import write_json, write_text
-from softprompt.models import LanguageModel, load_model
+from softprompt.models import LanguageModel
 from softprompt.optimizers import TrainConfig
 from softprompt.optimizers.autoprompt import AutoPrompt, AutoPromptConfig
 from softprompt.optimizers.base import Optimizer
@@ -49,6 +53,7 @@ from softprompt.optimizers.pez import PEZ, PEZConfig
 from softprompt.optimizers.rlprompt import RLPrompt, RLPromptConfig
 from softprompt.paths import shared_data_dir
 from softprompt.prompts import load_prompt
+from softprompt.sweep import worker_model
 from softprompt.tasks import TaskSettings, load_task, run_task
 from softprompt.tasks.sampling import stratified_sample
 
@@ -138,6 +143,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--render-only", action="store_true")
+    add_ray_options(parser)
     parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "discrete.md")
     args = parser.parse_args()
     if SHARED is None:
@@ -146,30 +152,41 @@ def main() -> None:
     model_dir = re.sub(r"[^\w.-]", "_", args.model)
     cache = ROOT / "cache" / "discrete" / model_dir / args.profile
     store = ROOT / "results" / "discrete" / model_dir / args.profile
+    failed: list[str] = []
     if not args.render_only:
-        lm = load_model(args.model)
-        engine = Engine(lm)
+        jobs = []
         for seed in sorted(set(args.seeds)):  # seeds outermost: a partial run covers every method once
             for name in args.tasks:
-                task = load_task(name)
-                train, evaluation = task.load("train", SHARED), task.load("validation", SHARED)
                 for method in args.methods:
                     out, record = run_dir(cache, name, method, seed), record_path(store, name, method, seed)
-                    if seed not in seeds_of(method, args.seeds) or record.is_file():
-                        continue
-                    start = time.perf_counter()
-                    if not (out / "metrics.json").is_file():
-                        run_task(lm, task, settings_for(name, method, profile), replace(profile.soft, seed=seed), out,
-                                 train, evaluation, resume=True, progress=False, engine=engine,
-                                 search=optimizer_for(method, profile, seed))
-                    publish(lm, engine, out, record, name, method, profile)
-                    doc = json.loads(record.read_text())
-                    print(f"{name:6} {method:14} seed {seed}  acc {100 * doc['metrics']['accuracy']:5.1f}  "
-                          f"{time.perf_counter() - start:5.0f}s  {doc.get('prompt_text', '')!r}", flush=True)
+                    if seed in seeds_of(method, args.seeds) and not record.is_file():
+                        jobs.append((f"{name} {method} seed {seed}", args.model, name, method, seed, args.profile,
+                                     out, record, int(args.unit_cpus)))
+        failed = run_on_ray(jobs, run_unit, args.unit_cpus, args.unit_gpus or 0, args.num_cpus, args.address)
     # The page describes every record published, whatever subset this call ran.
     grid = argparse.Namespace(**{**vars(args), "tasks": list(TASKS), "methods": list(METHODS), "seeds": [0, 1, 2]})
     write_text(args.out, render(store, grid, profile))
     print(f"wrote {args.out}")
+    if failed:
+        sys.exit(f"{len(failed)} unit(s) failed:\n" + "\n".join(failed))
+
+
+def run_unit(label: str, model: str, name: str, method: str, seed: int, profile_name: str, out: Path, record: Path,
+             threads: int) -> str:
+    """One (task, method, seed), as a Ray task: run (or resume) it, publish its record, and return the line that
+    reports it."""
+    torch.set_num_threads(max(1, threads))  # what the task declared, not every core of the node
+    lm = worker_model(model, None)
+    engine, profile, task = Engine(lm), PROFILES[profile_name], load_task(name)
+    start = time.perf_counter()
+    if not (out / "metrics.json").is_file():
+        run_task(lm, task, settings_for(name, method, profile), replace(profile.soft, seed=seed), out,
+                 task.load("train", SHARED), task.load("validation", SHARED), resume=True, progress=False,
+                 engine=engine, search=optimizer_for(method, profile, seed))
+    publish(lm, engine, out, record, name, method, profile)
+    doc = json.loads(record.read_text())
+    return (f"{name:6} {method:14} seed {seed}  acc {100 * doc['metrics']['accuracy']:5.1f}  "
+            f"{time.perf_counter() - start:5.0f}s  {doc.get('prompt_text', '')!r}")
 
 
 def load_docs(store: Path, task: str, method: str, seeds: list[int]) -> list[dict[str, Any]]:

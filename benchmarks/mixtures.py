@@ -39,12 +39,13 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from grid import add_ray_options, run_on_ray  # benchmarks/grid.py, beside this script
 
 from softprompt.analysis.visualise import read_mixture, save_png
 from softprompt.engine import Engine
@@ -318,16 +319,7 @@ def main() -> None:
                         help="time training steps of the full and the sparse-posterior mixture against K (min. "
                              "prompts, first relation given) instead of running configurations")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--num-cpus", type=int, default=None, metavar="N",
-                        help="CPUs of the local Ray instance that runs the units (default: all of this machine's)")
-    parser.add_argument("--address", default=None,
-                        help="run the units on an existing Ray cluster instead (its nodes must see this checkout, "
-                             "the staged data and the model at the same paths)")
-    parser.add_argument("--unit-cpus", type=float, default=1, metavar="C",
-                        help="CPUs one unit declares, and its torch threads (default 1: --num-cpus units at once)")
-    parser.add_argument("--unit-gpus", type=float, default=None, metavar="G",
-                        help="GPUs one unit declares (default: 1 with --device cuda, else 0; 0.25 runs four units "
-                             "on one GPU)")
+    add_ray_options(parser)
     args = parser.parse_args()
     shared = shared_data_dir(default=SHARED_DEFAULT)
     if shared is None:
@@ -418,37 +410,6 @@ def train_unit(label: str, model: str, device: str | None, relation: Relation, s
     t = doc["test"]
     return (f"{label} K={doc['num_prompts']:2}  P@1 {100 * t['p@1']:5.1f}  P@10 {100 * t['p@10']:5.1f}  "
             f"MRR {100 * t['mrr']:5.1f}  2^H {doc['effective_prompts']:5.2f}  {time.perf_counter() - start:5.0f}s")
-
-
-def run_on_ray(jobs: Sequence[tuple[Any, ...]], work: Callable[..., str], cpus: float, gpus: float,
-               num_cpus: int | None = None, address: str | None = None) -> list[str]:
-    """``work(*job)`` for every job, each one Ray task declaring ``cpus`` and ``gpus``, queued in the jobs' order;
-    each task's line is printed as it finishes. A failed task does not stop the others: its job's first field and
-    error come back, one line each. Ray is started here (``num_cpus`` local CPUs, or the cluster at ``address``)
-    unless a caller has started it."""
-    if not jobs:
-        return []
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False)
-    try:
-        task = ray.remote(work).options(num_cpus=cpus, num_gpus=gpus)
-        pending = {task.remote(*job): job[0] for job in jobs}
-        failed = []
-        while pending:
-            [ready], _ = ray.wait(list(pending), num_returns=1)
-            label = pending.pop(ready)
-            try:
-                print(ray.get(ready), flush=True)
-            except ray.exceptions.RayTaskError as err:
-                failed.append(f"{label} failed: {type(err.cause).__name__}: {' '.join(str(err.cause).split())}")
-                print(failed[-1], flush=True)
-        return failed
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def trained_with(settings: dict[str, Any], profile: Profile, seed: int) -> bool:

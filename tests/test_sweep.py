@@ -262,7 +262,7 @@ def test_a_bad_sweep_file_is_one_line(sweep_dir: Path, edit, fragments: list[str
     assert not (sweep_dir / "out").exists()
 
 
-# --- benchmark grids on Ray (benchmarks/mixtures.py) ------------------------------------------------------------
+# --- benchmark grids on Ray (benchmarks/grid.py, mixtures.py) ---------------------------------------------------
 
 
 @pytest.fixture
@@ -270,14 +270,19 @@ def mixtures_benchmark() -> Iterator[ModuleType]:
     """benchmarks/mixtures.py as a module, sent to Ray workers by value (they cannot import it by name)."""
     from ray import cloudpickle
 
+    benchmarks = str(SRC.parent / "benchmarks")
+    sys.path.insert(0, benchmarks)  # where the scripts find their shared module (grid.py), as when run
     spec = importlib.util.spec_from_file_location("bench_mixtures", SRC.parent / "benchmarks" / "mixtures.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    cloudpickle.register_pickle_by_value(module)
-    yield module
-    cloudpickle.unregister_pickle_by_value(module)
-    del sys.modules[spec.name]
+    try:
+        spec.loader.exec_module(module)
+        cloudpickle.register_pickle_by_value(module)
+        yield module
+        cloudpickle.unregister_pickle_by_value(module)
+    finally:
+        del sys.modules[spec.name]
+        sys.path.remove(benchmarks)
 
 
 @pytest.mark.usefixtures("ray")
