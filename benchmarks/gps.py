@@ -2,7 +2,7 @@
 selection, and GPS, per mutator, in "zero-shot adaptation with few-shot validation".
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/gps.py [--tasks sst2 rte agnews] [--mutators paraphrase infill]
-        [--seeds 0 1 2] [--profile cpu] [--render-only]
+        [--seeds 0 1 2] [--profile cpu] [--render-only] [--num-cpus N | --address auto] [--unit-cpus C]
 
 For each task:
 - manual: the three handcrafted prompts G⁰ built from the task's description (``softprompt.tasks.gps.
@@ -18,7 +18,10 @@ Evaluation: a stratified sample of the validation split (seed 0, the same for ev
 
 Every (task, mutator, seed) is one GPS run directory under benchmarks/cache/gps/<model>/<profile>/ (ignored), which
 resumes per iteration; a finished one is published as a record under benchmarks/results/gps/<model>/<profile>/
-(committed), and a later call skips it. Writes docs/results/gps.md from the records.
+(committed), and a later call skips it; so is each task's manual.json (its three handcrafted prompts). Writes
+docs/results/gps.md from the records. Each (task, mutator, seed), and each task's handcrafted prompts, runs as one
+Ray task (benchmarks/grid.py): --num-cpus N runs N at once with one thread each (--unit-cpus C: C threads each),
+--address a Ray cluster.
 """
 
 from __future__ import annotations
@@ -33,13 +36,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from grid import add_ray_options, run_on_ray  # benchmarks/grid.py, beside this script
+
 from softprompt.engine import Engine
 from softprompt.io import write_json, write_text
-from softprompt.models import LanguageModel, load_model
+from softprompt.models import LanguageModel
 from softprompt.optimizers.gps import GeneticPromptSearch, GPSConfig
 from softprompt.optimizers.mutators import Paraphrase, SpanInfill
 from softprompt.paths import shared_data_dir
 from softprompt.prompts.task import TaskPrompt
+from softprompt.sweep import worker_model
 from softprompt.tasks import TaskSettings, load_task
 from softprompt.tasks.gps import initial_layouts, run_gps
 from softprompt.tasks.run import eval_task
@@ -73,52 +80,72 @@ def main() -> None:
     parser.add_argument("--mutators", nargs="*", default=list(MUTATORS), choices=list(MUTATORS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--render-only", action="store_true")
+    add_ray_options(parser)
     parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "gps.md")
     args = parser.parse_args()
     if SHARED is None:
         sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
-    profile = PROFILES[args.profile]
     model_dir = re.sub(r"[^\w.-]", "_", args.model)
     cache = ROOT / "cache" / "gps" / model_dir / args.profile
     store = ROOT / ("cache" if args.profile == "smoke" else "results") / "gps" / model_dir / args.profile
+    failed: list[str] = []
     if not args.render_only:
-        lm = load_model(args.model)
-        engine = Engine(lm)
-        settings = TaskSettings(layout="manual", length=0, kind="hard", eval_limit=profile.eval_limit)
+        jobs, queued = [], set()
         for seed in sorted(set(args.seeds)):  # seeds outermost: a partial run covers every cell once
             for name in args.tasks:
-                task = load_task(name)
-                train, evaluation = task.load("train", SHARED), task.load("validation", SHARED)
                 manual = store / name / "manual.json"
-                if not manual.is_file():
-                    docs = [eval_task(lm, task, task_prompt(lm, t, name), evaluation, settings, engine=engine)
-                            for t in initial_layouts(task)]
-                    write_json(manual, {"prompts": list(initial_layouts(task)),
-                                        "metrics": [d["metrics"] for d in docs]})
+                if not manual.is_file() and name not in queued:  # the handcrafted prompts: once per task
+                    queued.add(name)
+                    jobs.append((f"{name} manual", args.model, name, "manual", 0, args.profile, cache / name,
+                                 manual, int(args.unit_cpus)))
                 for mutator in args.mutators:
                     record = store / name / mutator / f"seed-{seed}.json"
-                    if record.is_file():
-                        continue
-                    start = time.perf_counter()
-                    search = GeneticPromptSearch([MUTATORS[mutator](lm)], GPSConfig(
-                        **{**vars(profile.search), "seed": seed}), progress=False)
-                    out = cache / name / mutator / f"seed-{seed}"
-                    doc = run_gps(lm, task, search, out, train, evaluation, settings, seed, resume=True,
-                                  engine=engine)
-                    lineage = [json.loads(line) for line in (out / "lineage.jsonl").read_text().splitlines()]
-                    first = [row for row in lineage if row["iteration"] == 1]
-                    drawn = random.Random(seed).choice(first)
-                    unselected = eval_task(lm, task, task_prompt(lm, drawn["text"], name), evaluation, settings,
-                                           engine=engine)
-                    write_json(record, {k: doc[k] for k in ("prompt_text", "dev_accuracy", "dev_examples", "metrics",
-                                                            "final", "prompts_scored", "search_seconds", "history")}
-                               | {"unselected": {"text": drawn["text"], "dev_accuracy": drawn["dev_accuracy"],
-                                                 "metrics": unselected["metrics"]}})
-                    print(f"{name:7} {mutator:10} seed {seed}  GPS {100 * doc['metrics']['accuracy']:5.1f}  "
-                          f"unselected {100 * unselected['metrics']['accuracy']:5.1f}  "
-                          f"{time.perf_counter() - start:5.0f}s  {doc['prompt_text']!r}", flush=True)
+                    if not record.is_file():
+                        jobs.append((f"{name} {mutator} seed {seed}", args.model, name, mutator, seed, args.profile,
+                                     cache / name / mutator / f"seed-{seed}", record, int(args.unit_cpus)))
+        failed = run_on_ray(jobs, run_unit, args.unit_cpus, args.unit_gpus or 0, args.num_cpus, args.address)
     write_text(args.out, render(store, args))
     print(f"wrote {args.out}")
+    if failed:
+        sys.exit(f"{len(failed)} unit(s) failed:\n" + "\n".join(failed))
+
+
+def settings_for(profile: Profile) -> TaskSettings:
+    return TaskSettings(layout="manual", length=0, kind="hard", eval_limit=profile.eval_limit)
+
+
+def run_unit(label: str, model: str, name: str, mutator: str, seed: int, profile_name: str, out: Path,
+             record: Path, threads: int) -> str:
+    """One (task, mutator, seed) as a Ray task: run (or resume) its search, evaluate an unselected prompt of the
+    first generation, write its record, and return the line that reports it. Mutator "manual" evaluates the task's
+    three handcrafted prompts instead (its manual.json; ``seed`` and ``out`` unused)."""
+    torch.set_num_threads(max(1, threads))  # what the task declared, not every core of the node
+    lm = worker_model(model, None)
+    engine, profile, task = Engine(lm), PROFILES[profile_name], load_task(name)
+    settings, evaluation = settings_for(profile), task.load("validation", SHARED)
+    start = time.perf_counter()
+    if mutator == "manual":
+        docs = [eval_task(lm, task, task_prompt(lm, t, name), evaluation, settings, engine=engine)
+                for t in initial_layouts(task)]
+        write_json(record, {"prompts": list(initial_layouts(task)), "metrics": [d["metrics"] for d in docs]})
+        accuracies = [100 * d["metrics"]["accuracy"] for d in docs]
+        return (f"{name:7} {'manual':10} G⁰      mean {statistics.fmean(accuracies):5.1f}  best {max(accuracies):5.1f}"
+                f"  worst {min(accuracies):5.1f}  {time.perf_counter() - start:5.0f}s")
+    search = GeneticPromptSearch([MUTATORS[mutator](lm)], GPSConfig(**{**vars(profile.search), "seed": seed}),
+                                 progress=False)
+    doc = run_gps(lm, task, search, out, task.load("train", SHARED), evaluation, settings, seed, resume=True,
+                  engine=engine)
+    lineage = [json.loads(line) for line in (out / "lineage.jsonl").read_text().splitlines()]
+    first = [row for row in lineage if row["iteration"] == 1]
+    drawn = random.Random(seed).choice(first)
+    unselected = eval_task(lm, task, task_prompt(lm, drawn["text"], name), evaluation, settings, engine=engine)
+    write_json(record, {k: doc[k] for k in ("prompt_text", "dev_accuracy", "dev_examples", "metrics", "final",
+                                            "prompts_scored", "search_seconds", "history")}
+               | {"unselected": {"text": drawn["text"], "dev_accuracy": drawn["dev_accuracy"],
+                                 "metrics": unselected["metrics"]}})
+    return (f"{name:7} {mutator:10} seed {seed}  GPS {100 * doc['metrics']['accuracy']:5.1f}  "
+            f"unselected {100 * unselected['metrics']['accuracy']:5.1f}  "
+            f"{time.perf_counter() - start:5.0f}s  {doc['prompt_text']!r}")
 
 
 def task_prompt(lm: LanguageModel, text: str, task: str) -> TaskPrompt:
