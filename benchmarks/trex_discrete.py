@@ -2,7 +2,7 @@
 Table 1, for our model), on the facts of benchmarks/lama.py.
 
     .venv/bin/python benchmarks/trex_discrete.py [--relations P1001 ...] [--methods hard autoprompt-5 ...]
-        [--steps 100] [--test-limit 300] [--render-only]
+        [--steps 100] [--test-limit 300] [--render-only] [--num-cpus N | --address auto] [--unit-cpus C]
 
 Methods:
 - hard: the LAMA template, as in lama.md (rerun here: it is cheap and makes the comparison same-run);
@@ -16,7 +16,8 @@ rerun (hours of CPU).
 Resumable: each (relation, method) run lives in benchmarks/cache/trex_discrete/<model>/<relation>/<method>/
 (ignored), and an interrupted one resumes from its checkpoint. A finished one is published as its metrics.json
 under benchmarks/results/trex_discrete/<model>/steps-N/ (committed), which a later checkout skips. Writes
-docs/results/trex_discrete.md from the records. Run with OMP_NUM_THREADS=1 beside another job.
+docs/results/trex_discrete.md from the records. Each (relation, method) runs as one Ray task (benchmarks/grid.py):
+--num-cpus N runs N at once with one thread each (--unit-cpus C: C threads each), --address a Ray cluster.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from grid import add_ray_options, run_on_ray  # benchmarks/grid.py, beside this script
+
 from softprompt.engine import Engine
 from softprompt.io import write_text
 from softprompt.metrics import macro_average
-from softprompt.models import load_model
 from softprompt.optimizers import TrainConfig
 from softprompt.optimizers.autoprompt import AutoPrompt, AutoPromptConfig
 from softprompt.optimizers.base import Optimizer
@@ -40,6 +43,7 @@ from softprompt.paths import shared_data_dir
 from softprompt.probing import TREX10, load_relation
 from softprompt.probing.probe import run_probe
 from softprompt.probing.relations import Relation
+from softprompt.sweep import worker_model
 
 SHARED = shared_data_dir(default=Path(__file__).resolve().parents[2] / "shared" / "data")
 ROOT = Path(__file__).resolve().parent
@@ -74,6 +78,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--test-limit", type=int, default=300, help="first N single-token test facts")
     parser.add_argument("--render-only", action="store_true")
+    add_ray_options(parser)
     parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "trex_discrete.md")
     args = parser.parse_args()
     if SHARED is None:
@@ -81,9 +86,9 @@ def main() -> None:
     model_dir = re.sub(r"[^\w.-]", "_", args.model)
     cache = ROOT / "cache" / "trex_discrete" / model_dir
     store = ROOT / "results" / "trex_discrete" / model_dir / f"steps-{args.steps}"
+    failed: list[str] = []
     if not args.render_only:
-        lm = load_model(args.model)
-        engine = Engine(lm)
+        jobs = []
         for method in args.methods:  # methods outermost: a partial run covers every relation for a method
             for rel in args.relations:
                 out, record = cache / rel / method, store / rel / f"{method}.json"
@@ -92,18 +97,30 @@ def main() -> None:
                 if (out / "metrics.json").is_file():
                     write_text(record, (out / "metrics.json").read_text())
                     continue
-                base = load_relation(SHARED / "qin_eisner_soft_prompts" / "db" / "trex_original" / rel,
-                                     templates_file=SHARED / "lama" / "relations.jsonl", name=rel)
-                relation, init = relation_for(method, base)
-                start = time.perf_counter()
-                doc = run_probe(lm, relation, out, mode="hard", init=init, config=TrainConfig(),
-                                limits={"test": args.test_limit}, resume=True, progress=False, engine=engine,
-                                search=search_for(method, args.steps))
-                write_text(record, json.dumps(doc, indent=2))
-                print(f"{rel:6} {method:20} P@1 {100 * doc['test']['p@1']:5.1f}  {time.perf_counter() - start:5.0f}s"
-                      f"  {doc.get('prompt_text', '')!r}", flush=True)
+                jobs.append((f"{rel} {method}", args.model, rel, method, args.steps, args.test_limit, out, record,
+                             int(args.unit_cpus)))
+        failed = run_on_ray(jobs, run_unit, args.unit_cpus, args.unit_gpus or 0, args.num_cpus, args.address)
     write_text(args.out, render(store, args))
     print(f"wrote {args.out}")
+    if failed:
+        sys.exit(f"{len(failed)} unit(s) failed:\n" + "\n".join(failed))
+
+
+def run_unit(label: str, model: str, rel: str, method: str, steps: int, test_limit: int, out: Path, record: Path,
+             threads: int) -> str:
+    """One (relation, method), as a Ray task: run (or resume) it, publish its record, and return the line that
+    reports it."""
+    torch.set_num_threads(max(1, threads))  # what the task declared, not every core of the node
+    lm = worker_model(model, None)
+    base = load_relation(SHARED / "qin_eisner_soft_prompts" / "db" / "trex_original" / rel,
+                         templates_file=SHARED / "lama" / "relations.jsonl", name=rel)
+    relation, init = relation_for(method, base)
+    start = time.perf_counter()
+    doc = run_probe(lm, relation, out, mode="hard", init=init, config=TrainConfig(), limits={"test": test_limit},
+                    resume=True, progress=False, engine=Engine(lm), search=search_for(method, steps))
+    write_text(record, json.dumps(doc, indent=2))
+    return (f"{rel:6} {method:20} P@1 {100 * doc['test']['p@1']:5.1f}  {time.perf_counter() - start:5.0f}s"
+            f"  {doc.get('prompt_text', '')!r}")
 
 
 def render(store: Path, args: argparse.Namespace) -> str:
