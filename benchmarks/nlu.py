@@ -1,7 +1,7 @@
 """Prompt tuning on SuperGLUE-style tasks with SmolLM2: zero-shot vs prefix prompt tuning vs hybrid prompt.
 
     .venv/bin/python benchmarks/nlu.py [--tasks sst2 cb ...] [--methods manual prefix ...] [--seeds 0 1 2]
-        [--profile cpu] [--render-only]
+        [--profile cpu] [--render-only] [--num-cpus N | --address auto] [--unit-cpus C]
 
 Methods (Dayton et al. §3–5, ZeroPrompt §3.4):
 - manual: zero-shot with the task's manual template (no training);
@@ -16,7 +16,8 @@ docs/results/nlu.md from whatever has finished (mean ± std over seeds), listing
 Profile "cpu" fits 2 CPU cores: at most 128 training examples (after holding out up to 32 for early
 stopping), ≤8 epochs with patience 5, and at most 300 evaluation examples (SST-2 and BoolQ have more).
 A training run then takes 5–15 minutes on one core.
-Run it with OMP_NUM_THREADS=1 when another job shares the cores.
+Each (task, method, seed) runs as one Ray task (benchmarks/grid.py): --num-cpus N runs N at once with one thread
+each (--unit-cpus C: C threads each), --address a Ray cluster.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from grid import add_ray_options, run_on_ray  # benchmarks/grid.py, beside this script
+
 from softprompt.engine import Engine
 from softprompt.io import write_text
 from softprompt.metrics import accuracy, macro_f1
-from softprompt.models import load_model
 from softprompt.optimizers import TrainConfig
 from softprompt.paths import shared_data_dir
+from softprompt.sweep import worker_model
 from softprompt.tasks import TaskSettings, load_task, run_task
 from softprompt.tasks.sampling import stratified_sample
 
@@ -91,34 +95,43 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--render-only", action="store_true")
+    add_ray_options(parser)
     parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "nlu.md")
     args = parser.parse_args()
     if SHARED is None:
         sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
     profile = PROFILES[args.profile]
     cache = ROOT / "cache" / "nlu" / re.sub(r"[^\w.-]", "_", args.model) / args.profile
+    failed: list[str] = []
     if not args.render_only:
-        lm = load_model(args.model)
-        engine = Engine(lm)
+        jobs = []
         # Seeds outermost: a partial run still covers every task and method once.
         for seed in sorted(set(args.seeds)):
             for name in args.tasks:
-                task = load_task(name)
-                train, evaluation = task.load("train", SHARED), task.load("validation", SHARED)
                 for method in args.methods:
-                    if seed not in seeds_of(method, args.seeds):
-                        continue
                     out = run_dir(cache, name, method, seed)
-                    if (out / "metrics.json").is_file():
-                        continue
-                    config = TrainConfig(**{**profile.config.__dict__, "seed": seed})
-                    start = time.perf_counter()
-                    doc = run_task(lm, task, settings_for(method, profile), config, out, train, evaluation,
-                                   resume=True, progress=False, engine=engine)
-                    print(f"{name:6} {method:12} seed {seed}  acc {100 * doc['metrics']['accuracy']:5.1f}  "
-                          f"{time.perf_counter() - start:5.0f}s", flush=True)
+                    if seed in seeds_of(method, args.seeds) and not (out / "metrics.json").is_file():
+                        jobs.append((f"{name} {method} seed {seed}", args.model, name, method, seed, args.profile,
+                                     out, int(args.unit_cpus)))
+        failed = run_on_ray(jobs, run_unit, args.unit_cpus, args.unit_gpus or 0, args.num_cpus, args.address)
     write_text(args.out, render(cache, args, profile))
     print(f"wrote {args.out}")
+    if failed:
+        sys.exit(f"{len(failed)} unit(s) failed:\n" + "\n".join(failed))
+
+
+def run_unit(label: str, model: str, name: str, method: str, seed: int, profile_name: str, out: Path,
+             threads: int) -> str:
+    """One (task, method, seed), as a Ray task: run (or resume) it and return the line that reports it."""
+    torch.set_num_threads(max(1, threads))  # what the task declared, not every core of the node
+    lm = worker_model(model, None)
+    profile, task = PROFILES[profile_name], load_task(name)
+    config = TrainConfig(**{**profile.config.__dict__, "seed": seed})
+    start = time.perf_counter()
+    doc = run_task(lm, task, settings_for(method, profile), config, out, task.load("train", SHARED),
+                   task.load("validation", SHARED), resume=True, progress=False, engine=Engine(lm))
+    return (f"{name:6} {method:12} seed {seed}  acc {100 * doc['metrics']['accuracy']:5.1f}  "
+            f"{time.perf_counter() - start:5.0f}s")
 
 
 def load_docs(cache: Path, task: str, method: str, seeds: list[int]) -> list[dict[str, Any]]:
