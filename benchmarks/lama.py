@@ -1,10 +1,12 @@
 """T-REx-10 with SmolLM2: manual template -> soft prompt -> deep prompt (Qin & Eisner Table 1 analogue).
 
     .venv/bin/python benchmarks/lama.py [--model smollm2-135m] [--test-limit 300]
+        [--num-cpus N | --address auto] [--unit-cpus C]
 
 Resumable: each (relation, mode) run lives in benchmarks/cache/lama/<model>/<relation>/<mode>/; a
 finished run (metrics.json present) is skipped and an interrupted one resumes from its checkpoint.
-Writes docs/results/lama.md.
+Writes docs/results/lama.md. Each (relation, mode) runs as one Ray task (benchmarks/grid.py): --num-cpus N runs
+N at once with one thread each (--unit-cpus C: C threads each), --address a Ray cluster.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from grid import add_ray_options, run_on_ray  # benchmarks/grid.py, beside this script
+
 from softprompt.engine import Engine
 from softprompt.metrics import macro_average
-from softprompt.models import load_model
 from softprompt.optimizers import TrainConfig
 from softprompt.paths import shared_data_dir
 from softprompt.probing import TREX10, load_relation
 from softprompt.probing.probe import run_probe
 from softprompt.significance import load_predictions, pair_runs, paired_permutation_test
+from softprompt.sweep import worker_model
 
 # The staged datasets beside this checkout, unless $SOFTPROMPT_SHARED_DATA says otherwise.
 SHARED_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -37,34 +42,54 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--relations", nargs="*", default=list(TREX10))
     parser.add_argument("--test-limit", type=int, default=300, help="first N single-token test facts")
+    add_ray_options(parser)
     parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "lama.md")
     args = parser.parse_args()
     shared = shared_data_dir(default=SHARED_DEFAULT)
     if shared is None:
         sys.exit("needs ../shared/data (or SOFTPROMPT_SHARED_DATA)")
-    lm = load_model(args.model)
-    engine = Engine(lm)
     config = TrainConfig()
     cache = ROOT / "cache" / "lama" / re.sub(r"[^\w.-]", "_", args.model)
-    results: dict[str, dict[str, dict]] = {}
+    jobs = []
     for rel in args.relations:
-        relation = load_relation(shared / "qin_eisner_soft_prompts" / "db" / "trex_original" / rel,
-                                 templates_file=shared / "lama" / "relations.jsonl", name=rel)
         for mode in MODES:
             out = cache / rel / mode
-            if not (out / "metrics.json").is_file():
-                start = time.perf_counter()
-                doc = run_probe(lm, relation, out, mode=mode, config=config, limits={"test": args.test_limit},
-                                resume=True, progress=False, engine=engine)
-                doc["seconds"] = time.perf_counter() - start
-                (out / "metrics.json").write_text(json.dumps(doc, indent=2))
-            doc = json.loads((out / "metrics.json").read_text())
-            results.setdefault(rel, {})[mode] = doc
-            t = doc["test"]
-            print(f"{rel:6} {mode:5} P@1 {100 * t['p@1']:5.1f}  P@10 {100 * t['p@10']:5.1f}  "
-                  f"MRR {100 * t['mrr']:5.1f}  n={t['n']}  {doc.get('seconds', 0):.0f}s", flush=True)
+            if (out / "metrics.json").is_file():
+                print(line(rel, mode, json.loads((out / "metrics.json").read_text())), flush=True)
+            else:
+                jobs.append((f"{rel} {mode}", args.model, shared, rel, mode, args.test_limit, out,
+                             int(args.unit_cpus)))
+    failed = run_on_ray(jobs, run_unit, args.unit_cpus, args.unit_gpus or 0, args.num_cpus, args.address)
+    if failed:
+        # The page needs every relation's three runs: keep the one written before rather than drop relations.
+        sys.exit(f"{len(failed)} unit(s) failed:\n" + "\n".join(failed))
+    results: dict[str, dict[str, dict]] = {
+        rel: {mode: json.loads((cache / rel / mode / "metrics.json").read_text()) for mode in MODES}
+        for rel in args.relations}
     args.out.write_text(render(results, args, config))
     print(f"wrote {args.out}")
+
+
+def line(rel: str, mode: str, doc: dict) -> str:
+    t = doc["test"]
+    return (f"{rel:6} {mode:5} P@1 {100 * t['p@1']:5.1f}  P@10 {100 * t['p@10']:5.1f}  "
+            f"MRR {100 * t['mrr']:5.1f}  n={t['n']}  {doc.get('seconds', 0):.0f}s")
+
+
+def run_unit(label: str, model: str, shared: Path, rel: str, mode: str, test_limit: int, out: Path,
+             threads: int) -> str:
+    """One (relation, mode), as a Ray task: run (or resume) it, write its metrics.json with its seconds, and
+    return the line that reports it."""
+    torch.set_num_threads(max(1, threads))  # what the task declared, not every core of the node
+    lm = worker_model(model, None)
+    relation = load_relation(shared / "qin_eisner_soft_prompts" / "db" / "trex_original" / rel,
+                             templates_file=shared / "lama" / "relations.jsonl", name=rel)
+    start = time.perf_counter()
+    doc = run_probe(lm, relation, out, mode=mode, config=TrainConfig(), limits={"test": test_limit}, resume=True,
+                    progress=False, engine=Engine(lm))
+    doc["seconds"] = time.perf_counter() - start
+    (out / "metrics.json").write_text(json.dumps(doc, indent=2))
+    return line(rel, mode, doc)
 
 
 def render(results: dict[str, dict[str, dict]], args: argparse.Namespace, config: TrainConfig) -> str:
