@@ -52,9 +52,9 @@ MAX_ROWS = 512
 # Facts per inference batch when scoring over the full vocabulary (a memory bound too).
 EVAL_BATCH_SIZE = 256
 # On a CPU an inference batch is also cut at this many padded token positions: a batch runs fastest while its
-# activations fit the caches. SmolLM2 scored SST-2 rows (about 70 tokens with a 20-vector prompt) 2.5x faster
-# in batches of 32 than of 256, and two processes side by side then no longer slow each other down
-# (benchmarks/throughput.py --phases eval-batches). A GPU takes whole batches.
+# activations fit the caches. SmolLM2 scored SST-2 rows (about 70 tokens with a 20-vector prompt) 2.0-2.2x
+# faster under this budget than in batches of 256 (benchmarks/throughput.py --phases eval-batches), and two
+# processes side by side then no longer slow each other down. A GPU takes whole batches.
 CPU_EVAL_TOKENS = 2048
 
 
