@@ -58,6 +58,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transfer import epochs_to, speed_up
 
+from softprompt.analysis.geometry import cosine_flat
 from softprompt.engine import Engine
 from softprompt.io import write_json, write_text
 from softprompt.models import load_model
@@ -314,6 +315,14 @@ def run_projected(b: Bench, source: str, target: str, task: str, mode: str, seed
     path = projected_file(b, source, target, task, mode, seed)
     prompt = load_prompt(path, b.engine(target).lm)
     doc = score(b, target, task, prompt) | {"prompt_sha256": file_sha256(path)}
+    if task not in b.args.fit_tasks:
+        # A projector fitted on few prompts can map every input to nearly the same output; how close this
+        # task's projection is to each fit task's says whether the zero-shot score is this task's prompt at all.
+        vectors = prompt.vectors().detach()
+        doc["cosine_to_fit_tasks"] = {
+            f: cosine_flat(vectors, load_prompt(projected_file(b, source, target, f, mode, seed),
+                                                b.engine(target).lm).vectors().detach())
+            for f in b.args.fit_tasks}
     b.publish(key, doc)
     say(key, doc, doc["eval_seconds"])
 
@@ -609,7 +618,7 @@ def render(b: Bench) -> str:
                     lines.append(f"| {src} → {tgt} | {t} | {s} | {escape(d['text'])} | {d['source_tokens']} | "
                                  f"{d['target_tokens']} |")
 
-    lines += ["", "## Findings", "", *findings(zero, runs)]
+    lines += ["", "## Findings", "", *findings(zero, runs), *collapse(b, pairs, tasks, seeds, modes)]
     lines += ["", "## Time per unit (seconds, mean over its records)", "", *times(b, pairs)]
     missing = [str(u.key) for u in plan(b) if b.record(u.key) is None]
     if missing:
@@ -645,6 +654,29 @@ def findings(zero: dict[str, list[ZeroShot]], runs: dict[str, list[InitRun]]) ->
             out.append(f"- As initialisation ({MODE_NAMES[mode]}, {len(found)} runs of a cell and seed): "
                        + "; ".join(parts) + ".")
     return out or ["- Nothing has finished yet."]
+
+
+def collapse(b: Bench, pairs: list[tuple[str, str]], tasks: list[str], seeds: list[int],
+             modes: list[str]) -> list[str]:
+    """One sentence per projector mode: how close the unseen tasks' projected prompts are to the fit tasks'
+    (cosine of the flattened vectors, nearest fit task), from the records that measured it."""
+    out = []
+    for m in modes:
+        cells = [(f"{src} → {tgt} {t}", max(d["cosine_to_fit_tasks"].values()))
+                 for src, tgt in pairs for t in tasks for s in seeds
+                 if (d := b.record(projected_key(b, src, tgt, t, f"projected-{m}", s))) is not None
+                 and d.get("cosine_to_fit_tasks")]
+        if not cells:
+            continue
+        detail = "; ".join(f"{label} {value:.4f}" for label, value in cells)
+        near = sum(v > 0.9 for _, v in cells)
+        verdict = ("so on a task it never saw it outputs nearly the fit task's projected prompt, and the zero-shot "
+                   "score there measures that prompt's transfer, not the projector's" if near == len(cells)
+                   else "so its output depends on the prompt it is given" if near == 0
+                   else f"nearly the fit task's projection (cosine > 0.9) in {near} of {len(cells)}")
+        out.append(f"- The {MODE_NAMES[m]} maps the unseen tasks' prompts close to the fit tasks' projections "
+                   f"(cosine to the nearest: {detail}), {verdict}.")
+    return out
 
 
 def times(b: Bench, pairs: list[tuple[str, str]]) -> list[str]:
