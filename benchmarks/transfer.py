@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -167,6 +168,7 @@ def render(store: Path, args: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     points: dict[str, list[tuple[float, float, float]]] = {name: [] for name in INDICATORS}
+    pairs: list[tuple[float, float]] = []  # (speed-up, gain) of every source -> target pair
     missing = []
     for seed in args.seeds:
         for target in args.tasks:
@@ -188,6 +190,8 @@ def render(store: Path, args: argparse.Namespace) -> str:
                              f"{'never' if math.isinf(reaches) else f'epoch {reaches}'} | "
                              f"{100 * doc['metrics']['accuracy']:.1f} | {100 * gain:+.1f} | "
                              + " | ".join(f"{ind[n]:.3f}" if n in ind else "–" for n in INDICATORS) + " |")
+                if init != "random":
+                    pairs.append((speed, gain))
                 for name in INDICATORS:
                     if name in ind and not math.isnan(speed):
                         points[name].append((ind[name], min(speed, 1e9), gain))  # ranks only: inf is the largest
@@ -198,17 +202,56 @@ def render(store: Path, args: argparse.Namespace) -> str:
               "|---|---|---|---|", *own_rows, "",
               "## Indicators (Spearman's ρ over the source → target pairs, p-value)", "",
               "| indicator | more similar is | ρ with speed-up | ρ with gain | pairs |", "|---|---|---|---|---|"]
+    tests = []  # (p-value, indicator, outcome, rho)
     for name in INDICATORS:
         xs = [p[0] for p in points[name]]
         if len(xs) < 3:
             continue
         rho_s, p_s = spearman(xs, [p[1] for p in points[name]])
         rho_g, p_g = spearman(xs, [p[2] for p in points[name]])
+        tests += [(p_s, name, "speed-up", rho_s), (p_g, name, "gain", rho_g)]
         lines.append(f"| {name} | {'higher' if HIGHER_IS_SIMILAR[name] else 'lower'} | {rho_s:+.2f} (p {p_s:.2f}) | "
                      f"{rho_g:+.2f} (p {p_g:.2f}) | {len(xs)} |")
+    own_docs = [(t, d, r) for s in args.seeds for t in args.tasks
+                if (d := load(t, "text", s)) and (r := load(t, "random", s))]
+    lines += ["", "## Findings", "", *findings(pairs, own_docs, tests)]
     if missing:
         lines += ["", "## Not run yet", "", *(f"- {m}" for m in missing)]
     return "\n".join(lines) + "\n"
+
+
+def findings(pairs: list[tuple[float, float]], own: list[tuple[str, dict, dict]],
+             tests: list[tuple[float, str, str, float]]) -> list[str]:
+    """Generated sentences: they follow the records, whatever they show."""
+    if not pairs:
+        return ["- Nothing has finished yet."]
+    speeds = [v for v, _ in pairs if not math.isnan(v)]
+    gains = [g for _, g in pairs]
+    out = [f"- A prompt trained on another task, as the starting point, reaches 90% of the description init's "
+           f"dev-loss improvement sooner in {sum(v > 1 for v in speeds)} of {len(speeds)} source → target pairs "
+           f"and never reaches it in {sum(v == 0 for v in speeds)} (the description init had nothing to gain in "
+           f"{len(pairs) - len(speeds)}); it ends with higher accuracy in {sum(g > 0 for g in gains)} of "
+           f"{len(gains)} (mean gain {100 * statistics.fmean(gains):+.1f}, median "
+           f"{100 * statistics.median(gains):+.1f}). Su et al. find that similar tasks speed up and improve "
+           "training; speed-up is measured on dev loss and gain on accuracy, and the two disagree here when a "
+           "transferred prompt never reaches the description init's dev loss yet scores higher."]
+    if own:
+        better = [t for t, d, r in own if r["metrics"]["accuracy"] > d["metrics"]["accuracy"]]
+        early = [t for t, d, _ in own if d["best_epoch"] <= 1]
+        out.append(f"- Random vectors beat the task description as the starting point in {len(better)} of "
+                   f"{len(own)} own prompts ({', '.join(better) or 'none'})"
+                   + (f"; the description init stopped improving after epoch 1 on {', '.join(early)}, so gains "
+                      "against it there measure that stall." if early else "."))
+    if tests:
+        p, name, outcome, rho = min(tests)
+        bonferroni = 0.05 / len(tests)
+        out.append(f"- The strongest indicator is {name} against {outcome} (ρ {rho:+.2f}, p {p:.3f}); with "
+                   f"{len(tests)} tests, a Bonferroni threshold of {bonferroni:.4f} "
+                   + ("keeps it." if p < bonferroni else "does not keep it, so no indicator is shown to predict "
+                      "transfer here.")
+                   + " Su et al. report neuron overlap as the best predictor; our zero-shot analysis "
+                   "(docs/results/analysis.md) found none predictive.")
+    return out
 
 
 if __name__ == "__main__":
