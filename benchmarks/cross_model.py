@@ -56,9 +56,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transfer import epochs_to, speed_up
 
 from softprompt.analysis.geometry import cosine_flat
+from softprompt.analysis.transfer import convergence_speed_up
 from softprompt.engine import Engine
 from softprompt.io import write_json, write_text
 from softprompt.models import load_model
@@ -474,10 +474,8 @@ def speed_cell(values: list[float]) -> str:
 
 
 def goal_speed(baseline: dict[str, Any], new: dict[str, Any]) -> float:
-    """benchmarks/transfer.py's speed-up of ``new`` over ``baseline`` (90% of the baseline's way to its best)."""
-    start, best = baseline["history"][0]["dev_loss"], min(h["dev_loss"] for h in baseline["history"])
-    goal = start - 0.9 * (start - best)
-    return speed_up(epochs_to(baseline["history"], goal), epochs_to(new["history"], goal))
+    """The speed-up of ``new`` over ``baseline`` (90% of the baseline's way to its best), as transfer.py's."""
+    return convergence_speed_up(baseline["history"], new["history"])
 
 
 def escape(text: str, limit: int = 70) -> str:

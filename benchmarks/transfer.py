@@ -37,7 +37,7 @@ import torch
 
 from softprompt.analysis.geometry import cosine_flat, frobenius
 from softprompt.analysis.neurons import mean_activations, neuron_overlap
-from softprompt.analysis.transfer import spearman
+from softprompt.analysis.transfer import convergence_speed_up, epochs_to, spearman
 from softprompt.engine import Engine
 from softprompt.io import write_json, write_text
 from softprompt.models import load_model
@@ -135,21 +135,6 @@ def indicators(engine: Engine, target: tuple[Any, Any, Any], own_run: Path, sour
     return out
 
 
-def epochs_to(history: list[dict[str, Any]], loss: float) -> float:
-    """The first epoch whose dev loss is at most ``loss`` (inf if none)."""
-    return next((h["epoch"] for h in history if h["dev_loss"] <= loss), math.inf)
-
-
-def speed_up(own: float, transferred: float) -> float:
-    """Epochs the description init needs over those the transferred one needs: inf when the transferred prompt
-    starts at the goal, 0 when it never reaches it, NaN when the description init starts there (nothing to gain)."""
-    if own == 0:
-        return math.nan
-    if transferred == 0:
-        return math.inf
-    return own / transferred
-
-
 def render(store: Path, args: argparse.Namespace) -> str:
     profile = PROFILES[args.profile]
 
@@ -178,10 +163,8 @@ def render(store: Path, args: argparse.Namespace) -> str:
                 if own is None or doc is None:
                     missing.append(f"{target} {init} seed {seed}")
                     continue
-                start, best = own["history"][0]["dev_loss"], min(h["dev_loss"] for h in own["history"])
-                goal = start - 0.9 * (start - best)
-                speed = speed_up(epochs_to(own["history"], goal), epochs_to(doc["history"], goal))
-                reaches = epochs_to(doc["history"], best)
+                speed = convergence_speed_up(own["history"], doc["history"])
+                reaches = epochs_to(doc["history"], min(h["dev_loss"] for h in own["history"]))
                 gain = doc["metrics"]["accuracy"] - own["metrics"]["accuracy"]
                 ind = doc.get("indicators") or {}
                 label = f"{init.removeprefix('from-')} → {target}"

@@ -122,7 +122,8 @@ def test_user_errors(trained, model_dirs, tmp_path: Path) -> None:
                       "task 'capital', which is not built in", "--task FILE")
     assert_user_error(invoke("report", empty, "-o", tmp_path / "r.html"), "neither an analysis folder",
                       "softprompt analyze run")
-    assert_user_error(invoke("report", runs / "capital" / "seed-0", "-o", tmp_path / "r.html"),
+    # A task run directory is a training curve; its prompt file alone is neither a curve nor a moved prompt.
+    assert_user_error(invoke("report", runs / "capital" / "seed-0" / "prompt.safetensors", "-o", tmp_path / "r.html"),
                       "holds a task prompt", "analyze run")
     broken = tmp_path / "broken"
     broken.mkdir()

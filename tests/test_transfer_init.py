@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,9 @@ from test_cli import assert_user_error, invoke
 from test_tasks_cli import _isolated, task_dir  # noqa: F401 (fixtures: the same capital task and data)
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from softprompt.analysis.curves import read_moved
+from softprompt.analysis.report import speed_cell
+from softprompt.analysis.transfer import convergence_speed_up
 from softprompt.engine import Engine
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel, load_model
@@ -380,6 +385,62 @@ def test_cli_user_errors_are_one_line(task_dir: Path, model_dirs: dict[str, Path
     result = invoke("transfer", "bridge", tmp_path / "nothing.safetensors", "--target-model", small,
                     "--out", tmp_path / "new.safetensors")
     assert_user_error(result, "prompt file not found")
+
+
+# --- the report: training curves and moved prompts ----------------------------------------------------------------
+
+
+def test_convergence_speed_up_matches_a_hand_computation() -> None:
+    def losses(*values: float) -> list[dict[str, float]]:
+        return [{"epoch": i, "dev_loss": v} for i, v in enumerate(values)]
+
+    baseline = losses(1.0, 0.6, 0.3, 0.2)  # 90% of the way from 1.0 to 0.2 is 0.28: reached at epoch 3
+    assert convergence_speed_up(baseline, losses(0.5, 0.25)) == 3.0
+    assert convergence_speed_up(baseline, losses(0.9, 0.5, 0.29, 0.1)) == 1.0
+    assert convergence_speed_up(baseline, losses(0.27)) == math.inf  # starts there
+    assert convergence_speed_up(baseline, losses(0.9, 0.5, 0.4)) == 0.0  # never gets there
+    assert math.isnan(convergence_speed_up(losses(0.3, 0.4), losses(0.9)))  # the baseline starts at its best
+
+
+def test_report_shows_transfer_curves_and_reads_a_moved_prompt_in_the_target_vocabulary(
+        task_dir: Path, model_dirs: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+    small, large = model_dirs["causal"], model_dirs["causal64"]
+    task = task_dir / "capital.yaml"
+    common = ("--data-dir", task_dir, "--epochs", 3, "--lr", 0.1, "--quiet")
+    result = invoke("task", "train", task, "--model", small, "--out", tmp_path / "own", "--length", 3, "--init",
+                    "text", *common)
+    assert result.exit_code == 0, result.output
+    result = invoke("transfer", "init", "--from", tmp_path / "own", "--task", task, "--out", tmp_path / "init",
+                    *common)
+    assert result.exit_code == 0, result.output
+    bridged = tmp_path / "bridge.safetensors"
+    result = invoke("transfer", "bridge", tmp_path / "own" / "prompt.safetensors", "--target-model", large,
+                    "--out", bridged)
+    assert result.exit_code == 0, result.output
+
+    page = tmp_path / "report.html"
+    result = invoke("report", tmp_path / "own", tmp_path / "init", bridged, "--out", page)
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    assert text.count("<img src='data:image/png;base64,") == 1  # the curves
+    # Starting from the task's own trained prompt (same seed, same dev split) starts at its best dev loss.
+    own = json.loads((tmp_path / "own" / "metrics.json").read_text())["history"]
+    init = json.loads((tmp_path / "init" / "metrics.json").read_text())["history"]
+    assert init[0]["dev_loss"] == min(h["dev_loss"] for h in own)
+    row = f"<td>{tmp_path / 'init'}</td><td>capital</td><td>from capital ({small})</td>"
+    assert row in text and f"<td>{tmp_path / 'own'}</td><td>capital</td><td>description</td>" in text
+    speed = speed_cell(convergence_speed_up(own, init))
+    assert speed in ("starts there", "– (the baseline starts at its best)")
+    assert re.search(re.escape(row) + r"(<td>[^<]*</td>){2}<td>" + re.escape(speed) + "</td>", text)
+    # A bridged prompt is exact target embeddings: each vector reads as its own target token, cosine 1.
+    meta = read_prompt_file(bridged)[0]
+    target_ids = meta["transfer"]["bridge"]["target_ids"]
+    lm = load_model(str(large))
+    moved = read_moved(bridged, lm)
+    assert [row[0] for row in moved.tokens] == [lm.tokenizer.decode([target_ids[i % len(target_ids)]])
+                                                for i in range(3)]
+    assert all(abs(row[0] - 1) < 1e-5 for row in moved.scores)
+    assert f"the capital prompt of {small} through the vocabulary bridge, read in {large}" in text
 
 
 # --- Gemma 3 270M (slow: about 70 s the first time, while its GGUF is joined and converted) --------------------------

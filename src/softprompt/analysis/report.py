@@ -2,8 +2,10 @@
 
 Sections: runs, nearest-token grids (as the figures of Dayton et al. and Qin & Eisner), faithfulness
 and scrutability (Patel et al.), stochasticity with a t-SNE map, similarity heatmaps, the zero-shot
-transfer matrix, similarity versus transfer, and mixture weights. A section whose analysis part was
-not run says so. The page checks on load that every image decoded (``data-images-loaded`` on <body>).
+transfer matrix, similarity versus transfer, training curves of task runs (transfer as initialisation
+against other starts), prompts moved from another model read in the target's vocabulary, and mixture
+weights. A section whose analysis part was not run says so. The page checks on load that every image
+decoded (``data-images-loaded`` on <body>).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from softprompt.analysis.curves import MovedPrompt, TrainingCurve
+from softprompt.analysis.transfer import convergence_speed_up
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_write
 
@@ -32,6 +36,8 @@ SECTIONS = {
     "similarity": "Similarity between prompts",
     "transfer": "Zero-shot transfer",
     "correlation": "Similarity versus transfer",
+    "curves": "Transfer as initialisation: training curves",
+    "moved": "Prompts moved from another model",
     "mixtures": "Mixture weights",
     "readings": "Nearest tokens",
 }
@@ -264,6 +270,61 @@ ANALYSIS_SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], bool], str, Callab
     "correlation": (lambda a: "correlations" in a.get("transfer", {}), "similarity,transfer", correlation_section),
 }
 
+def curves_section(curves: Sequence[TrainingCurve]) -> str:
+    """Dev loss per epoch of each task run, one panel per task, and each run's speed-up over the task's
+    description-initialised run (the first one given), as benchmarks/transfer.py measures it."""
+    if not curves:
+        return ("<p class='note'>No task runs were given: pass run directories of <code>softprompt transfer "
+                "init</code> with the task's own runs to compare how they converge.</p>")
+    tasks = list(dict.fromkeys(c.task for c in curves))
+    fig, axes = pyplot().subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), squeeze=False)
+    rows = []
+    for ax, task in zip(axes[0], tasks, strict=True):
+        runs = [c for c in curves if c.task == task]
+        baseline = next((c for c in runs if c.init == "description"), None)
+        for c in runs:
+            ax.plot([h["epoch"] for h in c.history], [h["dev_loss"] for h in c.history], marker="o", markersize=3,
+                    label=c.init[:40])
+            speed = "–" if baseline is None or c is baseline else speed_cell(
+                convergence_speed_up(baseline.history, c.history))
+            start, best = c.history[0]["dev_loss"], min(h["dev_loss"] for h in c.history)
+            rows.append([c.label, task, c.init, fmt(start), f"{fmt(best)} (epoch {c.best_epoch})", speed,
+                         ", ".join(f"{k} {percent(v)}" for k, v in c.metrics.items())])
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("epoch (0: before training)", fontsize=8)
+        ax.set_ylabel("dev loss", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return ("<p class='note'>Speed-up: the epochs the task's description-initialised run needs to get 90% of the way "
+            "from its start to its best dev loss, over the epochs this run needs to reach that loss (&gt;1 faster; "
+            "&ldquo;starts there&rdquo;: before any step; &ldquo;never&rdquo;: not within its epochs).</p>"
+            + image(fig, "training curves")
+            + table(["run", "task", "starts from", "start dev loss", "best dev loss", "speed-up vs description",
+                     "metrics (×100)"], rows))
+
+
+def speed_cell(value: float) -> str:
+    if math.isnan(value):
+        return "– (the baseline starts at its best)"
+    return "starts there" if math.isinf(value) else "never" if value == 0 else f"{value:.2f}"
+
+
+def moved_section(moved: Sequence[MovedPrompt]) -> str:
+    if not moved:
+        return ("<p class='note'>No moved prompts were given: pass files written by <code>softprompt transfer "
+                "project</code> or <code>transfer bridge</code>.</p>")
+    grids = []
+    for m in moved:
+        k = len(m.tokens[0])
+        rows = [[i, *[f"{token_text(t)} ({s:.2f})" for t, s in zip(toks, scores, strict=True)]]
+                for i, (toks, scores) in enumerate(zip(m.tokens, m.scores, strict=True))]
+        caption = f"{m.label}: {m.task}, the {m.source} through the {m.how}, read in {m.model}"
+        header = ["#", *[f"cosine {i + 1}" for i in range(k)]]
+        grids.append(f"<div class='grid'>{table(header, rows, range(1, k + 1), caption)}</div>")
+    return ("<p class='note'>Each row is one vector of the moved prompt; its nearest tokens in the target model's "
+            "vocabulary by cosine, best first.</p>" f"<div class='grids'>{''.join(grids)}</div>")
+
+
 def mixtures_section(mixtures: Sequence[tuple[str, list[Any], str]]) -> str:
     """``mixtures``: (title, readings, HTML fragment) per mixture run."""
     if not mixtures:
@@ -283,7 +344,8 @@ def mixtures_section(mixtures: Sequence[tuple[str, list[Any], str]]) -> str:
 
 
 def render(analyses: Sequence[dict[str, Any]], mixtures: Sequence[tuple[str, list[Any], str]] = (),
-           title: str = "softprompt report") -> str:
+           title: str = "softprompt report", curves: Sequence[TrainingCurve] = (),
+           moved: Sequence[MovedPrompt] = ()) -> str:
     """The page. Every value taken from the analyses reaches it escaped (or drawn into an image); an analysis
     that does not have the shape ``softprompt analyze run`` writes is a SoftpromptError, not a crash."""
     try:
@@ -293,6 +355,8 @@ def render(analyses: Sequence[dict[str, Any]], mixtures: Sequence[tuple[str, lis
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, StopIteration) as err:
         raise SoftpromptError(f"an analysis.json does not have the fields this report reads ({type(err).__name__}: "
                               f"{str(err)[:80]}); rerun softprompt analyze run") from err
+    body["curves"] = curves_section(curves)
+    body["moved"] = moved_section(moved)
     body["mixtures"] = mixtures_section(mixtures)
     nav = "".join(f"<a href='#{key}'>{esc(name)}</a>" for key, name in SECTIONS.items())
     sections = "".join(f"<section id='{key}'><h2>{esc(name)}</h2>{body[key]}</section>"

@@ -94,3 +94,28 @@ def similarity_vs_transfer(matrix: TransferMatrix, similarities: Mapping[str, Se
         correlations.append(Correlation(name, rho, p, len(xs), 1 if higher_is_similar[name] else -1))
         points[name] = [xs, ys]
     return correlations, points
+
+
+# --- transfer as initialisation: how much sooner a transferred start converges --------------------------------------
+
+
+def epochs_to(history: Sequence[Mapping[str, float]], loss: float) -> float:
+    """The first epoch of a run's history (epoch 0: before training) whose dev loss is at most ``loss``; inf if
+    none."""
+    return next((h["epoch"] for h in history if h["dev_loss"] <= loss), math.inf)
+
+
+def convergence_speed_up(baseline: Sequence[Mapping[str, float]], history: Sequence[Mapping[str, float]],
+                         fraction: float = 0.9) -> float:
+    """Epochs the baseline needs to get ``fraction`` of the way from its start to its best dev loss, over the epochs
+    ``history`` needs to reach that same dev loss (Su et al.'s "accelerates training"): >1 faster; inf when
+    ``history`` starts there; 0 when it never gets there; NaN when the baseline starts at its best (nothing to
+    gain)."""
+    start, best = baseline[0]["dev_loss"], min(h["dev_loss"] for h in baseline)
+    goal = start - fraction * (start - best)
+    own, other = epochs_to(baseline, goal), epochs_to(history, goal)
+    if own == 0:
+        return math.nan
+    if other == 0:
+        return math.inf
+    return own / other

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from softprompt.analysis import Analysis, AnalysisConfig, analyse, load_runs, nearest_tokens, prompt_vectors
+from softprompt.analysis.curves import is_task_run, read_curve, read_moved
 from softprompt.analysis.pipeline import PARTS
 from softprompt.analysis.readings import METRICS
 from softprompt.analysis.report import fmt, percent, render, screenshot, token_text
@@ -139,17 +140,21 @@ def analyze_nearest(
 
 def report(
     inputs: Annotated[list[Path], typer.Argument(
-        metavar="DIR...", help="Analysis folders (from softprompt analyze run) and mixture run directories.",
+        metavar="PATH...", help="Analysis folders (from softprompt analyze run), mixture run directories, task run "
+        "directories (their training curves: e.g. a transfer init run beside the task's own runs) and prompt files "
+        "written by softprompt transfer project|bridge (read in the target model's vocabulary).",
         show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.", show_default=False)],
     model: Annotated[str | None, typer.Option(
-        help="Model for mixture runs (default: the one each was trained with).", show_default=False)] = None,
+        help="Model for mixture runs and moved prompts (default: the one each file names).",
+        show_default=False)] = None,
     title: Annotated[str, typer.Option(help="The page title.")] = "softprompt report",
     png: Annotated[Path | None, typer.Option("--screenshot", help="Also render the page to this PNG with headless "
                                              "Chromium.", show_default=False)] = None,
 ) -> None:
-    """Render analyses and mixtures as one self-contained HTML page (no network needed to open it)."""
-    analyses, mixtures = [], []
+    """Render analyses, mixtures, training curves and moved prompts as one self-contained HTML page (no network
+    needed to open it)."""
+    analyses, mixtures, curves, moved = [], [], [], []
     for path in inputs:
         if (path / "analysis.json").is_file():
             try:
@@ -160,9 +165,15 @@ def report(
             continue
         prompt_path = path / "prompt.safetensors" if path.is_dir() else path
         if not prompt_path.is_file():
-            raise SoftpromptError(f"{path} is neither an analysis folder (analysis.json) nor a mixture run; "
-                                  f"analyse task runs first: softprompt analyze run {path} --out ANALYSIS")
+            raise SoftpromptError(f"{path} is neither an analysis folder (analysis.json), a run directory nor a "
+                                  f"prompt file; analyse task runs first: softprompt analyze run {path} --out ANALYSIS")
         meta = read_prompt_file(prompt_path)[0]
+        if meta["kind"] != "mixture" and is_task_run(path):
+            curves.append(read_curve(path))
+            continue
+        if meta["kind"] != "mixture" and "transfer" in meta and not path.is_dir():
+            moved.append(read_moved(path, load_lm(model or meta["model"])))
+            continue
         if meta["kind"] != "mixture":
             raise SoftpromptError(f"{path} holds a {meta['kind']} prompt; analyse it first: "
                                   f"softprompt analyze run {path} --out ANALYSIS")
@@ -173,7 +184,7 @@ def report(
         name = (f"{meta.get('relation', path.name)} ({meta['component_kind']}, "
                 f"2^H = {effective_prompts(mixture.weights()):.2f})")
         mixtures.append((name, readings, html_fragment(readings)))
-    write_text(out, render(analyses, mixtures, title))
+    write_text(out, render(analyses, mixtures, title, curves, moved))
     console.print(f"written: {out}")
     if png is not None:
         height = screenshot(out, png)
