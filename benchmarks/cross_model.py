@@ -382,6 +382,9 @@ def main() -> None:
     parser.add_argument("--out-root", type=Path, default=None,
                         help="write run directories (DIR/cache), records (DIR/results) and the page "
                              "(DIR/cross_model.md) under DIR instead of benchmarks/ and docs/results/")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the page (default docs/results/cross_model.md, or under --out-root); another page "
+                             "for another choice of --fit-tasks, e.g. docs/results/cross_model-fit3.md")
     args = parser.parse_args()
     if args.models[0] == args.models[1]:
         sys.exit("--models needs two different models")
@@ -393,6 +396,7 @@ def main() -> None:
     else:
         cache, store = ROOT / "cache" / "cross_model" / args.profile, ROOT / "results" / "cross_model" / args.profile
         page = ROOT.parent / "docs" / "results" / "cross_model.md"
+    page = args.out.resolve() if args.out else page
     b = Bench(args, PROFILES[args.profile], cache, store)
     if not args.render_only:
         if SHARED is None:
@@ -501,7 +505,7 @@ def render(b: Bench) -> str:
     fit = ", ".join(sorted(args.fit_tasks))
     command = (f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/cross_model.py --profile {args.profile} --tasks "
                f"{' '.join(tasks)} --fit-tasks {' '.join(args.fit_tasks)} --modes {' '.join(modes)} --seeds "
-               f"{' '.join(map(str, seeds))}")
+               f"{' '.join(map(str, seeds))}" + (f" --out {shown_path(args.out.resolve())}" if args.out else ""))
 
     def seen(task: str) -> str:
         return "yes" if task in args.fit_tasks else "no"

@@ -1,12 +1,16 @@
-"""T-REx-10 with SmolLM2: manual template -> soft prompt -> deep prompt (Qin & Eisner Table 1 analogue).
+"""T-REx-10: manual template -> soft prompt -> deep prompt (Qin & Eisner Table 1 analogue), on any model.
 
-    .venv/bin/python benchmarks/lama.py [--model smollm2-135m] [--test-limit 300]
-        [--num-cpus N | --address auto] [--unit-cpus C]
+    .venv/bin/python benchmarks/lama.py [--model smollm2-135m] [--test-limit 300] [--relations P36 ...]
+        [--num-cpus N | --address auto] [--unit-cpus C] [--render-only] [--out docs/results/lama.md]
 
-Resumable: each (relation, mode) run lives in benchmarks/cache/lama/<model>/<relation>/<mode>/; a
-finished run (metrics.json present) is skipped and an interrupted one resumes from its checkpoint.
-Writes docs/results/lama.md. Each (relation, mode) runs as one Ray task (benchmarks/grid.py): --num-cpus N runs
-N at once with one thread each (--unit-cpus C: C threads each), --address a Ray cluster.
+SmolLM2 writes docs/results/lama.md; the second model family is
+`--model gemma3-270m --out docs/results/lama-gemma.md`.
+
+Resumable: each (relation, mode) run lives in benchmarks/cache/lama/<model>/<relation>/<mode>/; a finished run
+(metrics.json present) is skipped and an interrupted one resumes from its checkpoint. Writes the page from the
+relations whose three runs have finished and lists the others. Each (relation, mode) runs as one Ray task
+(benchmarks/grid.py): --num-cpus N runs N at once with one thread each (--unit-cpus C: C threads each), --address
+a Ray cluster.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -43,6 +48,7 @@ def main() -> None:
     parser.add_argument("--relations", nargs="*", default=list(TREX10))
     parser.add_argument("--test-limit", type=int, default=300, help="first N single-token test facts")
     add_ray_options(parser)
+    parser.add_argument("--render-only", action="store_true", help="rewrite the page from the finished runs")
     parser.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "results" / "lama.md")
     args = parser.parse_args()
     shared = shared_data_dir(default=SHARED_DEFAULT)
@@ -56,18 +62,20 @@ def main() -> None:
             out = cache / rel / mode
             if (out / "metrics.json").is_file():
                 print(line(rel, mode, json.loads((out / "metrics.json").read_text())), flush=True)
-            else:
+            elif not args.render_only:
                 jobs.append((f"{rel} {mode}", args.model, shared, rel, mode, args.test_limit, out,
                              int(args.unit_cpus)))
     failed = run_on_ray(jobs, run_unit, args.unit_cpus, args.unit_gpus or 0, args.num_cpus, args.address)
-    if failed:
-        # The page needs every relation's three runs: keep the one written before rather than drop relations.
-        sys.exit(f"{len(failed)} unit(s) failed:\n" + "\n".join(failed))
+    # A relation is on the page once its three runs have finished; the others are listed as not run yet, so an
+    # interrupted grid still publishes what it measured (and says what it did not).
     results: dict[str, dict[str, dict]] = {
         rel: {mode: json.loads((cache / rel / mode / "metrics.json").read_text()) for mode in MODES}
-        for rel in args.relations}
-    args.out.write_text(render(results, args, config))
-    print(f"wrote {args.out}")
+        for rel in args.relations if all((cache / rel / mode / "metrics.json").is_file() for mode in MODES)}
+    if results:
+        args.out.write_text(render(results, args, config))
+        print(f"wrote {args.out}")
+    if failed:
+        sys.exit(f"{len(failed)} unit(s) failed:\n" + "\n".join(failed))
 
 
 def line(rel: str, mode: str, doc: dict) -> str:
@@ -103,7 +111,8 @@ def render(results: dict[str, dict[str, dict]], args: argparse.Namespace, config
         f"{config.patience} on dev loss, seed {config.seed}, both prompts initialised from the template. "
         "Ranking over the full vocabulary. All numbers ×100.",
         "",
-        "Reproduce: `.venv/bin/python benchmarks/lama.py`",
+        f"Reproduce: `.venv/bin/python benchmarks/lama.py{reproduce_options(args)}` (resumable; `--render-only` "
+        "rewrites this page from the finished runs).",
         "",
         "| relation | template | n test | dropped (train/dev/test) | " + " | ".join(
             f"{m} P@1 | {m} P@10 | {m} MRR" for m in MODES) + " | train s (soft/deep) |",
@@ -119,7 +128,8 @@ def render(results: dict[str, dict[str, dict]], args: argparse.Namespace, config
                      + " | ".join(cells) + f" | {secs} |")
     macro = {m: macro_average({r: modes[m]["test"] for r, modes in results.items()}) for m in MODES}
     cells = [f"**{100 * macro[m][k]:.1f}**" for m in MODES for k in ("p@1", "p@10", "mrr")]
-    lines.append("| **macro** | | | | " + " | ".join(cells) + " | |")
+    label = "macro" if len(results) == len(args.relations) else f"macro ({len(results)} of {len(args.relations)})"
+    lines.append(f"| **{label}** | | | | " + " | ".join(cells) + " | |")
     cache = ROOT / "cache" / "lama" / re.sub(r"[^\w.-]", "_", args.model)
 
     def pvalue(a: str, b: str) -> float:
@@ -143,12 +153,35 @@ def render(results: dict[str, dict[str, dict]], args: argparse.Namespace, config
         f"(10,000 permutations): manual → soft p = {pvalue('hard', 'soft'):.4f}, soft → deep "
         f"p = {pvalue('soft', 'deep'):.4f}. "
         "Single seed.",
-        "- Training seconds are wall-clock on 2 CPU cores; some runs shared the machine with other jobs, so "
+        "- Training seconds are wall-clock on a 2-core CPU; some runs shared the machine with other jobs, so "
         "they are an upper bound.",
-        "- Templates such as `[X] is located in [Y] .` score near 0 P@1 as hard prompts because SmolLM2 "
-        "continues with \"the\"; see `predictions.jsonl` in the run directories.",
-    ]
+    ] + [f"- {rel}'s template scores {p1['hard'][rel]:.1f} P@1 as a hard prompt: the model's most frequent "
+         f"first prediction is \"{word}\" ({share:.0f}% of test facts; `predictions.jsonl` in the run directory)."
+         for rel in results if p1["hard"][rel] < 1 for word, share in [most_frequent_top1(cache / rel / "hard")]]
+    missing = [rel for rel in args.relations if rel not in results]
+    if missing:
+        lines += ["", "## Not run yet", "", f"Relations without all three runs: {', '.join(missing)}. The macro "
+                  f"row averages the {len(results)} finished relations only."]
     return "\n".join(lines) + "\n"
+
+
+def most_frequent_top1(run: Path) -> tuple[str, float]:
+    """The hard prompt's most frequent top-1 prediction in a run and the percentage of test facts it is."""
+    firsts = Counter(row["top10"][0][0] for row in load_predictions(run) if row.get("top10"))
+    word, count = firsts.most_common(1)[0]
+    return word, 100 * count / sum(firsts.values())
+
+
+def reproduce_options(args: argparse.Namespace) -> str:
+    """The options that differ from the defaults, for the page's reproduce line."""
+    out = []
+    if args.model != "smollm2-135m":
+        out.append(f"--model {args.model}")
+    if args.test_limit != 300:
+        out.append(f"--test-limit {args.test_limit}")
+    if args.out.name != "lama.md":
+        out.append(f"--out docs/results/{args.out.name}")
+    return "".join(f" {o}" for o in out)
 
 
 if __name__ == "__main__":
