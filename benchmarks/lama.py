@@ -156,8 +156,10 @@ def render(results: dict[str, dict[str, dict]], args: argparse.Namespace, config
         "- Training seconds are wall-clock on a 2-core CPU; some runs shared the machine with other jobs, so "
         "they are an upper bound.",
     ] + [f"- {rel}'s template scores {p1['hard'][rel]:.1f} P@1 as a hard prompt: the model's most frequent "
-         f"first prediction is \"{word}\" ({share:.0f}% of test facts; `predictions.jsonl` in the run directory)."
-         for rel in results if p1["hard"][rel] < 1 for word, share in [most_frequent_top1(cache / rel / "hard")]]
+         f"first prediction is {shown} ({share:.0f}% of test facts; `predictions.jsonl` in the run directory)."
+         for rel in results if p1["hard"][rel] < 1 for word, share in [most_frequent_top1(cache / rel / "hard")]
+         # predictions.jsonl keeps tokens stripped: an empty one was whitespace (a space or a newline)
+         for shown in [f'"{word}"' if word else "a whitespace-only token"]]
     missing = [rel for rel in args.relations if rel not in results]
     if missing:
         lines += ["", "## Not run yet", "", f"Relations without all three runs: {', '.join(missing)}. The macro "
