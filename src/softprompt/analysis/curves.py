@@ -42,7 +42,7 @@ class MovedPrompt:
 
 
 def is_task_run(path: Path) -> bool:
-    """A task run directory: metrics.json with a training history beside config.json."""
+    """A run directory: metrics.json beside config.json (read_curve then asks for its training history)."""
     return path.is_dir() and (path / "config.json").is_file() and (path / "metrics.json").is_file()
 
 
