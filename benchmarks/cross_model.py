@@ -58,7 +58,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from softprompt.analysis.geometry import cosine_flat
-from softprompt.analysis.transfer import convergence_speed_up
+from softprompt.analysis.transfer import convergence_speed_up, shown_speed
 from softprompt.engine import Engine
 from softprompt.io import write_json, write_text
 from softprompt.models import load_model
@@ -457,14 +457,6 @@ def loss_cell(values: list[float]) -> str:
 
 def seconds_cell(values: list[float]) -> str:
     return f"{statistics.fmean(values):.0f}" if values else "–"
-
-
-def shown_speed(value: float) -> str:
-    if math.isnan(value):
-        return "–"
-    if math.isinf(value):
-        return "starts there"
-    return "never" if value == 0 else f"{value:.2f}"
 
 
 def speed_cell(values: list[float]) -> str:

@@ -37,7 +37,7 @@ import torch
 
 from softprompt.analysis.geometry import cosine_flat, frobenius
 from softprompt.analysis.neurons import mean_activations, neuron_overlap
-from softprompt.analysis.transfer import convergence_speed_up, epochs_to, spearman
+from softprompt.analysis.transfer import convergence_speed_up, epochs_to, shown_speed, spearman
 from softprompt.engine import Engine
 from softprompt.io import write_json, write_text
 from softprompt.models import load_model
@@ -168,8 +168,7 @@ def render(store: Path, args: argparse.Namespace) -> str:
                 gain = doc["metrics"]["accuracy"] - own["metrics"]["accuracy"]
                 ind = doc.get("indicators") or {}
                 label = f"{init.removeprefix('from-')} → {target}"
-                shown = "–" if math.isnan(speed) else "starts there" if math.isinf(speed) else f"{speed:.2f}"
-                lines.append(f"| {label} | {seed} | {shown} | "
+                lines.append(f"| {label} | {seed} | {shown_speed(speed)} | "
                              f"{'never' if math.isinf(reaches) else f'epoch {reaches}'} | "
                              f"{100 * doc['metrics']['accuracy']:.1f} | {100 * gain:+.1f} | "
                              + " | ".join(f"{ind[n]:.3f}" if n in ind else "–" for n in INDICATORS) + " |")

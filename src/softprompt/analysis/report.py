@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.analysis.curves import MovedPrompt, TrainingCurve
-from softprompt.analysis.transfer import convergence_speed_up
+from softprompt.analysis.transfer import convergence_speed_up, shown_speed
 from softprompt.errors import SoftpromptError
 from softprompt.io import atomic_write
 
@@ -270,6 +270,7 @@ ANALYSIS_SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], bool], str, Callab
     "correlation": (lambda a: "correlations" in a.get("transfer", {}), "similarity,transfer", correlation_section),
 }
 
+
 def curves_section(curves: Sequence[TrainingCurve]) -> str:
     """Dev loss per epoch of each task run, one panel per task, and each run's speed-up over the task's
     description-initialised run (the first one given), as benchmarks/transfer.py measures it."""
@@ -304,9 +305,7 @@ def curves_section(curves: Sequence[TrainingCurve]) -> str:
 
 
 def speed_cell(value: float) -> str:
-    if math.isnan(value):
-        return "– (the baseline starts at its best)"
-    return "starts there" if math.isinf(value) else "never" if value == 0 else f"{value:.2f}"
+    return "– (the baseline starts at its best)" if math.isnan(value) else shown_speed(value)
 
 
 def moved_section(moved: Sequence[MovedPrompt]) -> str:

@@ -119,3 +119,10 @@ def convergence_speed_up(baseline: Sequence[Mapping[str, float]], history: Seque
     if other == 0:
         return math.inf
     return own / other
+
+
+def shown_speed(value: float) -> str:
+    """A convergence speed-up as a table shows it: "–" (NaN), "starts there" (inf), "never" (0) or the ratio."""
+    if math.isnan(value):
+        return "–"
+    return "starts there" if math.isinf(value) else "never" if value == 0 else f"{value:.2f}"
