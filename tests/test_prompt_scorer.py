@@ -8,7 +8,7 @@ from conftest import tiny_causal, tiny_masked, tiny_seq2seq
 
 from softprompt.engine import Engine
 from softprompt.models import LanguageModel
-from softprompt.prompt_scorer import Queries, common_prefix_logits, score_candidates
+from softprompt.prompt_scorer import PrefixMemo, Queries, common_prefix_logits, score_candidates
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks.scoring import TaskEncoder, collate_rows, query_logits
 from softprompt.tasks.task import task_from_dict
@@ -43,9 +43,13 @@ def probing_batch(lm: LanguageModel, template: str):
 @pytest.mark.parametrize("make", [tiny_causal, tiny_masked])
 @pytest.mark.parametrize("swap_at", [None, 0, 2])
 @pytest.mark.parametrize("template", ["[X] is located in the city of [Y] .", "the [X] , capital [Y] ."])
-def test_probing_scores_equal_one_candidate_at_a_time(make, swap_at: int | None, template: str) -> None:
+@pytest.mark.parametrize("packed", [True, False])
+def test_probing_scores_equal_one_candidate_at_a_time(make, swap_at: int | None, template: str, packed: bool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Causal LMs: the candidates' suffixes side by side on one cache (packed) or on a cache per candidate."""
     lm = make()
     engine, batch, queries, length = probing_batch(lm, template)
+    monkeypatch.setattr(engine, "custom_masks_fit", lambda width: packed)
     cands = candidates(lm, 6, length, swap_at)
     many = score_candidates(engine, batch, queries, cands, log_softmax, max_rows=12)  # 2 candidates per pass
     with torch.inference_mode():
@@ -74,17 +78,73 @@ def test_the_prefix_cache_is_used_and_changes_nothing() -> None:
     assert cached_cost < plain_cost
 
 
+def test_packed_suffixes_run_on_one_copy_of_the_cache() -> None:
+    """The packed path is the one taken where masks fit: it passes the body the batch's rows once, each
+    with every candidate's suffix, where the repeated path passes each row once per candidate."""
+    lm = tiny_causal()
+    engine, batch, queries, length = probing_batch(lm, "[X] is located in the city of [Y] .")
+    cands = candidates(lm, 5, length, swap_at=4)
+    assert engine.custom_masks_fit(64)  # checked once, with forward passes of its own, before counting
+    shapes: list[tuple[int, int]] = []
+    hook = engine.body.register_forward_pre_hook(lambda _m, _a, kw: shapes.append(tuple(kw["inputs_embeds"].shape[:2])),
+                                                 with_kwargs=True)
+    try:
+        score_candidates(engine, batch, queries, cands, log_softmax)
+    finally:
+        hook.remove()
+    assert [rows for rows, _ in shapes] == [len(SUBJECTS)] * 2  # the prefixes, then the suffixes
+
+
+def test_a_sliding_window_narrower_than_the_packed_rows_turns_packing_off() -> None:
+    lm = tiny_causal()
+    engine = Engine(lm)
+    lm.model.config.sliding_window = 20
+    assert engine.custom_masks_fit(19) and not engine.custom_masks_fit(20)
+
+
+def test_the_memo_runs_a_batch_once_and_rebuilds_when_the_prefix_changes() -> None:
+    """RLPrompt scores new samples on the same items every step: the second call runs only the suffixes and
+    gives the same scores as a fresh scorer; a prompt vector in the prefix that changes (AutoPrompt accepted
+    a swap before the position it now tries) is a new prefix, scored as each candidate alone."""
+    lm = tiny_causal()
+    engine, batch, queries, length = probing_batch(lm, "[X] is located in the city of [Y] .")
+    memo = PrefixMemo()
+    assert engine.custom_masks_fit(64)
+    seen: list[int] = []
+    hook = engine.body.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["inputs_embeds"].shape[1]),
+                                                 with_kwargs=True)
+    try:
+        first = score_candidates(engine, batch, queries, candidates(lm, 5, length, swap_at=4), log_softmax, memo=memo)
+        calls, seen[:] = len(seen), []
+        again = candidates(lm, 5, length, swap_at=4, seed=0)
+        second = score_candidates(engine, batch, queries, again, log_softmax, memo=memo)
+        assert calls == 2 and len(seen) == 1  # the prefix, then the suffixes; then the suffixes only
+        assert torch.equal(first, second)
+        moved = candidates(lm, 5, length, swap_at=4, seed=1)  # other words before position 4
+        seen[:] = []
+        third = score_candidates(engine, batch, queries, moved, log_softmax, memo=memo)
+        assert len(seen) == 2 and len(memo.prefixes) == 2
+    finally:
+        hook.remove()
+    with torch.inference_mode():
+        alone = torch.stack([engine.answer_logits(batch, c).log_softmax(-1) for c in moved])
+    assert (third - alone).abs().max() <= 1e-5
+
+
 TASK = {"name": "capital", "description": "capitals", "template": "the capital of {{c}} is", "target": "{{label}}"}
 
 
 @pytest.mark.parametrize("make", [tiny_causal, tiny_masked, tiny_seq2seq])
 @pytest.mark.parametrize("layout", ["[P*3]{input}", "{input} [P*3] so", "hello [P] {input} [P*2]"])
 @pytest.mark.parametrize("labels", [{"a": "Paris", "b": "Berlin"}, {"a": "Paris is big", "b": "Rome or Lima"}])
-def test_task_rows_score_equal_one_candidate_at_a_time(make, layout: str, labels: dict[str, str]) -> None:
+@pytest.mark.parametrize("packed", [True, False])
+def test_task_rows_score_equal_one_candidate_at_a_time(make, layout: str, labels: dict[str, str], packed: bool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Task rows: shared single-token verbalizers and one row per multi-token choice, prefix and suffix
     layouts, on causal, masked and encoder-decoder LMs."""
     lm = make()
     engine = Engine(lm)
+    monkeypatch.setattr(engine, "custom_masks_fit", lambda width: packed)
     task = task_from_dict({**TASK, "labels": labels}, "capital.yaml")
     prompt = TaskPrompt(lm, layout, 0, init="vocab")
     encoded = TaskEncoder(lm, task, prompt).encode(

@@ -313,6 +313,13 @@ class Engine:
             self._tree_masks_honoured = bool(torch.allclose(got, torch.stack(whole), atol=1e-3, rtol=1e-3))
         return self._tree_masks_honoured
 
+    def custom_masks_fit(self, width: int) -> bool:
+        """Whether a forward pass over ``width`` key positions under a custom 4-D mask gives exact states: the
+        model honours such masks, and ``width`` is within its sliding attention window if it has one (sliding
+        layers take a custom mask as it is, and their caches keep only the window)."""
+        window = getattr(self.lm.model.config, "sliding_window", None)
+        return (window is None or width < window) and self.honours_tree_masks()
+
     def seq2seq_logits(
         self, batch: Seq2SeqTokens, vectors: torch.Tensor | None = None, deltas: torch.Tensor | None = None
     ) -> torch.Tensor:

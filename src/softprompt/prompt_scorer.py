@@ -8,7 +8,12 @@ Here:
 - on causal LMs, the part of each row before the first prompt position where the candidates differ is the
   same for every candidate: it runs once and its key/value cache is shared by every candidate's copy of the
   row. AutoPrompt swaps one position, so everything before it is shared; a prompt that follows the input
-  (a LAMA template's triggers after the subject, RLPrompt's "[input] [prompt] [answer]") shares the input;
+  (a LAMA template's triggers after the subject, RLPrompt's "[input] [prompt] [answer]") shares the input.
+  Where the model honours custom attention masks, the candidates' suffixes run side by side in each row on
+  one copy of that cache (a block-diagonal 4-D mask keeps them apart), rather than on K copies of it: with
+  long inputs (BoolQ's passages) copying the cache K times cost more than the suffixes themselves;
+- a ``PrefixMemo`` keeps the prefixes built, so a search that scores new candidates on the same batch step
+  after step (RLPrompt on all of a few-shot task's training items) runs the inputs once, not once a step;
 - only the query positions are projected to the vocabulary, a chunk of candidates at a time, and the
   caller's ``read`` reduces them at once (a (K, Q, V) tensor of a population would not fit in memory).
 
@@ -19,6 +24,8 @@ holds them to 1e-5 under padding and length groups).
 from __future__ import annotations
 
 import copy
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,20 +47,25 @@ Read = Callable[[torch.Tensor], torch.Tensor]  # (k, Q, V) logits of k candidate
 
 @torch.inference_mode()
 def score_candidates(engine: Engine, tokens: Tokens, queries: Queries, candidates: torch.Tensor, read: Read,
-                     max_rows: int = MAX_ROWS, share_prefix: bool = True) -> torch.Tensor:
+                     max_rows: int = MAX_ROWS, share_prefix: bool = True, memo: PrefixMemo | None = None,
+                     pack: bool = True) -> torch.Tensor:
     """``read`` of the query logits under each candidate: ``candidates`` are ``(K, L, d)`` vectors for the
     batch's L prompt positions; returns ``(K, ...)``. Batches are padded as the engine pads them (encoder-
-    decoder batches carry ``decoder_ids`` and ``decoder_mask``). ``share_prefix=False`` turns the prefix
-    cache off (to measure it)."""
+    decoder batches carry ``decoder_ids`` and ``decoder_mask``). ``memo`` keeps the prefixes built for later
+    calls on the same batch. To measure them, ``share_prefix=False`` turns the prefix cache off and
+    ``pack=False`` runs the suffixes on a copy of it per candidate."""
     rows = tokens.input_ids.shape[0]
     per_pass = max(1, min(len(candidates), max_rows // rows))
     prefix = None
     if share_prefix and engine.lm.kind == "causal" and engine.padding_side == "left" and len(candidates) > 1:
-        prefix = SharedPrefix.build(engine, tokens, queries, candidates)
+        if memo is None:
+            prefix = SharedPrefix.build(engine, tokens, queries, candidates)
+        else:
+            prefix = memo.get(engine, tokens, queries, candidates)
     out = []
     for start in range(0, len(candidates), per_pass):
         chunk = candidates[start : start + per_pass]
-        logits = prefix.logits(chunk) if prefix is not None else repeated_logits(engine, tokens, queries, chunk)
+        logits = prefix.logits(chunk, pack) if prefix is not None else repeated_logits(engine, tokens, queries, chunk)
         out.append(read(logits))
     return torch.cat(out)
 
@@ -144,8 +156,41 @@ class SharedPrefix:
         return cls(engine, out.cache, prefix.attention_mask, take(suf_index, suf_real), suffix_positions,
                    Queries(queries.rows, queries.positions - split[queries.rows]))
 
-    def logits(self, candidates: torch.Tensor) -> torch.Tensor:
+    def logits(self, candidates: torch.Tensor, pack: bool = True) -> torch.Tensor:
         """Query logits (k, Q, V) of k candidates, running only their suffixes."""
+        width = self.prefix_mask.shape[1] + len(candidates) * self.suffix.input_ids.shape[1]
+        if pack and self.engine.custom_masks_fit(width):
+            return self.packed_logits(candidates)
+        return self.repeated_logits(candidates)
+
+    def packed_logits(self, candidates: torch.Tensor) -> torch.Tensor:
+        """The k candidates' suffixes side by side in each row, after one copy of the prefixes' cache. A 4-D
+        mask lets a suffix position see its row's prefix and its own candidate's earlier positions only, and
+        its position id continues the prefix, so its state is the one its candidate's row alone would give."""
+        k, length = candidates.shape[:2]
+        suffix, device = self.suffix, candidates.device
+        rows, width = suffix.input_ids.shape
+        offsets = (torch.arange(k, device=device) * length)[None, :, None]
+        slots = suffix.prompt_slots[:, None].expand(-1, k, -1)
+        packed = _Rows(suffix.input_ids.repeat(1, k), suffix.attention_mask.repeat(1, k),
+                       torch.where(slots >= 0, slots + offsets, slots).reshape(rows, k * width))
+        real = suffix.attention_mask.bool()
+        own = torch.ones(width, width, dtype=torch.bool, device=device).tril() & real[:, None, :]  # (B, S, S)
+        own |= torch.eye(width, dtype=torch.bool, device=device)  # a padding position sees itself: no NaN
+        same = torch.eye(k, dtype=torch.bool, device=device)
+        among = (same[None, :, None, :, None] & own[:, None, :, None, :]).reshape(rows, k * width, k * width)
+        sees_prefix = self.prefix_mask.bool()[:, None, :].expand(-1, k * width, -1)
+        dtype = self.engine.lm.model.dtype
+        mask = torch.zeros(rows, 1, k * width, self.prefix_mask.shape[1] + k * width, dtype=dtype, device=device)
+        mask.masked_fill_(~torch.cat([sees_prefix, among], 2)[:, None], torch.finfo(dtype).min)
+        embeds = self.engine.embed(packed, candidates.reshape(k * length, -1), None)
+        hidden = self.engine.body(inputs_embeds=embeds, attention_mask=mask, cache=copy.deepcopy(self.cache),
+                                  position_ids=self.suffix_positions.repeat(1, k), use_cache=True)[0]
+        at = self.queries.positions[None] + torch.arange(k, device=device)[:, None] * width  # (k, Q)
+        return self.engine.project(hidden[self.queries.rows[None].expand(k, -1), at])
+
+    def repeated_logits(self, candidates: torch.Tensor) -> torch.Tensor:
+        """As ``packed_logits``, on k copies of the prefixes' cache (for models that ignore custom masks)."""
         k, length = candidates.shape[:2]
         rows = _Rows(**repeat_rows(self.suffix, k, length))
         cache = copy.deepcopy(self.cache)  # a forward pass appends to the cache it is given
@@ -155,6 +200,36 @@ class SharedPrefix:
         hidden = self.engine.body(inputs_embeds=embeds, attention_mask=attention, cache=cache,
                                   position_ids=self.suffix_positions.repeat_interleave(k, 0), use_cache=True)[0]
         return self.engine.project(candidate_major(hidden, self.queries, k))
+
+
+class PrefixMemo:
+    """The shared prefixes a search has built, most recent last, reused while the batch, its queries, the
+    positions where the candidates differ and the prompt vectors before them are the same: what a prefix
+    depends on. ``capacity`` bounds the batches kept (a call scores one batch per length group)."""
+
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self.prefixes: OrderedDict[str, SharedPrefix | None] = OrderedDict()
+
+    @staticmethod
+    def key(tokens: Tokens, queries: Queries, candidates: torch.Tensor) -> str:
+        differs = (candidates != candidates[:1]).flatten(2).any(-1).any(0)
+        digest = hashlib.sha256()
+        for part in (tokens.input_ids, tokens.attention_mask, tokens.prompt_slots, queries.rows, queries.positions,
+                     differs, candidates[0][~differs]):
+            digest.update(part.detach().cpu().contiguous().numpy().tobytes())
+            digest.update(str(tuple(part.shape)).encode())
+        return digest.hexdigest()
+
+    def get(self, engine: Engine, tokens: Tokens, queries: Queries, candidates: torch.Tensor) -> SharedPrefix | None:
+        key = self.key(tokens, queries, candidates)
+        if key in self.prefixes:
+            self.prefixes.move_to_end(key)
+            return self.prefixes[key]
+        self.prefixes[key] = prefix = SharedPrefix.build(engine, tokens, queries, candidates)
+        if len(self.prefixes) > self.capacity:
+            self.prefixes.popitem(last=False)
+        return prefix
 
 
 # Rows must share at least this many leading tokens, and the positions saved must be at least this share of the

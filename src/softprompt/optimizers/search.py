@@ -171,8 +171,9 @@ class SearchLog:
 
 
 def step_items(n: int, batch_size: int, seed: int, step: int) -> list[int]:
-    """The training items of one step: a seeded sample, so a resumed search sees the same ones."""
-    return random.Random(epoch_seed(seed, step)).sample(range(n), min(batch_size, n))
+    """The training items of one step: a seeded sample, so a resumed search sees the same ones. Sorted: a step
+    that takes every item then scores the same batch as the step before, whose inputs the scorer has cached."""
+    return sorted(random.Random(epoch_seed(seed, step)).sample(range(n), min(batch_size, n)))
 
 
 def allowed_tokens(lm: LanguageModel) -> torch.Tensor:

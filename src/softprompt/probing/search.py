@@ -18,7 +18,7 @@ from softprompt.engine import Engine, length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
 from softprompt.optimizers.search import CandidateScores, starting_ids
-from softprompt.prompt_scorer import Queries, score_candidates
+from softprompt.prompt_scorer import PrefixMemo, Queries, score_candidates
 from softprompt.prompts import HardPrompt
 from softprompt.templates import Example, TemplateEncoder
 
@@ -44,6 +44,7 @@ class TemplateSearch:
     classification: bool = False
     free: tuple[int, ...] = field(init=False)
     initial_ids: tuple[int, ...] = field(init=False)
+    prefixes: PrefixMemo = field(init=False, default_factory=PrefixMemo)  # subjects the scorer has run
 
     def __post_init__(self) -> None:
         self.free = self.encoder.triggers or tuple(range(len(self.encoder.prompt_ids)))
@@ -66,7 +67,7 @@ class TemplateSearch:
             batch = self.engine.collate([facts[chosen[i]] for i in group])
             queries = Queries(torch.arange(len(group), device=batch.input_ids.device), batch.answer_positions)
             out[:, group] = score_candidates(self.engine, batch, queries, vectors,
-                                             partial(gold_and_best_other, batch.answer_ids))
+                                             partial(gold_and_best_other, batch.answer_ids), memo=self.prefixes)
         return CandidateScores(out[..., 0], out[..., 1])
 
     def loss(self, vectors: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:

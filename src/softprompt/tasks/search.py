@@ -17,7 +17,7 @@ import torch
 from softprompt.engine import Engine, length_batches
 from softprompt.models import LanguageModel
 from softprompt.optimizers.search import CandidateScores, starting_ids
-from softprompt.prompt_scorer import Queries, score_candidates
+from softprompt.prompt_scorer import PrefixMemo, Queries, score_candidates
 from softprompt.prompts import TaskPrompt
 from softprompt.tasks.scoring import (
     CHOICE_BATCH_SIZE,
@@ -54,6 +54,7 @@ class LayoutSearch:
     free: tuple[int, ...] = field(init=False)
     initial_ids: tuple[int, ...] = field(init=False)
     items: list[range] = field(init=False)  # the training examples as sized items, computed once
+    prefixes: PrefixMemo = field(init=False, default_factory=PrefixMemo)  # inputs the scorer has run
 
     def __post_init__(self) -> None:
         self.items = example_sizes(self.train)
@@ -81,7 +82,7 @@ class LayoutSearch:
                                  self.engine.padding_side == "left", self.lm.device)
             queries = Queries(batch.query_rows, batch.query_positions)
             read = partial(rows_from_logits, encoded, batch.target_ids, batch.query_rows, len(group))
-            out[:, group] = score_candidates(self.engine, batch, queries, vectors, read)
+            out[:, group] = score_candidates(self.engine, batch, queries, vectors, read, memo=self.prefixes)
         return out.view(len(candidates), len(examples), encoded.num_choices)
 
     def scores(self, candidates: torch.Tensor, indices: Sequence[int] | None = None, dev: bool = False
