@@ -8,7 +8,7 @@ from conftest import tiny_causal, tiny_masked, tiny_seq2seq
 
 from softprompt.engine import Engine
 from softprompt.models import LanguageModel
-from softprompt.prompt_scorer import PrefixMemo, Queries, common_prefix_logits, score_candidates
+from softprompt.prompt_scorer import PrefixMemo, Queries, common_prefix_logits, frozen_prefix_logits, score_candidates
 from softprompt.prompts.task import TaskPrompt
 from softprompt.tasks.scoring import TaskEncoder, collate_rows, query_logits
 from softprompt.tasks.task import task_from_dict
@@ -196,3 +196,39 @@ def test_a_shared_instruction_runs_once_and_scores_as_the_whole_rows(causal_lm: 
             [task.render({"c": c, "label": "0"}) for c in SUBJECTS])
         plain = collate_rows(other.rows, causal_lm.tokenizer.pad_token_id, True, causal_lm.device)
         assert common_prefix_logits(engine, plain, Queries(plain.query_rows, plain.query_positions)) is None
+
+
+@pytest.mark.parametrize("layout", ["{input} [P*3] so", "hello [P] {input} [P*2]", "[P*3]{input}"])
+def test_a_frozen_prefix_gives_the_whole_rows_logits_and_gradients(causal_lm: LanguageModel, layout: str) -> None:
+    """PEZ's and AutoPrompt's gradient steps: the tokens before each row's prompt run without gradients, the
+    logits and the gradient with respect to the prompt are those of the whole rows; a prompt at the start of
+    every row leaves nothing to freeze."""
+    task = task_from_dict({**TASK, "labels": {"a": "Paris is big", "b": "Rome"}}, "capital.yaml")
+    prompt = TaskPrompt(causal_lm, layout, 0, init="vocab")
+    encoded = TaskEncoder(causal_lm, task, prompt).encode(
+        [task.render({"c": c, "label": y}) for c, y in [("France", "a"), ("the north of Peru", "b"), ("Chile", "a")]])
+    engine = Engine(causal_lm)
+    batch = collate_rows(encoded.rows, causal_lm.tokenizer.pad_token_id, True, causal_lm.device)
+    queries = Queries(batch.query_rows, batch.query_positions)
+    weights = torch.randn(len(batch.query_rows), causal_lm.vocab_size, generator=torch.Generator().manual_seed(0))
+
+    def logits_and_grad(frozen: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+        vectors = prompt.vectors().detach().clone().requires_grad_(True)
+        if frozen:
+            logits = frozen_prefix_logits(engine, batch, queries, vectors)
+            if logits is None:
+                return None
+        else:
+            logits = engine.project(engine.final_hidden(batch, vectors)[batch.query_rows, batch.query_positions])
+        (logits.log_softmax(-1) * weights).sum().backward()
+        return logits.detach(), vectors.grad
+
+    frozen = logits_and_grad(True)
+    if layout.startswith("[P"):
+        assert frozen is None
+        return
+    whole = logits_and_grad(False)
+    assert frozen is not None and whole is not None
+    assert (frozen[0] - whole[0]).abs().max() <= 1e-5
+    assert (frozen[1] - whole[1]).abs().max() <= 1e-5 * max(1.0, float(whole[1].abs().max()))
+    assert whole[1].abs().sum() > 0

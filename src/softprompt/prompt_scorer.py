@@ -120,10 +120,14 @@ class SharedPrefix:
     queries: Queries  # positions within the suffixes
 
     @classmethod
-    def build(cls, engine: Engine, tokens: Tokens, queries: Queries, candidates: torch.Tensor) -> SharedPrefix | None:
+    def build(cls, engine: Engine, tokens: Tokens, queries: Queries, candidates: torch.Tensor,
+              differs: torch.Tensor | None = None) -> SharedPrefix | None:
+        """The prefixes up to each row's first prompt position in ``differs`` (L,) (by default, those where the
+        candidates differ) or its first query, whichever comes first."""
         ids, mask, slots = tokens.input_ids, tokens.attention_mask, tokens.prompt_slots
         rows, width = ids.shape
-        differs = (candidates != candidates[:1]).flatten(2).any(-1).any(0)  # (L,) prompt positions that vary
+        if differs is None:
+            differs = (candidates != candidates[:1]).flatten(2).any(-1).any(0)  # (L,) prompt positions that vary
         varying = (slots >= 0) & differs[slots.clamp(min=0)]
         position = torch.arange(width, device=ids.device).expand(rows, -1)
         first_varying = torch.where(varying, position, width).amin(1)
@@ -230,6 +234,22 @@ class PrefixMemo:
         if len(self.prefixes) > self.capacity:
             self.prefixes.popitem(last=False)
         return prefix
+
+
+def frozen_prefix_logits(engine: Engine, tokens: Tokens, queries: Queries, vectors: torch.Tensor
+                         ) -> torch.Tensor | None:
+    """Query logits (Q, V), differentiable with respect to the prompt ``vectors`` (L, d), of a causal batch
+    whose rows have tokens before their first prompt position (the input of "{input} [P*5]", the subject
+    before a template's triggers). Those tokens do not depend on the prompt: they run once without gradients,
+    and only the rest of each row keeps activations for the backward pass (PEZ's and AutoPrompt's gradient
+    steps). The same logits and gradients as the whole rows, up to float rounding. None where this does not
+    apply: not a left-padded causal batch, or no row with a token before its prompt."""
+    if engine.lm.kind != "causal" or engine.padding_side != "left":
+        return None
+    with torch.no_grad():
+        every = torch.ones(len(vectors), dtype=torch.bool, device=vectors.device)
+        prefix = SharedPrefix.build(engine, tokens, queries, vectors.detach()[None], differs=every)
+    return None if prefix is None else prefix.logits(vectors[None], pack=False)[0]
 
 
 # Rows must share at least this many leading tokens, and the positions saved must be at least this share of the

@@ -18,7 +18,7 @@ from softprompt.engine import Engine, length_batches
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
 from softprompt.optimizers.search import CandidateScores, starting_ids
-from softprompt.prompt_scorer import PrefixMemo, Queries, score_candidates
+from softprompt.prompt_scorer import PrefixMemo, Queries, frozen_prefix_logits, score_candidates
 from softprompt.prompts import HardPrompt
 from softprompt.templates import Example, TemplateEncoder
 
@@ -72,7 +72,10 @@ class TemplateSearch:
 
     def loss(self, vectors: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
         batch = self.engine.collate([self.items[i] for i in indices])
-        return F.cross_entropy(self.engine.answer_logits(batch, vectors), batch.answer_ids)
+        queries = Queries(torch.arange(len(batch), device=batch.input_ids.device), batch.answer_positions)
+        logits = frozen_prefix_logits(self.engine, batch, queries, vectors)  # the subject before the triggers
+        return F.cross_entropy(self.engine.answer_logits(batch, vectors) if logits is None else logits,
+                               batch.answer_ids)
 
     def hard_prompt(self, ids: Sequence[int]) -> HardPrompt:
         return HardPrompt(self.encoder, token_ids=list(ids))

@@ -25,7 +25,7 @@ from softprompt.engine import Engine, pad_rows
 from softprompt.errors import SoftpromptError
 from softprompt.models import LanguageModel
 from softprompt.progress import progress_bar
-from softprompt.prompt_scorer import Queries, common_prefix_logits
+from softprompt.prompt_scorer import Queries, common_prefix_logits, frozen_prefix_logits
 from softprompt.prompts.task import FIELDS, TaskPrompt, split_markers
 from softprompt.tasks.task import Task, TaskExample
 
@@ -229,14 +229,20 @@ def collate_rows(rows: Sequence[Row], pad_id: int, left: bool, device: torch.dev
 def query_logits(engine: Engine, batch: RowBatch, vectors: torch.Tensor | None, deltas: torch.Tensor | None
                  ) -> torch.Tensor:
     """Vocabulary logits at the query positions only, (Q, V). Without gradients, rows that begin alike (an
-    instruction, a prompt before the input) run their common beginning once."""
+    instruction, a prompt before the input) run their common beginning once; with them, the tokens before a
+    (shallow) prompt run without gradients."""
     if batch.decoder_ids is not None:
         logits = engine.seq2seq_logits(batch, vectors, deltas)
         return logits[batch.query_rows, batch.query_positions]
+    queries = Queries(batch.query_rows, batch.query_positions)
     if not torch.is_grad_enabled():
-        shared = common_prefix_logits(engine, batch, Queries(batch.query_rows, batch.query_positions), vectors, deltas)
+        shared = common_prefix_logits(engine, batch, queries, vectors, deltas)
         if shared is not None:
             return shared
+    elif vectors is not None and deltas is None:
+        frozen = frozen_prefix_logits(engine, batch, queries, vectors)
+        if frozen is not None:
+            return frozen
     hidden = engine.final_hidden(batch, vectors, deltas)
     return engine.project(hidden[batch.query_rows, batch.query_positions])
 
