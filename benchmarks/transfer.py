@@ -154,6 +154,7 @@ def render(store: Path, args: argparse.Namespace) -> str:
     ]
     points: dict[str, list[tuple[float, float, float]]] = {name: [] for name in INDICATORS}
     pairs: list[tuple[float, float]] = []  # (speed-up, gain) of every source -> target pair
+    per_label: dict[str, list[tuple[float, float, float]]] = {}  # label -> (speed-up, gain, accuracy) per seed
     missing = []
     for seed in args.seeds:
         for target in args.tasks:
@@ -172,6 +173,7 @@ def render(store: Path, args: argparse.Namespace) -> str:
                              f"{'never' if math.isinf(reaches) else f'epoch {reaches}'} | "
                              f"{100 * doc['metrics']['accuracy']:.1f} | {100 * gain:+.1f} | "
                              + " | ".join(f"{ind[n]:.3f}" if n in ind else "–" for n in INDICATORS) + " |")
+                per_label.setdefault(label, []).append((speed, gain, doc["metrics"]["accuracy"]))
                 if init != "random":
                     pairs.append((speed, gain))
                 for name in INDICATORS:
@@ -180,6 +182,14 @@ def render(store: Path, args: argparse.Namespace) -> str:
     own_rows = [f"| {t} | " + " | ".join(
         f"{100 * d['metrics']['accuracy']:.1f}" if (d := load(t, i, s)) else "–" for i in ("text", "random"))
         + f" | {s} |" for s in args.seeds for t in args.tasks]
+    if len(args.seeds) > 1:
+        lines += ["", "## Across seeds", "",
+                  "| source → target | seeds | faster (90%) | accuracy | gain vs description |",
+                  "|---|---|---|---|---|"]
+        for label, runs in per_label.items():
+            faster = sum(v > 1 for v, _, _ in runs)
+            lines.append(f"| {label} | {len(runs)} | {faster} of {len(runs)} | "
+                         f"{spread([a for _, _, a in runs], '.1f')} | {spread([g for _, g, _ in runs], '+.1f')} |")
     lines += ["", "## Each task's own prompt", "", "| task | description init | random init | seed |",
               "|---|---|---|---|", *own_rows, "",
               "## Indicators (Spearman's ρ over the source → target pairs, p-value)", "",
@@ -200,6 +210,12 @@ def render(store: Path, args: argparse.Namespace) -> str:
     if missing:
         lines += ["", "## Not run yet", "", *(f"- {m}" for m in missing)]
     return "\n".join(lines) + "\n"
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """Mean ± std (×100) of per-seed values; the value alone for one seed."""
+    mean = format(100 * statistics.fmean(values), fmt)
+    return mean if len(values) == 1 else f"{mean} ± {100 * statistics.stdev(values):.1f}"
 
 
 def findings(pairs: list[tuple[float, float]], own: list[tuple[str, dict, dict]],
