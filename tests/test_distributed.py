@@ -109,8 +109,10 @@ def task_data(root: Path) -> tuple[Task, list[TaskExample], list[TaskExample]]:
     """40 training and 9 dev examples of a two-label task."""
     task = capital_task()
     path = root / "capital.jsonl"
-    if not path.exists():
-        path.write_text("".join(json.dumps({"c": c, "label": y}) + "\n" for c, y in (COUNTRIES * 7)[:49]))
+    if not path.exists():  # every process may get here: each writes whole, then renames (never a half file)
+        partial = path.with_name(f"{path.name}.{os.getpid()}")
+        partial.write_text("".join(json.dumps({"c": c, "label": y}) + "\n" for c, y in (COUNTRIES * 7)[:49]))
+        partial.replace(path)
     examples = task.load("train", path=path)
     return task, examples[:40], examples[40:]
 
