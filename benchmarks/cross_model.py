@@ -652,24 +652,42 @@ def findings(zero: dict[str, list[ZeroShot]], runs: dict[str, list[InitRun]]) ->
 
 def collapse(b: Bench, pairs: list[tuple[str, str]], tasks: list[str], seeds: list[int],
              modes: list[str]) -> list[str]:
-    """One sentence per projector mode: how close the unseen tasks' projected prompts are to the fit tasks'
-    (cosine of the flattened vectors, nearest fit task), from the records that measured it."""
+    """Per projector mode: whether the fit reproduces its targets exactly (then a seen task's projection is the
+    target's own prompt), and how close the unseen tasks' projected prompts are to each fit task's projection
+    (cosine of the flattened vectors), from the records that measured it."""
     out = []
     for m in modes:
-        cells = [(f"{src} → {tgt} {t}", max(d["cosine_to_fit_tasks"].values()))
+        fits = [d for src, tgt in pairs for s in seeds if (d := b.record(projector_key(b, src, tgt, m, s)))]
+        if m == "distance" and fits and all(d["best_dev_loss"] < 1e-8 for d in fits):
+            out.append(f"- The {MODE_NAMES[m]} fits its {len(b.args.fit_tasks)} pairs exactly (mean squared error "
+                       f"≤ {max(d['best_dev_loss'] for d in fits):.0e}): on a task it was fitted on, its projection is "
+                       "the target's own prompt, so those zero-shot cells equal the own prompt by construction and "
+                       "only the unseen tasks test the projector.")
+        cells = [(f"{src} → {tgt} {t}", d["cosine_to_fit_tasks"])
                  for src, tgt in pairs for t in tasks for s in seeds
                  if (d := b.record(projected_key(b, src, tgt, t, f"projected-{m}", s))) is not None
                  and d.get("cosine_to_fit_tasks")]
         if not cells:
             continue
-        detail = "; ".join(f"{label} {value:.4f}" for label, value in cells)
-        near = sum(v > 0.9 for _, v in cells)
-        verdict = ("so on a task it never saw it outputs nearly the fit task's projected prompt, and the zero-shot "
-                   "score there measures that prompt's transfer, not the projector's" if near == len(cells)
-                   else "so its output depends on the prompt it is given" if near == 0
-                   else f"nearly the fit task's projection (cosine > 0.9) in {near} of {len(cells)}")
-        out.append(f"- The {MODE_NAMES[m]} maps the unseen tasks' prompts close to the fit tasks' projections "
-                   f"(cosine to the nearest: {detail}), {verdict}.")
+        detail = "; ".join(f"{label}: " + ", ".join(f"{n} {v:.2f}" for n, v in sorted(c.items(), key=lambda x: -x[1]))
+                           for label, c in cells)
+        nearest = [max(c.values()) for _, c in cells]
+        spread = [max(c.values()) - min(c.values()) for _, c in cells]
+        if len(b.args.fit_tasks) > 1 and all(v > 0.8 for c in (c for _, c in cells) for v in c.values()):
+            verdict = ("close to every fit task's projection at once: the projector gives nearly one output "
+                       "whatever prompt it is given")
+        elif all(v > 0.9 for v in nearest):
+            verdict = ("close to one fit task's projection" + (f" and far from another's (spread up to "
+                       f"{max(spread):.2f}): it tells the tasks apart, and" if len(b.args.fit_tasks) > 1 else ":")
+                       + " on a task it never saw it outputs nearly that fit task's projected prompt, so the "
+                       "zero-shot score there measures that prompt's transfer")
+        elif not any(v > 0.9 for v in nearest):
+            verdict = "not close to any fit task's projection: its output depends on the prompt it is given"
+        else:
+            close = sum(v > 0.9 for v in nearest)
+            verdict = f"nearly a fit task's projection (cosine > 0.9) in {close} of {len(cells)}"
+        out.append(f"- The {MODE_NAMES[m]} puts the unseen tasks' prompts {verdict} (cosine to each fit task's "
+                   f"projection: {detail}).")
     return out
 
 
