@@ -58,16 +58,20 @@ def score_candidates(engine: Engine, tokens: Tokens, queries: Queries, candidate
     per_pass = max(1, min(len(candidates), max_rows // rows))
     prefix = None
     if share_prefix and engine.lm.kind == "causal" and engine.padding_side == "left" and len(candidates) > 1:
-        if memo is None:
-            prefix = SharedPrefix.build(engine, tokens, queries, candidates)
-        else:
-            prefix = memo.get(engine, tokens, queries, candidates)
+        differs = varying_positions(candidates)
+        prefix = (SharedPrefix.build(engine, tokens, queries, candidates, differs) if memo is None
+                  else memo.get(engine, tokens, queries, candidates, differs))
     out = []
     for start in range(0, len(candidates), per_pass):
         chunk = candidates[start : start + per_pass]
         logits = prefix.logits(chunk, pack) if prefix is not None else repeated_logits(engine, tokens, queries, chunk)
         out.append(read(logits))
     return torch.cat(out)
+
+
+def varying_positions(candidates: torch.Tensor) -> torch.Tensor:
+    """(L,) the prompt positions where the ``(K, L, d)`` candidates are not all equal."""
+    return (candidates != candidates[:1]).flatten(2).any(-1).any(0)
 
 
 def repeat_rows(tokens: Tokens, k: int, length: int) -> dict[str, torch.Tensor]:
@@ -121,13 +125,11 @@ class SharedPrefix:
 
     @classmethod
     def build(cls, engine: Engine, tokens: Tokens, queries: Queries, candidates: torch.Tensor,
-              differs: torch.Tensor | None = None) -> SharedPrefix | None:
-        """The prefixes up to each row's first prompt position in ``differs`` (L,) (by default, those where the
-        candidates differ) or its first query, whichever comes first."""
+              differs: torch.Tensor) -> SharedPrefix | None:
+        """The prefixes up to each row's first prompt position in ``differs`` (L,) (those where the candidates
+        differ, or every one for a gradient) or its first query, whichever comes first."""
         ids, mask, slots = tokens.input_ids, tokens.attention_mask, tokens.prompt_slots
         rows, width = ids.shape
-        if differs is None:
-            differs = (candidates != candidates[:1]).flatten(2).any(-1).any(0)  # (L,) prompt positions that vary
         varying = (slots >= 0) & differs[slots.clamp(min=0)]
         position = torch.arange(width, device=ids.device).expand(rows, -1)
         first_varying = torch.where(varying, position, width).amin(1)
@@ -165,7 +167,7 @@ class SharedPrefix:
         width = self.prefix_mask.shape[1] + len(candidates) * self.suffix.input_ids.shape[1]
         if pack and self.engine.custom_masks_fit(width):
             return self.packed_logits(candidates)
-        return self.repeated_logits(candidates)
+        return self.repeated_logits(candidates, copy.deepcopy(self.cache))
 
     def packed_logits(self, candidates: torch.Tensor) -> torch.Tensor:
         """The k candidates' suffixes side by side in each row, after one copy of the prefixes' cache. A 4-D
@@ -193,12 +195,13 @@ class SharedPrefix:
         at = self.queries.positions[None] + torch.arange(k, device=device)[:, None] * width  # (k, Q)
         return self.engine.project(hidden[self.queries.rows[None].expand(k, -1), at])
 
-    def repeated_logits(self, candidates: torch.Tensor) -> torch.Tensor:
-        """As ``packed_logits``, on k copies of the prefixes' cache (for models that ignore custom masks)."""
+    def repeated_logits(self, candidates: torch.Tensor, cache: object) -> torch.Tensor:
+        """As ``packed_logits``, on k copies of the prefixes' ``cache`` (for models that ignore custom masks),
+        which the forward pass extends: a copy of ``self.cache`` unless the prefix is not used again."""
         k, length = candidates.shape[:2]
         rows = _Rows(**repeat_rows(self.suffix, k, length))
-        cache = copy.deepcopy(self.cache)  # a forward pass appends to the cache it is given
-        cache.batch_repeat_interleave(k)
+        if k > 1:
+            cache.batch_repeat_interleave(k)
         embeds = self.engine.embed(rows, candidates.reshape(k * length, -1), None)
         attention = torch.cat([self.prefix_mask.repeat_interleave(k, 0), rows.attention_mask], 1)
         hidden = self.engine.body(inputs_embeds=embeds, attention_mask=attention, cache=cache,
@@ -216,8 +219,7 @@ class PrefixMemo:
         self.prefixes: OrderedDict[str, SharedPrefix | None] = OrderedDict()
 
     @staticmethod
-    def key(tokens: Tokens, queries: Queries, candidates: torch.Tensor) -> str:
-        differs = (candidates != candidates[:1]).flatten(2).any(-1).any(0)
+    def key(tokens: Tokens, queries: Queries, candidates: torch.Tensor, differs: torch.Tensor) -> str:
         digest = hashlib.sha256()
         for part in (tokens.input_ids, tokens.attention_mask, tokens.prompt_slots, queries.rows, queries.positions,
                      differs, candidates[0][~differs]):
@@ -225,12 +227,13 @@ class PrefixMemo:
             digest.update(str(tuple(part.shape)).encode())
         return digest.hexdigest()
 
-    def get(self, engine: Engine, tokens: Tokens, queries: Queries, candidates: torch.Tensor) -> SharedPrefix | None:
-        key = self.key(tokens, queries, candidates)
+    def get(self, engine: Engine, tokens: Tokens, queries: Queries, candidates: torch.Tensor, differs: torch.Tensor
+            ) -> SharedPrefix | None:
+        key = self.key(tokens, queries, candidates, differs)
         if key in self.prefixes:
             self.prefixes.move_to_end(key)
             return self.prefixes[key]
-        self.prefixes[key] = prefix = SharedPrefix.build(engine, tokens, queries, candidates)
+        self.prefixes[key] = prefix = SharedPrefix.build(engine, tokens, queries, candidates, differs)
         if len(self.prefixes) > self.capacity:
             self.prefixes.popitem(last=False)
         return prefix
@@ -249,7 +252,7 @@ def frozen_prefix_logits(engine: Engine, tokens: Tokens, queries: Queries, vecto
     with torch.no_grad():
         every = torch.ones(len(vectors), dtype=torch.bool, device=vectors.device)
         prefix = SharedPrefix.build(engine, tokens, queries, vectors.detach()[None], differs=every)
-    return None if prefix is None else prefix.logits(vectors[None], pack=False)[0]
+    return None if prefix is None else prefix.repeated_logits(vectors[None], prefix.cache)[0]  # used once: no copy
 
 
 # Rows must share at least this many leading tokens, and the positions saved must be at least this share of the
