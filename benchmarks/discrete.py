@@ -231,7 +231,32 @@ def trade_off(means: dict[str, tuple[float, float | None]], family: str, weight:
     return f"{family}: {steps}; {verdict}."
 
 
-def findings(store: Path, args: argparse.Namespace) -> list[str]:
+def majority(task: str, profile: Profile) -> float | None:
+    """The share of the evaluation sample's most frequent label: what always answering one class scores."""
+    if SHARED is None:
+        return None
+    evaluation = load_task(task).load("validation", SHARED)
+    labels = [evaluation[i].label for i in stratified_sample([e.label for e in evaluation], profile.eval_limit, 0)]
+    return max(labels.count(label) for label in set(labels)) / len(labels)
+
+
+def same_prompts(store: Path, task: str, methods: list[str], seeds: list[int]) -> str | None:
+    """RLPrompt's α > 0 runs that end on the same prompt in every seed, and why, as a sentence."""
+    alphas = [m for m in methods if m.startswith("rlprompt-") and float(m.partition("-")[2]) > 0]
+    runs = [{d["seed"]: d for d in load_docs(store, task, m, seeds)} for m in alphas]
+    if len(runs) < 2:
+        return None
+    shared = [s for s in runs[0] if all(s in r and r[s]["prompt_text"] == runs[0][s]["prompt_text"] for r in runs)]
+    if not shared:
+        return None
+    rewards = [line["reward"] for r in runs for line in r[shared[0]]["history"] if line.get("reward") is not None]
+    return (f"{' and '.join(alphas)} end on the same prompt in {len(shared)} of {len(runs[0])} seeds. Each step's "
+            "rewards are z-scored across its prompts, so once α × perplexity outweighs the gap reward (at most "
+            f"200 in size; the mean step reward of these runs reaches {min(rewards):,.0f}) the normalised reward, "
+            "and with it the search, hardly depends on α: this α range sets no trade-off to trace.")
+
+
+def findings(store: Path, args: argparse.Namespace, profile: Profile) -> list[str]:
     out = []
     for name in args.tasks:
         means: dict[str, tuple[float, float | None]] = {}
@@ -245,7 +270,18 @@ def findings(store: Path, args: argparse.Namespace) -> list[str]:
             continue
         order = sorted(means, key=lambda m: -means[m][0])
         out.append(f"- {name}, by mean accuracy: " + ", ".join(f"{m} {100 * means[m][0]:.1f}" for m in order) + ".")
+        if (share := majority(name, profile)) is not None:
+            above = [m for m in order if means[m][0] > share]
+            out.append(f"- {name}: always answering the majority class scores {100 * share:.1f}; "
+                       + (f"above it: {', '.join(above)}." if above else "no method is above it."))
         out += [f"- {name} {s}" for f, w in (("pez", "λ"), ("rlprompt", "α")) if (s := trade_off(means, f, w))]
+        if note := same_prompts(store, name, args.methods, args.seeds):
+            out.append(f"- {name} rlprompt: {note}")
+        if name == "boolq" and {"pez-0", "soft", "manual"} <= set(means):
+            pez, soft, manual = (100 * means[m][0] for m in ("pez-0", "soft", "manual"))
+            out.append(f"- boolq against Patel et al. (T5-small: PEZ 38, at the no-prompt level, 24 points below "
+                       f"soft 62): PEZ {pez:.1f}, soft {soft:.1f} ({soft - pez:+.1f}), the manual prompt "
+                       f"{manual:.1f}.")
     return out
 
 
@@ -290,7 +326,7 @@ def render(store: Path, args: argparse.Namespace, profile: Profile) -> str:
                 if "prompt_text" in d:
                     texts.append(f"| {name} | {method} | {d['seed']} | {100 * d['metrics']['accuracy']:.1f} | "
                                  f"{d['perplexity']:.0f} | `{json.dumps(d['prompt_text'])[1:-1]}` |")
-    lines += ["", "## Findings (generated from the table)", "", *findings(store, args)]
+    lines += ["", "## Findings (generated from the table)", "", *findings(store, args, profile)]
     lines += ["", "## The prompts found", "", "| task | method | seed | accuracy | perplexity | text |",
               "|---|---|---|---|---|---|", *texts]
     if missing:
