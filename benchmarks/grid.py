@@ -1,8 +1,8 @@
 """Benchmark grids on Ray: each unit (one configuration x task x seed, ...) is one Ray task declaring its
 resources, so that a grid runs as many units at once as the CPUs (or GPUs) allow, here or on a Ray cluster. Units
 write their run directories and records themselves, as they did when one process ran them in turn, so resuming
-and rendering do not depend on how they ran. Used by mixtures.py, discrete.py, gps.py, trex_discrete.py, nlu.py
-and lama.py.
+and rendering do not depend on how they ran. Used by mixtures.py, discrete.py, gps.py, trex_discrete.py, nlu.py,
+lama.py and zeroprompt.py.
 """
 
 from __future__ import annotations
