@@ -15,10 +15,10 @@ result is published as a record under benchmarks/results/zeroprompt/<model>/<pro
 - ``base``: no training (k = 0): every unseen task under the hybrid layout without a soft prompt (``none``) and
   with a random one (``random``; seeded);
 - ``<shared>-k<k>-seed<s>``: a multitask model (per-task E_t in the hybrid layout + a shared ``deep`` prompt or
-  ``lora`` adapters) trained on k tasks, then every unseen task under E_new = none, random, top1 and weighted,
-  and every training task under its own E_t;
+  ``lora`` adapters) trained on k tasks, then every unseen task under E_new = random (at the largest k also
+  none, top1 and weighted: Table 5), and every training task under its own E_t;
 - Table 4's designs at the largest k: without the options (−V, deep and LoRA), and, LoRA only, without the task
-  prompts E (−E) and without both (−E −V).
+  prompts E (−E) and without both (−E −V); unseen tasks under E_new = random.
 Scores: accuracy on a stratified sample of each unseen task's validation split (seed 0, the same everywhere).
 Each unit runs as one Ray task (benchmarks/grid.py): --num-cpus N runs N at once with one thread each (--unit-cpus
 C: C threads each), --address a Ray cluster; ``base`` runs first, in this process.
@@ -115,8 +115,10 @@ def main() -> None:
             units += [(shared, max(args.sizes), seed, layout) for seed in args.seeds for shared, layout in
                       (("deep", NO_OPTIONS), ("lora", NO_OPTIONS), ("lora", "hybrid-hard"),
                        ("lora", "{description}\n{input}")) if shared in args.shared]
+        # Table 5 compares the inits at the largest k only; elsewhere the tables read E_new = random alone.
         jobs = [(name, args.model, args.profile, cache / name, store / f"{name}.json", shared, k, seed, layout,
-                 int(args.unit_cpus)) for shared, k, seed, layout in units
+                 INITS if (k, layout) == (max(args.sizes), "hybrid") else ("random",), int(args.unit_cpus))
+                for shared, k, seed, layout in units
                 if not (store / f"{(name := unit_name(shared, k, seed, layout))}.json").is_file()]
         failed = run_on_ray(jobs, run_unit, args.unit_cpus, args.unit_gpus or 0, args.num_cpus, args.address)
     # The page describes every seed's published records, whatever subset this call ran.
@@ -158,7 +160,7 @@ def run_base(args: argparse.Namespace, profile: Profile, store: Path, data: dict
 
 
 def run_unit(label: str, model_name: str, profile_name: str, out: Path, record: Path, shared: str, k: int, seed: int,
-             layout: str, threads: int) -> str:
+             layout: str, inits: Sequence[str], threads: int) -> str:
     """One multitask model, as a Ray task: train (or resume) it, evaluate it, publish its record, and return the
     line that reports it."""
     torch.set_num_threads(max(1, threads))  # what the task declared, not every core of the node
@@ -178,7 +180,7 @@ def run_unit(label: str, model_name: str, profile_name: str, out: Path, record: 
     for name in UNSEEN:
         task, _, evaluation = data[name]
         doc["unseen"][name] = {}
-        for init in INITS:
+        for init in inits:
             result = eval_multitask(model, task, evaluation, init=init, seed=seed, eval_limit=profile.eval_limit,
                                     engine=engine)
             doc["unseen"][name][init] = result["metrics"] | {"weights": result.get("weights")}
