@@ -663,7 +663,7 @@ def collapse(b: Bench, pairs: list[tuple[str, str]], tasks: list[str], seeds: li
                        f"≤ {max(d['best_dev_loss'] for d in fits):.0e}): on a task it was fitted on, its projection is "
                        "the target's own prompt, so those zero-shot cells equal the own prompt by construction and "
                        "only the unseen tasks test the projector.")
-        cells = [(f"{src} → {tgt} {t}", d["cosine_to_fit_tasks"])
+        cells = [(f"{src} → {tgt} {t}" + (f" seed {s}" if len(seeds) > 1 else ""), d["cosine_to_fit_tasks"])
                  for src, tgt in pairs for t in tasks for s in seeds
                  if (d := b.record(projected_key(b, src, tgt, t, f"projected-{m}", s))) is not None
                  and d.get("cosine_to_fit_tasks")]
@@ -685,7 +685,7 @@ def collapse(b: Bench, pairs: list[tuple[str, str]], tasks: list[str], seeds: li
             verdict = "not close to any fit task's projection: its output depends on the prompt it is given"
         else:
             close = sum(v > 0.9 for v in nearest)
-            verdict = f"nearly a fit task's projection (cosine > 0.9) in {close} of {len(cells)}"
+            verdict = f"close to a fit task's projection (cosine > 0.9) in {close} of {len(cells)}"
         out.append(f"- The {MODE_NAMES[m]} puts the unseen tasks' prompts {verdict} (cosine to each fit task's "
                    f"projection: {detail}).")
     return out
