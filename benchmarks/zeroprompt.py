@@ -259,6 +259,12 @@ def render(store: Path, args: argparse.Namespace) -> str:
             lines.append(f"| {shared} | {label} | {cell(seen)} | {cell(unseen)} |")
     lines += ["", "Without E (−E) there is no task prompt to choose, so every init gives the same prompt; a deep "
               "shared prompt needs prompt positions, so −E runs with LoRA only."]
+    units = [d for name, d in records.items() if name != "base"]
+    if units:
+        hours = sum(d["seconds"] for d in units) / 3600
+        lines += ["", f"CPU budget: {len(units)} multitask models, {hours:.1f} core-hours in all (training "
+                  f"{sum(d.get('train_seconds') or 0 for d in units) / 3600:.1f} of them, the rest evaluation), "
+                  "while other benchmarks shared the machine's two cores."]
     lines += ["", "## Findings (generated from the tables)", "", *findings(records, args)]
     if missing:
         lines += ["", "## Not run yet", "", *(f"- {m}" for m in missing)]
