@@ -55,7 +55,8 @@ from softprompt.paths import shared_data_dir
 from softprompt.prompts import load_prompt
 from softprompt.sweep import worker_model
 from softprompt.tasks import TaskSettings, load_task, run_task
-from softprompt.tasks.sampling import stratified_sample
+from softprompt.tasks.run import eval_sample
+from softprompt.tasks.task import TaskExample
 
 SHARED = shared_data_dir(default=Path(__file__).resolve().parents[2] / "shared" / "data")
 ROOT = Path(__file__).resolve().parent
@@ -127,11 +128,9 @@ def publish(lm: LanguageModel, engine: Engine, out: Path, record: Path, task_nam
     text), and for a soft prompt Patel's Δ_L and the perplexity of its unembedding."""
     doc = json.loads((out / "metrics.json").read_text())
     if method == "soft":
-        task = load_task(task_name)
-        evaluation = task.load("validation", SHARED)
-        chosen = [evaluation[i] for i in stratified_sample([e.label for e in evaluation], profile.eval_limit, 0)]
         prompt = load_prompt(out / "prompt.safetensors", lm)
-        doc["faithfulness"] = faithfulness(engine, prompt, task, chosen, reference=lm).to_dict()
+        doc["faithfulness"] = faithfulness(engine, prompt, load_task(task_name), evaluation_sample(task_name, profile),
+                                           reference=lm).to_dict()
     write_json(record, doc)
 
 
@@ -231,12 +230,18 @@ def trade_off(means: dict[str, tuple[float, float | None]], family: str, weight:
     return f"{family}: {steps}; {verdict}."
 
 
+def evaluation_sample(task: str, profile: Profile) -> list[TaskExample]:
+    """The validation examples every method is scored on, drawn as run_task draws them."""
+    evaluation = load_task(task).load("validation", SHARED)
+    indices = eval_sample(load_task(task), evaluation, TaskSettings(eval_limit=profile.eval_limit))[0]
+    return [evaluation[i] for i in indices]
+
+
 def majority(task: str, profile: Profile) -> float | None:
     """The share of the evaluation sample's most frequent label: what always answering one class scores."""
     if SHARED is None:
         return None
-    evaluation = load_task(task).load("validation", SHARED)
-    labels = [evaluation[i].label for i in stratified_sample([e.label for e in evaluation], profile.eval_limit, 0)]
+    labels = [e.label for e in evaluation_sample(task, profile)]
     return max(labels.count(label) for label in set(labels)) / len(labels)
 
 

@@ -190,8 +190,7 @@ def run_unit(label: str, model_name: str, profile_name: str, out: Path, record: 
                                            engine=engine)["metrics"]
     doc["seconds"] = time.perf_counter() - start
     write_json(record, doc)
-    mean = statistics.fmean(doc["unseen"][n]["random"]["accuracy"] for n in UNSEEN)
-    return f"{label}: tasks {', '.join(names)}; unseen (random E) {100 * mean:.1f}; {doc['seconds']:.0f}s"
+    return f"{label}: tasks {', '.join(names)}; unseen (random E) {100 * unseen_mean(doc):.1f}; {doc['seconds']:.0f}s"
 
 
 def cell(values: list[float]) -> str:
@@ -226,17 +225,17 @@ def render(store: Path, args: argparse.Namespace) -> str:
     for shared in ("deep", "lora"):
         row = [shared, base_random]
         for k in args.sizes:
-            docs = [records[n] for s in args.seeds if (n := unit_name(shared, k, s, "hybrid")) in records]
+            docs = unit_docs(records, shared, k, "hybrid", args.seeds)
             if len(docs) < len(args.seeds):
                 missing.append(f"{shared} k={k} ({len(docs)}/{len(args.seeds)} seeds)")
-            row.append(cell([statistics.fmean(d["unseen"][n]["random"]["accuracy"] for n in UNSEEN) for d in docs]))
+            row.append(cell([unseen_mean(d) for d in docs]))
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "k = 0 is the untrained LM under the hybrid layout with a random E; every other column is a "
               "multitask model with E_new = random on the unseen tasks.", "",
               "## Unseen-task prompt init (Table 5), per unseen task, k = " + str(max(args.sizes)), "",
               "| shared | task | " + " | ".join(INITS) + " |", "|---|---|" + "---|" * len(INITS)]
     for shared in ("deep", "lora"):
-        docs = [records[n] for s in args.seeds if (n := unit_name(shared, max(args.sizes), s, "hybrid")) in records]
+        docs = unit_docs(records, shared, max(args.sizes), "hybrid", args.seeds)
         for name in UNSEEN:
             if docs:
                 lines.append(f"| {shared} | {name} | " + " | ".join(
@@ -249,13 +248,13 @@ def render(store: Path, args: argparse.Namespace) -> str:
               "| shared | layout | seen tasks (own E) | unseen tasks (random E) |", "|---|---|---|---|"]
     for shared in ("deep", "lora"):
         for layout, label in DESIGNS.items():
-            docs = [records[n] for s in args.seeds if (n := unit_name(shared, max(args.sizes), s, layout)) in records]
+            docs = unit_docs(records, shared, max(args.sizes), layout, args.seeds)
             if layout != "hybrid" and (shared == "lora" or layout == NO_OPTIONS) and len(docs) < len(args.seeds):
                 missing.append(f"{shared} {label} k={max(args.sizes)} ({len(docs)}/{len(args.seeds)} seeds)")
             if not docs:
                 continue
             seen = [statistics.fmean(m["accuracy"] for m in d["seen"].values()) for d in docs]
-            unseen = [statistics.fmean(d["unseen"][n]["random"]["accuracy"] for n in UNSEEN) for d in docs]
+            unseen = [unseen_mean(d) for d in docs]
             lines.append(f"| {shared} | {label} | {cell(seen)} | {cell(unseen)} |")
     lines += ["", "Without E (−E) there is no task prompt to choose, so every init gives the same prompt; a deep "
               "shared prompt needs prompt positions, so −E runs with LoRA only."]
@@ -271,7 +270,13 @@ def render(store: Path, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unit_docs(records: dict[str, Any], shared: str, k: int, layout: str, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """The published records of one configuration, one per seed that has finished."""
+    return [records[n] for s in seeds if (n := unit_name(shared, k, s, layout)) in records]
+
+
 def unseen_mean(doc: dict[str, Any], init: str = "random") -> float:
+    """A multitask model's accuracy under one E_new init, averaged over the unseen tasks."""
     return statistics.fmean(doc["unseen"][n][init]["accuracy"] for n in UNSEEN)
 
 
@@ -281,8 +286,7 @@ def findings(records: dict[str, Any], args: argparse.Namespace) -> list[str]:
     out, top = [], max(args.sizes)
     base = records.get("base")
     for shared in ("deep", "lora"):
-        curve = {k: [unseen_mean(records[n]) for s in args.seeds if (n := unit_name(shared, k, s, "hybrid")) in records]
-                 for k in args.sizes}
+        curve = {k: [unseen_mean(d) for d in unit_docs(records, shared, k, "hybrid", args.seeds)] for k in args.sizes}
         curve = {k: v for k, v in curve.items() if v}
         if not curve:
             continue
@@ -298,7 +302,7 @@ def findings(records: dict[str, Any], args: argparse.Namespace) -> list[str]:
             f"not monotone in k (best at k = {best[0]}), so the paper's steady gain does not replicate here")
             + (f" ({seeds} seed{'s' if seeds > 1 else ''} at the thinnest point: not yet a trend)." if seeds < 3
                else "."))
-        docs = [records[n] for s in args.seeds if (n := unit_name(shared, top, s, "hybrid")) in records]
+        docs = unit_docs(records, shared, top, "hybrid", args.seeds)
         if docs:
             means = {i: statistics.fmean(unseen_mean(d, i) for d in docs) for i in INITS}
             order = sorted(INITS, key=lambda i: -means[i])
@@ -308,7 +312,7 @@ def findings(records: dict[str, Any], args: argparse.Namespace) -> list[str]:
                            f"{order[0]} is best, not random as in the paper's Table 5."))
         designs = {}
         for layout, label in DESIGNS.items():
-            ds = [records[n] for s in args.seeds if (n := unit_name(shared, top, s, layout)) in records]
+            ds = unit_docs(records, shared, top, layout, args.seeds)
             if ds:
                 designs[label] = (statistics.fmean(statistics.fmean(m["accuracy"] for m in d["seen"].values())
                                                    for d in ds), statistics.fmean(unseen_mean(d) for d in ds))
