@@ -193,7 +193,9 @@ def render(store: Path, args: argparse.Namespace) -> str:
         "Accuracy ×100 on a stratified sample of the validation split; GPS rows are mean ± std over seeds (the "
         "seed draws the 32-example dev set and the mutations); manual rows are the three handcrafted prompts G⁰ "
         "(mean ± std over the prompts, then their best and worst). The generator of the mutators is SmolLM2 "
-        "itself.",
+        "itself. The paper's third mutator, back-translation, is not run here: it needs two translation models "
+        "and none is available offline; `softprompt search gps --mutator backtranslate --translate-with A "
+        "--translate-back B` runs it where they are (tested with tiny T5s).",
         "",
         "| task | method | seeds | accuracy | best | worst | dev accuracy | prompts scored | search s |",
         "|---|---|---|---|---|---|---|---|---|",
