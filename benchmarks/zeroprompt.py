@@ -33,9 +33,8 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +71,8 @@ class Profile:
 
 
 PROFILES = {
-    # One core: k = 8 trains 3 epochs of 8 × 64 examples in about 5 minutes; an evaluation of the 4 unseen tasks
-    # under 4 inits, 100 examples each, about 6.
+    # One thread, two units on two cores: k = 8 trains 3 epochs of 8 × 64 examples in 8-15 minutes; evaluating the
+    # 4 unseen tasks under 4 inits and the 8 seen tasks, 100 examples each, takes 6-10.
     "cpu": Profile(MultitaskSettings(length=10, cap=64, dev_size=16), TrainConfig(lr=1e-2, batch_size=16,
                                                                                   max_epochs=3, patience=2), 100),
     "full": Profile(MultitaskSettings(length=20, cap=500, dev_size=32), TrainConfig(lr=1e-2, batch_size=16,
@@ -173,6 +172,7 @@ def run_unit(label: str, model_name: str, profile_name: str, out: Path, record: 
     settings = replace(profile.settings, shared=shared, layout=layout)
     trained = train_multitask(lm, [data[n][0] for n in names], [data[n][1] for n in names], settings,
                               replace(profile.config, seed=seed), out, resume=True, progress=False, engine=engine)
+    evaluated = time.perf_counter()
     model = load_multitask(out, lm)
     doc: dict[str, Any] = {"tasks": names, "shared": shared, "layout": layout, "seed": seed,
                            "train_seconds": trained.get("train_seconds"), "dev_metrics": trained.get("dev_metrics"),
@@ -188,7 +188,7 @@ def run_unit(label: str, model_name: str, profile_name: str, out: Path, record: 
         task, _, evaluation = data[name]
         doc["seen"][name] = eval_multitask(model, task, evaluation, seed=seed, eval_limit=profile.eval_limit,
                                            engine=engine)["metrics"]
-    doc["seconds"] = time.perf_counter() - start
+    doc["seconds"], doc["eval_seconds"] = time.perf_counter() - start, time.perf_counter() - evaluated
     write_json(record, doc)
     return f"{label}: tasks {', '.join(names)}; unseen (random E) {100 * unseen_mean(doc):.1f}; {doc['seconds']:.0f}s"
 
@@ -253,17 +253,19 @@ def render(store: Path, args: argparse.Namespace) -> str:
                 missing.append(f"{shared} {label} k={max(args.sizes)} ({len(docs)}/{len(args.seeds)} seeds)")
             if not docs:
                 continue
-            seen = [statistics.fmean(m["accuracy"] for m in d["seen"].values()) for d in docs]
+            seen = [seen_mean(d) for d in docs]
             unseen = [unseen_mean(d) for d in docs]
             lines.append(f"| {shared} | {label} | {cell(seen)} | {cell(unseen)} |")
-    lines += ["", "Without E (−E) there is no task prompt to choose, so every init gives the same prompt; a deep "
+    lines += ["", "With a deep shared component, `none` leaves nothing of the training: the deep prompt lives at the "
+              "[P] positions that `none` drops, so its `none` column is the untrained LM's score.", "",
+              "Without E (−E) there is no task prompt to choose, so every init gives the same prompt; a deep "
               "shared prompt needs prompt positions, so −E runs with LoRA only."]
     units = [d for name, d in records.items() if name != "base"]
     if units:
-        hours = sum(d["seconds"] for d in units) / 3600
-        lines += ["", f"CPU budget: {len(units)} multitask models, {hours:.1f} core-hours in all (training "
-                  f"{sum(d.get('train_seconds') or 0 for d in units) / 3600:.1f} of them, the rest evaluation), "
-                  "while other benchmarks shared the machine's two cores."]
+        train, evaluation = (sum(t) / 3600 for t in zip(*map(unit_seconds, units), strict=True))
+        lines += ["", f"CPU budget: {len(units)} multitask models, {train + evaluation:.1f} core-hours in all "
+                  f"(training {train:.1f}, evaluation {evaluation:.1f}), two units at a time on the machine's two "
+                  "cores, one thread each, at times beside other benchmarks."]
     lines += ["", "## Findings (generated from the tables)", "", *findings(records, args)]
     if missing:
         lines += ["", "## Not run yet", "", *(f"- {m}" for m in missing)]
@@ -275,6 +277,16 @@ def unit_docs(records: dict[str, Any], shared: str, k: int, layout: str, seeds: 
     return [records[n] for s in seeds if (n := unit_name(shared, k, s, layout)) in records]
 
 
+def unit_seconds(doc: dict[str, Any]) -> tuple[float, float]:
+    """A unit's training seconds (summed over resumed calls) and evaluation seconds. A record from before
+    ``eval_seconds`` timed only its last call: what it spent past the training, or all of it where the training
+    had finished in an earlier call."""
+    train = doc.get("train_seconds") or 0.0
+    if "eval_seconds" in doc:
+        return train, doc["eval_seconds"]
+    return train, doc["seconds"] - train if doc["seconds"] > train else doc["seconds"]
+
+
 def unseen_mean(doc: dict[str, Any], init: str = "random") -> float:
     """A multitask model's accuracy under one E_new init, averaged over the unseen tasks."""
     return statistics.fmean(doc["unseen"][n][init]["accuracy"] for n in UNSEEN)
@@ -282,52 +294,95 @@ def unseen_mean(doc: dict[str, Any], init: str = "random") -> float:
 
 def findings(records: dict[str, Any], args: argparse.Namespace) -> list[str]:
     """What the tables say against the paper's three claims: more training tasks help unseen tasks, a random E_new
-    is the best init, and each part of the hybrid prompt helps."""
+    is the best init, and each part of the hybrid prompt helps. Two configurations are compared seed by seed (one
+    seed draws the same training tasks and the same random E for both), and a difference counts only where it has
+    the same sign in every seed; three seeds make no significance test, so the page says no more than that."""
     out, top = [], max(args.sizes)
     base = records.get("base")
     for shared in ("deep", "lora"):
-        curve = {k: [unseen_mean(d) for d in unit_docs(records, shared, k, "hybrid", args.seeds)] for k in args.sizes}
-        curve = {k: v for k, v in curve.items() if v}
+        curve = {k: v for k in args.sizes if (v := by_seed(records, shared, k, "hybrid", args.seeds, unseen_mean))}
         if not curve:
             continue
-        points = ([(0, statistics.fmean(base["unseen"][n]["random"][str(s)]["accuracy"] for n in UNSEEN
-                                         for s in args.seeds if str(s) in base["unseen"][n]["random"]))]
-                  if base else []) + [(k, statistics.fmean(v)) for k, v in curve.items()]
-        best = max(points, key=lambda p: p[1])
-        rises = all(b[1] >= a[1] for a, b in pairwise(points))
+        if base:
+            curve = {0: {s: statistics.fmean(base["unseen"][n]["random"][str(s)]["accuracy"] for n in UNSEEN)
+                         for s in args.seeds if str(s) in base["unseen"][UNSEEN[0]]["random"]}} | curve
+        means = {k: statistics.fmean(v.values()) for k, v in curve.items()}
+        last, best = max(curve), max(means, key=means.__getitem__)
+        line = f"- Task scaling, {shared}: mean unseen-task accuracy " + ", ".join(
+            f"k = {k}: {cell(list(v.values()))}" for k, v in curve.items())
+        if 0 in curve and last and (gain := paired(curve[last], curve[0])):
+            line += f"; k = {last} against k = 0: {delta(gain)}, " + (
+                ("higher in every seed: more training tasks help unseen tasks, as in the paper's Figure 5"
+                 if gain[0] > 0 else "lower in every seed, the opposite of the paper's Figure 5")
+                if consistent(gain) else "not the same sign in every seed: no consistent gain, unlike the paper's "
+                                         "Figure 5")
+            if best != last and (drop := paired(curve[last], curve[best])):
+                line += (f"; the curve peaks at k = {best}, and k = {last} is {delta(drop)} from it ("
+                         + ("lower in every seed)" if consistent(drop) else "not lower in every seed)"))
         seeds = min(len(v) for v in curve.values())
-        out.append(f"- Task scaling, {shared}: mean unseen-task accuracy " + ", ".join(
-            f"k = {k}: {100 * m:.1f}" for k, m in points) + "; " + (
-            "it rises with every added training size, as the paper's Figure 5 does" if rises else
-            f"not monotone in k (best at k = {best[0]}), so the paper's steady gain does not replicate here")
-            + (f" ({seeds} seed{'s' if seeds > 1 else ''} at the thinnest point: not yet a trend)." if seeds < 3
-               else "."))
-        docs = unit_docs(records, shared, top, "hybrid", args.seeds)
-        if docs:
-            means = {i: statistics.fmean(unseen_mean(d, i) for d in docs) for i in INITS}
-            order = sorted(INITS, key=lambda i: -means[i])
-            out.append(f"- E_new init, {shared} at k = {top} ({len(docs)} seed{'s' if len(docs) > 1 else ''}): "
-                       + ", ".join(f"{i} {100 * means[i]:.1f}" for i in order) + "; " + (
-                           "random is best, as the paper's Table 5 finds." if order[0] == "random" else
-                           f"{order[0]} is best, not random as in the paper's Table 5."))
-        designs = {}
-        for layout, label in DESIGNS.items():
-            ds = unit_docs(records, shared, top, layout, args.seeds)
-            if ds:
-                designs[label] = (statistics.fmean(statistics.fmean(m["accuracy"] for m in d["seen"].values())
-                                                   for d in ds), statistics.fmean(unseen_mean(d) for d in ds))
-        full = DESIGNS["hybrid"]
-        if full in designs and len(designs) > 1:
-            ablated = {label: v for label, v in designs.items() if label != full}
-            costs = sum(v[1] < designs[full][1] for v in ablated.values())
-            out.append(f"- Prompt design, {shared} at k = {top}: against {full} (seen {100 * designs[full][0]:.1f}, "
-                       f"unseen {100 * designs[full][1]:.1f}), " + ", ".join(
-                           f"{label} seen {100 * (v[0] - designs[full][0]):+.1f}, unseen "
-                           f"{100 * (v[1] - designs[full][1]):+.1f}" for label, v in ablated.items())
-                       + f"; removing a part costs unseen-task accuracy in {costs} of {len(ablated)}, where the "
-                       "paper's Table 4 finds every removal costs.")
+        out.append(line + (f" ({seeds} seed{'s' if seeds > 1 else ''} at the thinnest point: not yet a trend)."
+                           if seeds < 3 else "."))
+        inits = {i: by_seed(records, shared, top, "hybrid", args.seeds, lambda d, i=i: unseen_mean(d, i))
+                 for i in INITS}
+        if inits["random"]:
+            order = sorted(INITS, key=lambda i: -statistics.fmean(inits[i].values()))
+            wins = sum(all(inits["random"][s] >= inits[i][s] for i in INITS) for s in inits["random"])
+            n = len(inits["random"])
+            line = (f"- E_new init, {shared} at k = {top}: " + ", ".join(
+                f"{i} {cell(list(inits[i].values()))}" for i in order)
+                + f"; random is the best init (or tied) in {wins} of {n} seed{'s' if n > 1 else ''}")
+            if order[0] == "random":
+                lead = paired(inits["random"], inits[order[1]])
+                out.append(line + f"; random is best on average, {delta(lead)} over {order[1]}, " + (
+                    "ahead in every seed, as the paper's Table 5 finds." if consistent(lead) else
+                    "not ahead in every seed: the paper's Table 5 is neither confirmed nor refuted here."))
+            else:
+                lead = paired(inits[order[0]], inits["random"])
+                out.append(line + f"; {order[0]} is best on average, {delta(lead)} over random, " + (
+                    "ahead in every seed: not random as in the paper's Table 5." if consistent(lead) else
+                    "not ahead in every seed: the paper's Table 5 is neither confirmed nor refuted here."))
+        full = {part: by_seed(records, shared, top, "hybrid", args.seeds, score)
+                for part, score in (("seen", seen_mean), ("unseen", unseen_mean))}
+        ablated = {label: {part: by_seed(records, shared, top, layout, args.seeds, score)
+                           for part, score in (("seen", seen_mean), ("unseen", unseen_mean))}
+                   for layout, label in DESIGNS.items() if layout != "hybrid"}
+        diffs = {label: {part: paired(v[part], full[part]) for part in v} for label, v in ablated.items()}
+        diffs = {label: d for label, d in diffs.items() if d["unseen"] and d["seen"]}
+        if diffs:
+            costs = sum(d["unseen"][0] < 0 for d in diffs.values())
+            always = sum(d["unseen"][0] < 0 and consistent(d["unseen"]) for d in diffs.values())
+            out.append(f"- Prompt design, {shared} at k = {top}: against {DESIGNS['hybrid']}, " + ", ".join(
+                f"{label} seen {delta(d['seen'])}, unseen {delta(d['unseen'])}" for label, d in diffs.items())
+                + f"; removing a part lowers mean unseen-task accuracy in {costs} of {len(diffs)} ({always} in "
+                "every seed), where the paper's Table 4 finds every removal costs.")
     return out
 
+
+def by_seed(records: dict[str, Any], shared: str, k: int, layout: str, seeds: Sequence[int],
+            score: Callable[[dict[str, Any]], float]) -> dict[int, float]:
+    """One configuration's score, per seed that has finished."""
+    return {d["seed"]: score(d) for d in unit_docs(records, shared, k, layout, seeds)}
+
+
+def seen_mean(doc: dict[str, Any]) -> float:
+    """A multitask model's accuracy on its own training tasks, each under its own E, averaged over them."""
+    return statistics.fmean(m["accuracy"] for m in doc["seen"].values())
+
+
+def paired(after: dict[int, float], before: dict[int, float]) -> list[float] | None:
+    """``after - before`` per seed, over the seeds both have; None if they share none."""
+    return [after[s] - before[s] for s in after if s in before] or None
+
+
+def delta(diffs: list[float]) -> str:
+    """Per-seed differences as mean ± std ×100."""
+    mean = 100 * statistics.fmean(diffs)
+    return f"{mean:+.1f} ± {100 * statistics.stdev(diffs):.1f}" if len(diffs) > 1 else f"{mean:+.1f} (1 seed)"
+
+
+def consistent(diffs: list[float]) -> bool:
+    """Whether a difference has one sign in every seed (one seed never counts)."""
+    return len(diffs) > 1 and (all(d > 0 for d in diffs) or all(d < 0 for d in diffs))
 
 if __name__ == "__main__":
     main()
