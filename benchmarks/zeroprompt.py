@@ -322,6 +322,15 @@ def findings(records: dict[str, Any], args: argparse.Namespace) -> list[str]:
         seeds = min(len(v) for v in curve.values())
         out.append(line + (f" ({seeds} seed{'s' if seeds > 1 else ''} at the thinnest point: not yet a trend)."
                            if seeds < 3 else "."))
+        docs = unit_docs(records, shared, top, "hybrid", args.seeds)
+        collapsed = [f"seed {d['seed']}: " + ", ".join(f"{n} {100 * m['accuracy']:.0f}" for n, m in low)
+                     for d in docs if (low := [(n, m) for n, m in d["seen"].items()
+                                               if m["accuracy"] < 1 / load_task(n).num_choices])]
+        if collapsed:
+            out.append(f"- Training tasks given up, {shared} at k = {top}: in {len(collapsed)} of {len(docs)} seeds a "
+                       "task it trains on ends below uniform chance (1 / its labels) under its own E ("
+                       + "; ".join(collapsed) + "): checkpoints are chosen on the mean dev loss over the tasks, "
+                       "which one task can lose while the others gain.")
         inits = {i: by_seed(records, shared, top, "hybrid", args.seeds, lambda d, i=i: unseen_mean(d, i))
                  for i in INITS}
         if inits["random"]:
