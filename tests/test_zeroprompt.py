@@ -33,7 +33,7 @@ from softprompt.zeroprompt import (
 )
 from softprompt.zeroprompt import train as train_module
 from softprompt.zeroprompt.multitask import ARTEFACT
-from softprompt.zeroprompt.train import multitask_objective
+from softprompt.zeroprompt.train import below_chance, multitask_objective
 from softprompt.zeroprompt.unseen import feature_texts
 
 COUNTRIES = ["France", "Germany", "Japan", "Italy", "Spain", "Peru"]
@@ -352,3 +352,12 @@ def test_lora_trains_without_task_prompts_and_deep_refuses_it(tmp_path: Path) ->
     assert result["init"] == "own" and result["metrics"]["n"] == 8
     with pytest.raises(SoftpromptError, match="has no \\[P\\] positions for the task prompts and the shared deep"):
         settings(shared="deep", layout="hybrid-hard")
+
+
+def test_below_chance_warns_only_under_uniform_chance() -> None:
+    language = task(LANGUAGE)  # three labels: chance is 1/3
+    assert below_chance(language, {"accuracy": 1 / 3, "n": 9}) is None
+    assert below_chance(language, {"accuracy": 2 / 9, "n": 9}) == (
+        "training task language ends at dev accuracy 0.222, below chance (1/3) on its 9 dev examples: the mixture "
+        "gave it up; check it on more data with `softprompt zeroprompt eval RUN --task language` before relying on "
+        "it")

@@ -162,6 +162,16 @@ def multitask_identity(lm: LanguageModel, tasks: Sequence[Task], settings: Multi
     return {"tasks": [t.name for t in tasks], "model": lm.name, "settings": asdict(settings), "config": asdict(config)}
 
 
+def below_chance(task: Task, metrics: Mapping[str, Any]) -> str | None:
+    """The warning for a training task whose dev accuracy ends below uniform chance: the checkpoint is chosen on
+    the mean dev loss over the tasks, which one task can lose while the others gain."""
+    if metrics["accuracy"] >= 1 / task.num_choices:
+        return None
+    return (f"training task {task.name} ends at dev accuracy {metrics['accuracy']:.3f}, below chance "
+            f"(1/{task.num_choices}) on its {metrics['n']} dev examples: the mixture gave it up; check it on more "
+            f"data with `softprompt zeroprompt eval RUN --task {task.name}` before relying on it")
+
+
 def train_multitask(lm: LanguageModel, tasks: Sequence[Task], data: Sequence[Sequence[TaskExample]],
                     settings: MultitaskSettings, config: TrainConfig, out: Path, resume: bool = False,
                     progress: bool = True, engine: Engine | None = None,
@@ -206,6 +216,8 @@ def train_multitask(lm: LanguageModel, tasks: Sequence[Task], data: Sequence[Seq
                                  TaskSettings(normalise=settings.normalise), config.eval_batch_size)
                 labels = [e.label for e in examples]
                 metrics[task.name] = task_metrics(task, scores, labels)
+                if message := below_chance(task, metrics[task.name]):
+                    warn(warnings, message)
                 predictions += [{"task": task.name, "index": i, "label": y, "prediction": p}
                                 for i, y, p in zip(splits[t][1], labels, choice_predictions(scores).tolist(),
                                                    strict=True)]
