@@ -33,7 +33,7 @@ from softprompt.zeroprompt import (
 )
 from softprompt.zeroprompt import train as train_module
 from softprompt.zeroprompt.multitask import ARTEFACT
-from softprompt.zeroprompt.train import below_chance, multitask_objective
+from softprompt.zeroprompt.train import given_up, multitask_objective
 from softprompt.zeroprompt.unseen import feature_texts
 
 COUNTRIES = ["France", "Germany", "Japan", "Italy", "Spain", "Peru"]
@@ -354,10 +354,15 @@ def test_lora_trains_without_task_prompts_and_deep_refuses_it(tmp_path: Path) ->
         settings(shared="deep", layout="hybrid-hard")
 
 
-def test_below_chance_warns_only_under_uniform_chance() -> None:
+def test_given_up_warns_on_one_answer_for_all_or_below_chance() -> None:
     language = task(LANGUAGE)  # three labels: chance is 1/3
-    assert below_chance(language, {"accuracy": 1 / 3, "n": 9}) is None
-    assert below_chance(language, {"accuracy": 2 / 9, "n": 9}) == (
+    labels = [0, 1, 2, 0, 1, 2, 0, 1, 2]
+    assert given_up(language, {"accuracy": 1 / 3}, labels, [0, 0, 0, 1, 1, 1, 2, 2, 2]) is None
+    assert given_up(language, {"accuracy": 1 / 3}, [1] * 9, [1] * 9) is None  # one label, one answer: learned
+    assert given_up(language, {"accuracy": 2 / 9}, labels, [1, 0, 0, 1, 2, 0, 0, 2, 1]) == (
         "training task language ends at dev accuracy 0.222, below chance (1/3) on its 9 dev examples: the mixture "
         "gave it up; check it on more data with `softprompt zeroprompt eval RUN --task language` before relying on "
         "it")
+    assert given_up(language, {"accuracy": 1 / 3}, labels, [1] * 9) == (
+        "training task language answers 'German' for all 9 dev examples (dev accuracy 0.333): the mixture gave it "
+        "up; check it on more data with `softprompt zeroprompt eval RUN --task language` before relying on it")

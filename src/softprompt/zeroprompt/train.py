@@ -162,14 +162,20 @@ def multitask_identity(lm: LanguageModel, tasks: Sequence[Task], settings: Multi
     return {"tasks": [t.name for t in tasks], "model": lm.name, "settings": asdict(settings), "config": asdict(config)}
 
 
-def below_chance(task: Task, metrics: Mapping[str, Any]) -> str | None:
-    """The warning for a training task whose dev accuracy ends below uniform chance: the checkpoint is chosen on
-    the mean dev loss over the tasks, which one task can lose while the others gain."""
-    if metrics["accuracy"] >= 1 / task.num_choices:
+def given_up(task: Task, metrics: Mapping[str, Any], labels: Sequence[int], predictions: Sequence[int]) -> str | None:
+    """The warning for a training task the model does not tell apart on its dev set: one answer for every example
+    (where the labels differ) or accuracy below uniform chance. The checkpoint is chosen on the mean dev loss
+    over the tasks, which one task can lose while the others gain."""
+    if len(set(predictions)) == 1 and len(set(labels)) > 1:
+        answer = repr(task.verbalizers[predictions[0]]) if task.verbalizers else f"choice {predictions[0] + 1}"
+        what = f"answers {answer} for all {len(predictions)} dev examples (dev accuracy {metrics['accuracy']:.3f})"
+    elif metrics["accuracy"] < 1 / task.num_choices:
+        what = (f"ends at dev accuracy {metrics['accuracy']:.3f}, below chance (1/{task.num_choices}) on its "
+                f"{len(predictions)} dev examples")
+    else:
         return None
-    return (f"training task {task.name} ends at dev accuracy {metrics['accuracy']:.3f}, below chance "
-            f"(1/{task.num_choices}) on its {metrics['n']} dev examples: the mixture gave it up; check it on more "
-            f"data with `softprompt zeroprompt eval RUN --task {task.name}` before relying on it")
+    return (f"training task {task.name} {what}: the mixture gave it up; check it on more data with "
+            f"`softprompt zeroprompt eval RUN --task {task.name}` before relying on it")
 
 
 def train_multitask(lm: LanguageModel, tasks: Sequence[Task], data: Sequence[Sequence[TaskExample]],
@@ -216,11 +222,11 @@ def train_multitask(lm: LanguageModel, tasks: Sequence[Task], data: Sequence[Seq
                                  TaskSettings(normalise=settings.normalise), config.eval_batch_size)
                 labels = [e.label for e in examples]
                 metrics[task.name] = task_metrics(task, scores, labels)
-                if message := below_chance(task, metrics[task.name]):
+                predicted = choice_predictions(scores).tolist()
+                if message := given_up(task, metrics[task.name], labels, predicted):
                     warn(warnings, message)
                 predictions += [{"task": task.name, "index": i, "label": y, "prediction": p}
-                                for i, y, p in zip(splits[t][1], labels, choice_predictions(scores).tolist(),
-                                                   strict=True)]
+                                for i, y, p in zip(splits[t][1], labels, predicted, strict=True)]
         doc = identity | record | {"best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss,
                                    "history": result.history, "train_seconds": seconds, "dev_metrics": metrics,
                                    "warnings": warnings}
