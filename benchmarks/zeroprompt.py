@@ -219,8 +219,7 @@ def render(store: Path, args: argparse.Namespace) -> str:
         "|---|---|" + "---|" * len(args.sizes),
     ]
     base = records.get("base")
-    base_random = (cell([statistics.fmean(base["unseen"][n]["random"][str(s)]["accuracy"] for n in UNSEEN)
-                         for s in args.seeds if str(s) in base["unseen"][UNSEEN[0]]["random"]]) if base else "–")
+    base_random = cell(list(base_by_seed(base, args.seeds).values())) if base else "–"
     missing = []
     for shared in ("deep", "lora"):
         row = [shared, base_random]
@@ -304,8 +303,7 @@ def findings(records: dict[str, Any], args: argparse.Namespace) -> list[str]:
         if not curve:
             continue
         if base:
-            curve = {0: {s: statistics.fmean(base["unseen"][n]["random"][str(s)]["accuracy"] for n in UNSEEN)
-                         for s in args.seeds if str(s) in base["unseen"][UNSEEN[0]]["random"]}} | curve
+            curve = {0: base_by_seed(base, args.seeds)} | curve
         means = {k: statistics.fmean(v.values()) for k, v in curve.items()}
         last, best = max(curve), max(means, key=means.__getitem__)
         line = f"- Task scaling, {shared}: mean unseen-task accuracy " + ", ".join(
@@ -373,6 +371,12 @@ def by_seed(records: dict[str, Any], shared: str, k: int, layout: str, seeds: Se
     return {d["seed"]: score(d) for d in unit_docs(records, shared, k, layout, seeds)}
 
 
+def base_by_seed(base: dict[str, Any], seeds: Sequence[int]) -> dict[int, float]:
+    """The untrained LM's (k = 0) mean unseen-task accuracy under each seed's random E."""
+    return {s: statistics.fmean(base["unseen"][n]["random"][str(s)]["accuracy"] for n in UNSEEN)
+            for s in seeds if str(s) in base["unseen"][UNSEEN[0]]["random"]}
+
+
 def seen_mean(doc: dict[str, Any]) -> float:
     """A multitask model's accuracy on its own training tasks, each under its own E, averaged over them."""
     return statistics.fmean(m["accuracy"] for m in doc["seen"].values())
@@ -392,6 +396,7 @@ def delta(diffs: list[float]) -> str:
 def consistent(diffs: list[float]) -> bool:
     """Whether a difference has one sign in every seed (one seed never counts)."""
     return len(diffs) > 1 and (all(d > 0 for d in diffs) or all(d < 0 for d in diffs))
+
 
 if __name__ == "__main__":
     main()
